@@ -1,0 +1,27 @@
+"""Filesystem helpers: project root, run-folder numbering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the project root (holds train.py)
+
+
+def increment_path(path: str | Path, exist_ok: bool = False, sep: str = "", mkdir: bool = False) -> Path:
+    """Return path, or path{sep}2, path{sep}3, ... for the first that does not exist (runs/train/exp -> exp2)."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        stem, suffix = (path.with_suffix(""), path.suffix) if path.is_file() else (path, "")
+        n = 2
+        while Path(f"{stem}{sep}{n}{suffix}").exists():
+            n += 1
+        path = Path(f"{stem}{sep}{n}{suffix}")
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_path(path: str | Path, base: Path = ROOT) -> Path:
+    """Resolve a relative path against base (the project root by default), as YOLOv5 data YAMLs do."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
