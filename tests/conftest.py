@@ -1,0 +1,29 @@
+"""Shared fixtures: paths to ../shared material, tiny models, deterministic seeds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+OFFICIAL_WEIGHTS = SHARED / "weights" / "yolov5n_v6.1_coco80.pt"
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    """Skip only when ../shared (real data beside the project) is absent, as on a machine without it."""
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared is absent)")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    """Make each test deterministic and keep it on the 2 CPU cores."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield

@@ -1,0 +1,127 @@
+"""Model zoo: exact YOLOv5 parameter counts, the Detect head's outputs, official checkpoints, fused inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import OFFICIAL_WEIGHTS, needs_shared
+
+from models.yolo import Detect, DetectionModel, Model, parse_opt
+from utils.checkpoint import attempt_load, load_checkpoint, save_checkpoint
+from utils.errors import CheckpointError, ConfigError
+
+OFFICIAL_PARAMS = {"n": 1_872_157, "s": 7_235_389, "m": 21_190_557, "l": 46_563_709, "x": 86_749_405}
+
+
+@pytest.mark.parametrize("size", list(OFFICIAL_PARAMS))
+def test_parameter_counts_equal_official(size):
+    model = DetectionModel(f"yolov5{size}.yaml")
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[size]
+
+
+def test_model_alias_and_strides():
+    model = Model("yolov5n.yaml", nc=3)
+    assert Model is DetectionModel
+    assert model.stride.tolist() == [8.0, 16.0, 32.0]
+    assert model.nc == 3 and model.model[-1].nc == 3
+    assert model.names == {0: "0", 1: "1", 2: "2"}
+
+
+def test_train_and_eval_output_shapes():
+    model = DetectionModel("yolov5n.yaml", nc=4)
+    x = torch.rand(2, 3, 64, 96)
+    raw = model(x)
+    assert [tuple(r.shape) for r in raw] == [(2, 3, 8, 12, 9), (2, 3, 4, 6, 9), (2, 3, 2, 3, 9)]
+    model.eval()
+    y, raw_eval = model(x)
+    assert y.shape == (2, 3 * (8 * 12 + 4 * 6 + 2 * 3), 9)
+    assert len(raw_eval) == 3
+    assert (y[..., 4:] >= 0).all() and (y[..., 4:] <= 1).all()
+
+
+def test_eval_boxes_are_in_input_pixels():
+    model = DetectionModel("yolov5n.yaml", nc=2).eval()
+    y, _ = model(torch.rand(1, 3, 128, 128))
+    centres = y[0, :, :2]
+    assert centres.min() > -32 and centres.max() < 128 + 32
+
+
+def test_softmax_scores_for_ce_models_only():
+    model = DetectionModel("yolov5n.yaml", nc=5).eval()
+    x = torch.rand(1, 3, 64, 64)
+    model.hyp = {"cls_loss_type": "bce"}
+    y_sig, _ = model(x)
+    assert model.class_act == "sigmoid"
+    assert not torch.allclose(y_sig[..., 5:].sum(-1), torch.ones(1))
+    model.hyp = {"cls_loss_type": "ce"}
+    y_soft, _ = model(x)
+    assert model.class_act == "softmax"
+    torch.testing.assert_close(y_soft[..., 5:].sum(-1), torch.ones(y_soft.shape[:2]))
+    torch.testing.assert_close(y_soft[..., :5], y_sig[..., :5])  # boxes and objectness unchanged
+
+
+def test_class_activation_survives_save_and_load(tmp_path):
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = {"cls_loss_type": "ce"}
+    path = save_checkpoint({"model": model, "epoch": 0}, tmp_path / "ce.pt")
+    loaded = attempt_load(path)
+    assert loaded.class_act == "softmax"
+    y, _ = loaded(torch.rand(1, 3, 64, 64))
+    torch.testing.assert_close(y[..., 5:].sum(-1), torch.ones(y.shape[:2]))
+
+
+def test_detect_defaults_to_sigmoid_for_old_checkpoints():
+    head = Detect(nc=2, anchors=([10, 13, 16, 30, 33, 23],), ch=(8,))
+    del head.__dict__["training"]  # simulate an instance dict without our attribute
+    head.training = False
+    assert "class_act" not in head.__dict__ and head.class_act == "sigmoid"
+
+
+def test_fuse_keeps_outputs():
+    model = DetectionModel("yolov5n.yaml", nc=2).eval()
+    for m in model.modules():  # non-trivial BN statistics so fusing has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(1, 3, 64, 64)
+    y0, _ = model(x)
+    y1, _ = model.fuse()(x)
+    torch.testing.assert_close(y1, y0, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_unknown_module_and_missing_config_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        DetectionModel("no_such_model.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nc: 2\nanchors: [[10,13, 16,30, 33,23]]\nbackbone: [[-1, 1, Foo, [16]]]\nhead: []\n")
+    with pytest.raises(ConfigError, match="unknown module 'Foo'"):
+        DetectionModel(bad)
+
+
+def test_missing_or_corrupt_weights_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: file not found"):
+        attempt_load(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: cannot be read"):
+        attempt_load(junk)
+
+
+def test_cli_parser_defaults():
+    assert parse_opt([]).cfg == "yolov5s.yaml"
+
+
+@needs_shared(OFFICIAL_WEIGHTS)
+def test_official_checkpoint_unpickles_into_our_classes_and_runs():
+    ckpt = load_checkpoint(OFFICIAL_WEIGHTS)
+    assert type(ckpt["model"]) is DetectionModel
+    assert type(ckpt["model"].model[-1]) is Detect
+    rebuilt = DetectionModel(ckpt["model"].yaml)
+    result = rebuilt.load_state_dict(ckpt["model"].float().state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    model = attempt_load(OFFICIAL_WEIGHTS)
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+    assert model.class_act == "sigmoid" and model.names[0] == "person"
+    y, _ = model(torch.rand(1, 3, 320, 320))
+    assert y.shape == (1, 6300, 85) and torch.isfinite(y).all()

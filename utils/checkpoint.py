@@ -1,0 +1,86 @@
+"""Checkpoints: atomic saving, loading official YOLOv5 and our own .pt files, stripping optimizers.
+
+A checkpoint is a dict (see docs/ARCHITECTURE.md) whose ``model`` / ``ema`` entries are pickled
+``models.yolo.DetectionModel`` objects, as YOLOv5 writes them. Loading one runs ``torch.load(weights_only=False)``,
+i.e. unpickling, which can execute code: load only checkpoints you trust.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from utils.errors import CheckpointError
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> Path:
+    """Write obj with torch.save to a temporary file in the same folder, fsync it, then rename over path.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Unpickle a trusted checkpoint file into a dict; CheckpointError names the file when it is missing or bad."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights {path}: file not found (this project never downloads weights; "
+                              "pass the path of a local .pt file)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, not a torch file, missing classes
+        reason = f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"weights {path}: cannot be read as a PyTorch checkpoint ({reason})") from e
+    if isinstance(ckpt, nn.Module):
+        ckpt = {"model": ckpt}
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
+        raise CheckpointError(f"weights {path}: no 'model' or 'ema' network inside (keys: {list(ckpt)[:8]})")
+    return ckpt
+
+
+def attempt_load(weights: str | Path, device: str | torch.device = "cpu", fuse: bool = True) -> nn.Module:
+    """Load a YOLOv5-style checkpoint (EMA weights when present) as an FP32 eval model, Conv+BN fused if fuse.
+
+    Unpickling executes code from the file: only load trusted checkpoints.
+    """
+    ckpt = load_checkpoint(weights)
+    model = (ckpt.get("ema") or ckpt["model"]).float()
+    if not hasattr(model, "stride"):
+        model.stride = torch.tensor([32.0])
+    names = getattr(model, "names", None)
+    if isinstance(names, (list, tuple)):
+        model.names = dict(enumerate(names))
+    if fuse and hasattr(model, "fuse"):
+        model.fuse()
+    return model.to(device).eval()
+
+
+def strip_optimizer(path: str | Path) -> Path:
+    """Drop optimizer state and keep an FP16 model (the EMA when present) in place, for a smaller final file."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("ema") is not None:
+        ckpt["model"] = ckpt["ema"]
+    for key in ("optimizer", "ema", "updates"):
+        ckpt[key] = None
+    ckpt["epoch"] = -1
+    ckpt["model"].half()
+    for p in ckpt["model"].parameters():
+        p.requires_grad = False
+    return save_checkpoint(ckpt, path)
