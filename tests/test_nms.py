@@ -1,0 +1,109 @@
+"""Tests for utils/nms.py on hand-made predictions."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from utils.log import get_logger
+from utils.nms import non_max_suppression
+
+
+def row(cx: float, cy: float, w: float, h: float, obj: float, *cls: float) -> list[float]:
+    """One prediction row: xywh pixels, objectness, class scores."""
+    return [cx, cy, w, h, obj, *cls]
+
+
+def pred(*rows: list[float]) -> torch.Tensor:
+    """Batch of one image (1, N, 5 + nc)."""
+    return torch.tensor([list(r) for r in rows], dtype=torch.float32)[None]
+
+
+def test_overlapping_same_class_suppressed():
+    p = pred(row(50, 50, 20, 20, 0.9, 0.9, 0.1), row(51, 50, 20, 20, 0.8, 0.9, 0.1))
+    (out,) = non_max_suppression(p)
+    assert out.shape == (1, 6)
+    assert torch.allclose(out[0], torch.tensor([40, 40, 60, 60, 0.81, 0]))  # xyxy, conf = obj * cls
+
+
+def test_different_classes_kept_unless_agnostic():
+    p = pred(row(50, 50, 20, 20, 0.9, 0.9, 0.1), row(51, 50, 20, 20, 0.8, 0.1, 0.9))
+    assert non_max_suppression(p)[0].shape[0] == 2
+    out = non_max_suppression(p, agnostic=True)[0]
+    assert out.shape[0] == 1 and out[0, 5] == 0
+
+
+def test_non_overlapping_kept_sorted_by_conf():
+    p = pred(row(20, 20, 10, 10, 0.6, 1.0), row(80, 80, 10, 10, 0.9, 1.0))
+    out = non_max_suppression(p)[0]
+    assert out[:, 4].tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_objectness_filter_before_score():
+    p = pred(row(50, 50, 20, 20, 0.2, 1.0, 0.0), row(90, 90, 10, 10, 0.5, 0.4, 0.1))
+    out = non_max_suppression(p, conf_thres=0.25)[0]
+    assert out.shape[0] == 0  # obj 0.2 fails the objectness filter; 0.5 * 0.4 = 0.2 fails the score filter
+
+
+def test_classes_filter():
+    p = pred(row(20, 20, 10, 10, 0.9, 0.9, 0.0, 0.0), row(80, 80, 10, 10, 0.9, 0.0, 0.0, 0.9))
+    out = non_max_suppression(p, classes=[2])[0]
+    assert out[:, 5].tolist() == [2.0]
+
+
+def test_max_det():
+    rows = [row(10 + 30 * i, 10, 10, 10, 0.9 - 0.01 * i, 1.0) for i in range(10)]
+    out = non_max_suppression(pred(*rows), max_det=3)[0]
+    assert out.shape[0] == 3
+    assert out[:, 4].tolist() == pytest.approx([0.9, 0.89, 0.88])
+
+
+def test_multi_label_two_rows_exclusive_one():
+    p = pred(row(50, 50, 20, 20, 1.0, 0.8, 0.6, 0.1))
+    out = non_max_suppression(p, multi_label=True)[0]
+    assert sorted(out[:, 5].tolist()) == [0.0, 1.0]
+    assert non_max_suppression(p, multi_label=True, exclusive=True)[0].shape[0] == 1
+    assert non_max_suppression(p)[0].shape[0] == 1
+
+
+def test_empty_and_tuple_input():
+    p = torch.zeros(2, 0, 7)
+    out = non_max_suppression((p, [torch.zeros(1)]))
+    assert len(out) == 2 and all(o.shape == (0, 6) for o in out)
+    low = torch.rand(2, 50, 7) * torch.tensor([100, 100, 10, 10, 0.1, 1, 1])
+    assert all(o.shape == (0, 6) for o in non_max_suppression(low))
+
+
+class _ListHandler(logging.Handler):
+    """Collect log records in a list."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_time_limit_only_warns():
+    logger, handler = get_logger(), _ListHandler()
+    logger.addHandler(handler)
+    try:
+        p = pred(row(50, 50, 20, 20, 0.9, 0.9)).repeat(3, 1, 1)
+        out = non_max_suppression(p, time_limit=0.0)
+    finally:
+        logger.removeHandler(handler)
+    assert [o.shape[0] for o in out] == [1, 1, 1]  # every image processed, none truncated
+    assert sum("time limit" in r.getMessage() for r in handler.records) == 1  # warned once
+
+
+def test_batched_equals_one_by_one():
+    torch.manual_seed(0)
+    p = torch.rand(3, 200, 8) * torch.tensor([640, 640, 80, 80, 1, 1, 1, 1])
+    batched = non_max_suppression(p, conf_thres=0.1, iou_thres=0.5)
+    for i in range(3):
+        single = non_max_suppression(p[i:i + 1], conf_thres=0.1, iou_thres=0.5)[0]
+        assert torch.equal(batched[i], single)
+        assert batched[i].shape[0] > 0

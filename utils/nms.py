@@ -1,0 +1,87 @@
+"""Non-maximum suppression on the detector's eval output.
+
+Input contract (docs/ARCHITECTURE.md, "Model output"): (bs, N, 5 + nc) with columns cx, cy, w, h in input pixels,
+objectness (sigmoid) and nc class scores (sigmoid, or softmax rows summing to 1). Output: one (n, 6) tensor per image,
+columns x1, y1, x2, y2 (input pixels), conf, cls, sorted by conf descending. The suppression itself is
+``torchvision.ops.batched_nms``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence, Union
+
+import torch
+import torchvision
+
+from utils.boxes import xywh2xyxy
+from utils.log import get_logger
+
+MAX_NMS_CANDIDATES = 30000  # per image, highest scores first, before batched_nms
+
+
+def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.Tensor:
+    """Turn (k, 5 + nc) rows that passed the objectness filter into (c, 6) candidates x1, y1, x2, y2, score, cls."""
+    boxes = xywh2xyxy(x[:, :4])
+    nc = x.shape[1] - 5
+    if nc == 0:  # objectness-only model: every box is class 0
+        scores = x[:, 4:5]
+    else:
+        scores = x[:, 5:] * x[:, 4:5]  # score = objectness x class score
+    if multi_label:
+        i, j = (scores > conf_thres).nonzero(as_tuple=True)
+        return torch.cat((boxes[i], scores[i, j, None], j[:, None].to(x.dtype)), 1)
+    conf, j = scores.max(1, keepdim=True)
+    keep = conf.view(-1) > conf_thres
+    return torch.cat((boxes, conf, j.to(x.dtype)), 1)[keep]
+
+
+def _nms_one(x: torch.Tensor, conf_thres: float, iou_thres: float, classes: Optional[torch.Tensor],
+             agnostic: bool, multi_label: bool, max_det: int) -> torch.Tensor:
+    """NMS for one image: (N, 5 + nc) raw rows -> (n, 6) detections x1, y1, x2, y2, conf, cls."""
+    x = x[x[:, 4] > conf_thres].float()  # objectness filter first: cheap and removes most rows
+    if not x.shape[0]:
+        return x.new_zeros((0, 6))
+    det = _candidates(x, conf_thres, multi_label)
+    if classes is not None:
+        det = det[(det[:, 5:6] == classes.to(det.device)).any(1)]
+    if not det.shape[0]:
+        return det
+    if det.shape[0] > MAX_NMS_CANDIDATES:
+        det = det[det[:, 4].argsort(descending=True)[:MAX_NMS_CANDIDATES]]
+    groups = torch.zeros_like(det[:, 5]) if agnostic else det[:, 5]
+    keep = torchvision.ops.batched_nms(det[:, :4], det[:, 4], groups, iou_thres)  # sorted by score, descending
+    return det[keep[:max_det]]
+
+
+def non_max_suppression(prediction: Union[torch.Tensor, Sequence[torch.Tensor]], conf_thres: float = 0.25,
+                        iou_thres: float = 0.45, classes: Optional[Sequence[int]] = None, agnostic: bool = False,
+                        multi_label: bool = False, max_det: int = 300, exclusive: bool = False,
+                        time_limit: Optional[float] = None) -> list[torch.Tensor]:
+    """Filter and suppress (bs, N, 5 + nc) xywh predictions -> list of bs tensors (n, 6) x1, y1, x2, y2, conf, cls.
+
+    Steps per image: keep rows with objectness > conf_thres; score = objectness x class score; with ``multi_label``
+    (used only when nc > 1 and not ``exclusive``) every (box, class) pair with score > conf_thres is a candidate,
+    otherwise the best class of each box is; optional ``classes`` filter; at most 30,000 candidates by score go to
+    ``torchvision.ops.batched_nms`` (IoU > iou_thres suppressed, per class unless ``agnostic``); the best ``max_det``
+    are kept. ``exclusive=True`` is for softmax (mutually exclusive) classes: one label per box.
+
+    ``prediction`` may also be the eval tuple ``(y, raw)``; element 0 is used. Output tensors are float32 on the
+    input's device. If the work takes longer than ``time_limit`` seconds (default 0.5 + 0.05 * bs) a warning is logged
+    once and every image is still processed (upstream stops early and returns nothing for the remaining images).
+    """
+    if isinstance(prediction, (list, tuple)):
+        prediction = prediction[0]
+    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
+        raise ValueError(f"conf_thres {conf_thres} and iou_thres {iou_thres} must lie in [0, 1]")
+    bs, nc = prediction.shape[0], prediction.shape[2] - 5
+    multi_label = multi_label and nc > 1 and not exclusive
+    limit = 0.5 + 0.05 * bs if time_limit is None else time_limit
+    cls_filter = None if classes is None else torch.tensor(list(classes), dtype=torch.float32)
+    start, warned, output = time.time(), False, []
+    for xi in range(bs):
+        output.append(_nms_one(prediction[xi], conf_thres, iou_thres, cls_filter, agnostic, multi_label, max_det))
+        if not warned and time.time() - start > limit:
+            get_logger().warning(f"WARNING NMS time limit {limit:.3f}s exceeded (batch of {bs}); continuing")
+            warned = True
+    return output
