@@ -1,0 +1,152 @@
+"""Hyperparameter files: the schema of every key, loading and validation with errors that name file and key.
+
+A hyp file holds YOLOv5's keys (optimizer, loss gains, augmentation) plus this project's loss options:
+``slide_ratio`` (Slide Loss blend), ``fl_gamma`` / ``fl_alpha`` (Focal Loss) and ``cls_loss_type`` (bce | ce).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Key:
+    """One hyperparameter: allowed range (or choices), default when optional, and what it does."""
+
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low (else >= low)
+    high_open: bool = False  # True: value must be < high (else <= high)
+    choices: tuple[str, ...] | None = None
+    default: Any = None
+    required: bool = True
+    integer: bool = False
+
+    def allowed(self) -> str:
+        """Human-readable allowed values, e.g. '[0, 1]', '> 0', 'one of bce, ce'."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None and self.high is not None:
+            return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return "a number"
+
+
+def _r(help_: str, low=None, high=None, **kw) -> Key:
+    """Shorthand for a required numeric key."""
+    return Key(help_, low, high, **kw)
+
+
+def _o(help_: str, default, low=None, high=None, **kw) -> Key:
+    """Shorthand for an optional key with a default."""
+    return Key(help_, low, high, default=default, required=False, **kw)
+
+
+SCHEMA: dict[str, Key] = {
+    "lr0": _r("initial learning rate (SGD 1e-2, Adam 1e-3)", 0, None, low_open=True),
+    "lrf": _r("final learning rate as a fraction of lr0", 0, 1, low_open=True),
+    "momentum": _r("SGD momentum / Adam beta1", 0, 1, high_open=True),
+    "weight_decay": _r("optimizer weight decay", 0),
+    "warmup_epochs": _r("warmup epochs (fractions ok)", 0),
+    "warmup_momentum": _r("warmup initial momentum", 0, 1, high_open=True),
+    "warmup_bias_lr": _r("warmup initial bias lr", 0),
+    "box": _r("box loss gain", 0),
+    "cls": _r("cls loss gain", 0),
+    "cls_pw": _r("cls BCE positive weight", 0, low_open=True),
+    "obj": _r("obj loss gain (scales with pixels)", 0),
+    "obj_pw": _r("obj BCE positive weight", 0, low_open=True),
+    "iou_t": _r("IoU training threshold (unused, kept for YOLOv5 files)", 0, 1),
+    "anchor_t": _r("anchor-multiple threshold for target assignment", 1, low_open=True),
+    "fl_gamma": _r("focal loss gamma (0 = off; EfficientDet default 1.5)", 0),
+    "hsv_h": _r("image HSV-Hue augmentation (fraction)", 0, 1),
+    "hsv_s": _r("image HSV-Saturation augmentation (fraction)", 0, 1),
+    "hsv_v": _r("image HSV-Value augmentation (fraction)", 0, 1),
+    "degrees": _r("image rotation (+/- deg)", 0, 180),
+    "translate": _r("image translation (+/- fraction)", 0, 1),
+    "scale": _r("image scale (+/- gain)", 0, 1, high_open=True),
+    "shear": _r("image shear (+/- deg)", 0, 90),
+    "perspective": _r("image perspective (+/- fraction), range 0-0.001", 0, 0.001),
+    "flipud": _r("image flip up-down (probability)", 0, 1),
+    "fliplr": _r("image flip left-right (probability)", 0, 1),
+    "mosaic": _r("image mosaic (probability)", 0, 1),
+    "mixup": _r("image mixup (probability)", 0, 1),
+    "copy_paste": _o("segment copy-paste (probability; needs segments, so a no-op on box labels)", 0.0, 0, 1),
+    "anchors": _o("anchors per output level (AutoAnchor recomputes them)", None, 1, None, integer=True),
+    "label_smoothing": _o("label smoothing epsilon (set from --label-smoothing)", 0.0, 0, 1, high_open=True),
+    "slide_ratio": _o("Slide Loss blend: 0 = off, 1 = the paper (YOLO-FaceV2)", 0.0, 0, 1),
+    "fl_alpha": _o("focal loss alpha (positive-class weight), used when fl_gamma > 0", 0.25, 0, 1,
+                   low_open=True, high_open=True),
+    "cls_loss_type": _o("class loss: bce (sigmoid, multi-label) or ce (softmax, mutually exclusive)", "bce",
+                        choices=("bce", "ce")),
+}
+
+LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "cls_loss_type")
+
+
+def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
+    """Return value if it fits key's range or choices; else raise ConfigError naming source and key."""
+    where = f"{source}: '{name}'"
+    if key.choices:
+        if value not in key.choices:
+            raise ConfigError(f"{where} is {value!r}, allowed values: {key.allowed()}")
+        return value
+    if value is None and not key.required:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} is {value!r}, expected a number {key.allowed()}")
+    if key.integer and value != int(value):
+        raise ConfigError(f"{where} is {value!r}, expected an integer {key.allowed()}")
+    too_low = key.low is not None and (value <= key.low if key.low_open else value < key.low)
+    too_high = key.high is not None and (value >= key.high if key.high_open else value > key.high)
+    if too_low or too_high:
+        raise ConfigError(f"{where} is {value!r}, allowed range: {key.allowed()}")
+    return value
+
+
+def validate_hyp(hyp: dict, source: str = "hyp", require_all: bool = True) -> dict:
+    """Return a validated copy of hyp with optional keys filled in.
+
+    Raises ConfigError naming source and key for an unknown key, a missing required key (when require_all)
+    or a value out of range.
+    """
+    if not isinstance(hyp, dict):
+        raise ConfigError(f"{source}: expected a mapping of hyperparameters, got {type(hyp).__name__}")
+    unknown = sorted(set(hyp) - set(SCHEMA))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: "
+                          f"{', '.join(SCHEMA)}")
+    out = {}
+    for name, key in SCHEMA.items():
+        if name in hyp:
+            out[name] = _check_value(name, key, hyp[name], source)
+        elif key.required and require_all:
+            raise ConfigError(f"{source}: missing required key '{name}' ({key.help}, {key.allowed()})")
+        elif not key.required:
+            out[name] = key.default
+    return out
+
+
+def load_hyp(path: str | Path | dict) -> dict:
+    """Load and validate a hyp YAML file (or a dict); every problem is a ConfigError naming the file and key."""
+    if isinstance(path, dict):
+        return validate_hyp(path, source="hyp dict")
+    p = Path(path)
+    if not p.exists():
+        alt = Path(__file__).resolve().parents[1] / "data" / "hyps" / p.name
+        if p.parent == Path(".") and alt.exists():
+            p = alt
+        else:
+            raise ConfigError(f"hyp file {path}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"hyp file {p}: not valid YAML ({e})") from e
+    return validate_hyp(data, source=f"hyp file {p}")
