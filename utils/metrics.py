@@ -1,0 +1,199 @@
+"""Detection metrics: AP (COCO 101-point), per-class P/R/F1/AP, prediction-to-label matching, fitness, confusion matrix.
+
+Box format everywhere here: xyxy pixels. Labels are (m, 5) rows cls, x1, y1, x2, y2; detections are (n, 6) rows
+x1, y1, x2, y2, conf, cls as ``utils.nms.non_max_suppression`` returns them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from utils.boxes import box_iou
+
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2 renamed trapz
+
+
+def smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
+    """Moving average of a 1-D curve with an odd box window of about f times its length, edges padded by replication.
+
+    For the 1,000-point F1 curve and f=0.1 the window is 101 points, as YOLOv5 uses to pick the F1-optimal threshold.
+    """
+    half = int(round(len(y) * f)) // 2
+    window = 2 * half + 1
+    padded = np.pad(np.asarray(y, dtype=float), half, mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
+
+
+def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AP of one class from (k,) recall and precision in descending-confidence order -> (ap, mpre, mrec).
+
+    COCO-style 101-point interpolation (Lin et al., "Microsoft COCO", 2014; as YOLOv5): add sentinels (recall 0,
+    precision 1) and, when recall stops short of 1, (recall 1, precision 0); take the precision envelope
+    p_interp(r) = max_{r' >= r} p(r'); sample it with linear interpolation at r = 0, 0.01, ..., 1 and integrate with
+    the trapezoidal rule. Unlike upstream, no (1, 0) sentinel is added when recall reaches 1, so a perfect detector
+    scores 1.0 instead of 0.995. pycocotools instead averages the 101 samples of a step function (precision at the
+    first point with recall >= r, 0 beyond the last recall): the two differ by a few 1e-3 on typical curves.
+    """
+    recall, precision = np.asarray(recall, dtype=float), np.asarray(precision, dtype=float)
+    mrec, mpre = np.concatenate(([0.0], recall)), np.concatenate(([1.0], precision))
+    if mrec[-1] < 1.0:
+        mrec, mpre = np.append(mrec, 1.0), np.append(mpre, 0.0)
+    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))  # envelope: running max from the right
+    x = np.linspace(0, 1, 101)
+    ap = float(_trapezoid(np.interp(x, mrec, mpre), x))
+    return ap, mpre, mrec
+
+
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
+                 save_dir: Path = Path("."), names: Optional[dict] = None, eps: float = 1e-16, prefix: str = ""
+                 ) -> tuple[np.ndarray, ...]:
+    """Per-class metrics from matched predictions -> (tp, fp, p, r, f1, ap, unique_classes).
+
+    tp (n, t) bool: prediction i is correct at IoU threshold t (``process_batch``); conf (n,), pred_cls (n,) of the
+    predictions of the whole dataset; target_cls (m,) classes of all labels. Only classes with at least one label are
+    reported (c of them, sorted): ap is (c, t); p, r, f1, tp, fp are (c,) at IoU 0.5 and at one confidence shared by
+    all classes, the one that maximises the mean F1 curve after a box filter of ~10 % of its 1,000 points (``smooth``).
+    A class without predictions gets zeros, not NaN. With ``plot``, PR/F1/P/R curves are written to save_dir.
+    """
+    tp, conf, pred_cls = np.asarray(tp, dtype=float), np.asarray(conf, dtype=float), np.asarray(pred_cls)
+    tp = tp[:, None] if tp.ndim == 1 else tp
+    order = np.argsort(-conf, kind="stable")
+    tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
+    unique_classes, nt = np.unique(np.asarray(target_cls), return_counts=True)
+    nc, nt_iou = unique_classes.shape[0], tp.shape[1]
+    if nc == 0:
+        z = np.zeros(0)
+        return z, z, z, z, z, np.zeros((0, nt_iou)), unique_classes.astype(int)
+
+    px = np.linspace(0, 1, 1000)
+    ap, p, r, py = np.zeros((nc, nt_iou)), np.zeros((nc, 1000)), np.zeros((nc, 1000)), np.zeros((nc, 1000))
+    for ci, c in enumerate(unique_classes):
+        i = pred_cls == c
+        if not i.any():
+            continue
+        tpc, fpc = tp[i].cumsum(0), (1 - tp[i]).cumsum(0)
+        recall = tpc / (nt[ci] + eps)
+        precision = tpc / (tpc + fpc)
+        # curves against confidence (x reversed so np.interp sees increasing abscissae)
+        r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)
+        p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
+        for j in range(nt_iou):
+            ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j])
+            if j == 0:
+                py[ci] = np.interp(px, mrec, mpre)  # precision at recall px, for the PR plot
+
+    f1 = 2 * p * r / (p + r + eps)
+    if plot:
+        from utils.plots import plot_mc_curve, plot_pr_curve
+
+        names = names or {}
+        present = {k: names.get(int(c), str(int(c))) for k, c in enumerate(unique_classes)}
+        save_dir = Path(save_dir)
+        plot_pr_curve(px, py, ap, save_dir / f"{prefix}PR_curve.png", present)
+        plot_mc_curve(px, f1, save_dir / f"{prefix}F1_curve.png", present, ylabel="F1")
+        plot_mc_curve(px, p, save_dir / f"{prefix}P_curve.png", present, ylabel="Precision")
+        plot_mc_curve(px, r, save_dir / f"{prefix}R_curve.png", present, ylabel="Recall")
+
+    k = int(smooth(f1.mean(0), 0.1).argmax())
+    p, r, f1 = p[:, k], r[:, k], f1[:, k]
+    tp_count = (r * nt).round()
+    fp_count = (tp_count / (p + eps) - tp_count).round()
+    return tp_count, fp_count, p, r, f1, ap, unique_classes.astype(int)
+
+
+def _greedy_match(iou: torch.Tensor, allowed: torch.Tensor) -> np.ndarray:
+    """One-to-one matches (k, 2) label index, detection index from (m, n) IoU where ``allowed``, highest IoU first.
+
+    Equivalent to walking all allowed pairs by IoU descending and keeping a pair when neither side is taken yet;
+    done in rounds, each keeping every pair that is the best remaining one for both its label and its detection.
+    Ties break by lower detection index (higher confidence), then lower label index.
+    """
+    li, di = torch.nonzero(allowed, as_tuple=True)
+    li, di = li.cpu().numpy(), di.cpu().numpy()
+    vals = iou[allowed].cpu().numpy() if li.size else np.zeros(0)
+    order = np.lexsort((li, di, -vals))  # last key is primary: IoU desc, then det, then label
+    li, di = li[order], di[order]
+    matches = []
+    while li.size:
+        first_l = np.unique(li, return_index=True)[1]
+        first_d = np.unique(di, return_index=True)[1]
+        mutual = np.intersect1d(first_l, first_d)  # positions best for both sides
+        matches.append(np.stack((li[mutual], di[mutual]), 1))
+        keep = ~(np.isin(li, li[mutual]) | np.isin(di, di[mutual]))
+        li, di = li[keep], di[keep]
+    return np.concatenate(matches, 0) if matches else np.zeros((0, 2), dtype=int)
+
+
+def process_batch(detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor) -> torch.Tensor:
+    """Correctness of (n, 6) xyxy detections against (m, 5) cls+xyxy labels at each IoU in iouv (t,) -> (n, t) bool.
+
+    At each threshold, detections and labels of the same class with IoU >= threshold are paired one-to-one, highest
+    IoU first (``_greedy_match``); a paired detection is a true positive.
+    """
+    correct = np.zeros((detections.shape[0], iouv.shape[0]), dtype=bool)
+    if detections.shape[0] and labels.shape[0]:
+        iou = box_iou(labels[:, 1:5].float(), detections[:, :4].float())
+        same_class = labels[:, 0:1] == detections[:, 5]
+        for t, thr in enumerate(iouv.tolist()):
+            m = _greedy_match(iou, (iou >= thr) & same_class)
+            correct[m[:, 1], t] = True
+    return torch.tensor(correct, dtype=torch.bool, device=iouv.device)
+
+
+def fitness(x: Union[np.ndarray, Sequence[float]]) -> np.ndarray:
+    """Model fitness of (n, >=4) rows [P, R, mAP50, mAP50-95, ...] -> (n,): 0.1 * mAP50 + 0.9 * mAP50-95."""
+    x = np.asarray(x, dtype=float)
+    x = x.reshape(-1, x.shape[-1])
+    return x[:, :4] @ np.array([0.0, 0.0, 0.1, 0.9])
+
+
+class ConfusionMatrix:
+    """(nc + 1) x (nc + 1) counts: rows = predicted class, columns = true class; index nc is background.
+
+    Column nc counts false positives (a detection matched to no label), row nc false negatives (a label matched by no
+    detection). Detections below ``conf`` are ignored; pairing is class-agnostic at IoU > ``iou_thres``.
+    """
+
+    def __init__(self, nc: int, conf: float = 0.25, iou_thres: float = 0.45):
+        """Create an empty matrix for nc classes."""
+        self.matrix = np.zeros((nc + 1, nc + 1))
+        self.nc, self.conf, self.iou_thres = nc, conf, iou_thres
+
+    def process_batch(self, detections: Optional[torch.Tensor], labels: torch.Tensor) -> None:
+        """Add one image: detections (n, 6) xyxy, conf, cls or None; labels (m, 5) cls, xyxy."""
+        gt_cls = labels[:, 0].long().tolist() if labels is not None and len(labels) else []
+        if detections is None or not len(detections):
+            for gc in gt_cls:
+                self.matrix[self.nc, gc] += 1
+            return
+        detections = detections[detections[:, 4] > self.conf]
+        det_cls = detections[:, 5].long().tolist()
+        if gt_cls:
+            iou = box_iou(labels[:, 1:5].float(), detections[:, :4].float())
+            m = _greedy_match(iou, iou > self.iou_thres)
+        else:
+            m = np.zeros((0, 2), dtype=int)
+        label_to_det = dict(zip(m[:, 0].tolist(), m[:, 1].tolist()))
+        for li, gc in enumerate(gt_cls):
+            row = det_cls[label_to_det[li]] if li in label_to_det else self.nc
+            self.matrix[row, gc] += 1
+        matched = set(label_to_det.values())
+        for di, dc in enumerate(det_cls):
+            if di not in matched:
+                self.matrix[dc, self.nc] += 1
+
+    def tp_fp(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class true and false positive counts (nc,), (nc,) from the matrix (background excluded)."""
+        tp = self.matrix.diagonal()
+        fp = self.matrix.sum(1) - tp
+        return tp[:-1], fp[:-1]
+
+    def plot(self, normalize: bool = True, save_dir: Union[str, Path] = "", names: Sequence[str] = ()) -> Path:
+        """Write confusion_matrix.png to save_dir (seaborn heatmap; columns normalized to 1 when ``normalize``)."""
+        from utils.plots import plot_confusion_matrix
+
+        return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)
