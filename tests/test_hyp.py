@@ -1,0 +1,90 @@
+"""Hyperparameter files: shipped files load; each mistake is an error naming the file, key and allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils.errors import ConfigError
+from utils.hyp import SCHEMA, load_hyp
+
+HYPS = Path(__file__).resolve().parents[1] / "data" / "hyps"
+
+
+@pytest.mark.parametrize("name", ["scratch-low", "scratch-med", "scratch-high", "slide", "focal", "ce"])
+def test_shipped_hyp_files_are_valid_and_complete(name):
+    hyp = load_hyp(HYPS / f"hyp.{name}.yaml")
+    assert set(hyp) == set(SCHEMA)
+
+
+def test_yolov5_values_and_option_files():
+    low = load_hyp(HYPS / "hyp.scratch-low.yaml")
+    assert (low["lr0"], low["box"], low["cls"], low["obj"], low["anchor_t"], low["mosaic"]) == (0.01, 0.05, 0.5, 1.0,
+                                                                                                  4.0, 1.0)
+    assert (low["slide_ratio"], low["fl_gamma"], low["fl_alpha"], low["cls_loss_type"]) == (0.0, 0.0, 0.25, "bce")
+    med = load_hyp(HYPS / "hyp.scratch-med.yaml")
+    assert (med["lrf"], med["cls"], med["obj"], med["scale"], med["mixup"]) == (0.1, 0.3, 0.7, 0.9, 0.1)
+    assert load_hyp(HYPS / "hyp.scratch-high.yaml")["copy_paste"] == 0.1
+    assert load_hyp(HYPS / "hyp.slide.yaml")["slide_ratio"] == 1.0
+    assert load_hyp(HYPS / "hyp.focal.yaml")["fl_gamma"] == 1.5
+    assert load_hyp(HYPS / "hyp.ce.yaml")["cls_loss_type"] == "ce"
+
+
+def test_bare_name_resolves_in_data_hyps():
+    assert load_hyp("hyp.slide.yaml")["slide_ratio"] == 1.0
+
+
+def write_hyp(tmp_path: Path, **changes) -> Path:
+    """scratch-low with changes (a value of None deletes the key), written to tmp_path/hyp.yaml."""
+    data = yaml.safe_load((HYPS / "hyp.scratch-low.yaml").read_text())
+    for k, v in changes.items():
+        if v is None:
+            data.pop(k)
+        else:
+            data[k] = v
+    path = tmp_path / "hyp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_bad_choice_names_file_key_and_allowed_values(tmp_path):
+    path = write_hyp(tmp_path, cls_loss_type="softmax")
+    with pytest.raises(ConfigError, match=r"hyp\.yaml: 'cls_loss_type' is 'softmax', allowed values: one of bce, ce"):
+        load_hyp(path)
+
+
+def test_out_of_range_names_file_key_and_range(tmp_path):
+    with pytest.raises(ConfigError, match=r"hyp\.yaml: 'slide_ratio' is 2, allowed range: \[0, 1\]"):
+        load_hyp(write_hyp(tmp_path, slide_ratio=2))
+    with pytest.raises(ConfigError, match=r"'fl_alpha' is 1.0, allowed range: \(0, 1\)"):
+        load_hyp(write_hyp(tmp_path, fl_alpha=1.0))
+    with pytest.raises(ConfigError, match=r"'fl_gamma' is -1"):
+        load_hyp(write_hyp(tmp_path, fl_gamma=-1))
+    with pytest.raises(ConfigError, match=r"'lr0' is 'fast', expected a number"):
+        load_hyp(write_hyp(tmp_path, lr0="fast"))
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"hyp\.yaml: unknown key\(s\) 'slide_raito'; allowed keys: lr0"):
+        load_hyp(write_hyp(tmp_path, slide_raito=1.0))
+
+
+def test_missing_required_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"hyp\.yaml: missing required key 'anchor_t'"):
+        load_hyp(write_hyp(tmp_path, anchor_t=None))
+
+
+def test_missing_optional_keys_get_defaults(tmp_path):
+    hyp = load_hyp(write_hyp(tmp_path, slide_ratio=None, fl_alpha=None, cls_loss_type=None, copy_paste=None))
+    assert (hyp["slide_ratio"], hyp["fl_alpha"], hyp["cls_loss_type"], hyp["copy_paste"]) == (0.0, 0.25, "bce", 0.0)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: file not found"):
+        load_hyp(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr0: [0.01\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_hyp(bad)
