@@ -27,6 +27,17 @@ def test_compute_ap_hand_computed():
     assert compute_ap(np.zeros(3), np.zeros(3))[0] == 0
 
 
+def test_compute_ap_coco_rule():
+    assert compute_ap(np.array([0.5, 1.0]), np.ones(2), "coco")[0] == pytest.approx(1.0)
+    assert compute_ap(np.array([0.5]), np.array([1.0]), "coco")[0] == pytest.approx(51 / 101)  # r = 0 .. 0.5
+    # TP, FP, TP over 2 labels: envelope 1 for r <= 0.5 (51 samples), 2/3 for 0.51 .. 1 (50 samples)
+    ap = compute_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3]), "coco")[0]
+    assert ap == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert compute_ap(np.zeros(0), np.zeros(0), "coco")[0] == 0
+    with pytest.raises(ValueError, match="interp"):
+        compute_ap(np.ones(1), np.ones(1), "voc")
+
+
 def test_smooth_window_and_constant():
     y = np.full(1000, 0.3)
     assert np.allclose(smooth(y, 0.1), 0.3) and smooth(y, 0.1).shape == (1000,)

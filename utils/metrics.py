@@ -28,29 +28,46 @@ def smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
     return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
-def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def _envelope(p: np.ndarray) -> np.ndarray:
+    """Precision envelope p_interp(k) = max_{j >= k} p(j) of a (k,) curve (running max from the right)."""
+    return np.flip(np.maximum.accumulate(np.flip(p)))
+
+
+def compute_ap(recall: np.ndarray, precision: np.ndarray, method: str = "interp"
+               ) -> tuple[float, np.ndarray, np.ndarray]:
     """AP of one class from (k,) recall and precision in descending-confidence order -> (ap, mpre, mrec).
 
-    COCO-style 101-point interpolation (Lin et al., "Microsoft COCO", 2014; as YOLOv5): add sentinels (recall 0,
-    precision 1) and, when recall stops short of 1, (recall 1, precision 0); take the precision envelope
-    p_interp(r) = max_{r' >= r} p(r'); sample it with linear interpolation at r = 0, 0.01, ..., 1 and integrate with
-    the trapezoidal rule. Unlike upstream, no (1, 0) sentinel is added when recall reaches 1, so a perfect detector
-    scores 1.0 instead of 0.995. pycocotools instead averages the 101 samples of a step function (precision at the
-    first point with recall >= r, 0 beyond the last recall): the two differ by a few 1e-3 on typical curves.
+    101-point interpolated AP (Lin et al., "Microsoft COCO", 2014) at r = 0, 0.01, ..., 1 of the precision envelope
+    p_interp(r) = max_{r' >= r} p(r'). mrec, mpre: the curve with sentinels, for plotting.
+
+    method "interp" (default, YOLOv5's rule): add sentinels (recall 0, precision 1) and, when recall stops short of
+    1, (recall 1, precision 0); sample the envelope by linear interpolation and integrate with the trapezoidal rule.
+    Unlike upstream, no (1, 0) sentinel is added when recall reaches 1, so a perfect detector scores 1.0, not 0.995.
+    The linear ramp from the last point down to (1, 0) adds (1 - r_last) * p_last / 2 that COCO does not count:
+    negligible at conf_thres 0.001 (p_last ~ 0) but large when few low-score predictions are kept.
+    method "coco" (pycocotools' rule): the mean of the 101 samples of a step function, the envelope at the first
+    point with recall >= r and 0 beyond the last recall; no sentinels.
     """
     recall, precision = np.asarray(recall, dtype=float), np.asarray(precision, dtype=float)
     mrec, mpre = np.concatenate(([0.0], recall)), np.concatenate(([1.0], precision))
     if mrec[-1] < 1.0:
         mrec, mpre = np.append(mrec, 1.0), np.append(mpre, 0.0)
-    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))  # envelope: running max from the right
+    mpre = _envelope(mpre)
     x = np.linspace(0, 1, 101)
-    ap = float(_trapezoid(np.interp(x, mrec, mpre), x))
-    return ap, mpre, mrec
+    if method == "interp":
+        return float(_trapezoid(np.interp(x, mrec, mpre), x)), mpre, mrec
+    if method == "coco":
+        if not len(recall):
+            return 0.0, mpre, mrec
+        env, idx = _envelope(precision), np.searchsorted(recall, x, side="left")
+        q = np.where(idx < len(recall), env[np.minimum(idx, len(recall) - 1)], 0.0)
+        return float(q.mean()), mpre, mrec
+    raise ValueError(f"compute_ap method must be 'interp' or 'coco', got {method!r}")
 
 
 def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
-                 save_dir: Path = Path("."), names: Optional[dict] = None, eps: float = 1e-16, prefix: str = ""
-                 ) -> tuple[np.ndarray, ...]:
+                 save_dir: Path = Path("."), names: Optional[dict] = None, eps: float = 1e-16, prefix: str = "",
+                 ap_method: str = "interp") -> tuple[np.ndarray, ...]:
     """Per-class metrics from matched predictions -> (tp, fp, p, r, f1, ap, unique_classes).
 
     tp (n, t) bool: prediction i is correct at IoU threshold t (``process_batch``); conf (n,), pred_cls (n,) of the
@@ -58,6 +75,7 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
     reported (c of them, sorted): ap is (c, t); p, r, f1, tp, fp are (c,) at IoU 0.5 and at one confidence shared by
     all classes, the one that maximises the mean F1 curve after a box filter of ~10 % of its 1,000 points (``smooth``).
     A class without predictions gets zeros, not NaN. With ``plot``, PR/F1/P/R curves are written to save_dir.
+    ap_method: "interp" (YOLOv5) or "coco" (pycocotools' integration), see ``compute_ap``.
     """
     tp, conf, pred_cls = np.asarray(tp, dtype=float), np.asarray(conf, dtype=float), np.asarray(pred_cls)
     tp = tp[:, None] if tp.ndim == 1 else tp
@@ -82,7 +100,7 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
         r[ci] = np.interp(-px, -conf[i], recall[:, 0], left=0)
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
         for j in range(nt_iou):
-            ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j])
+            ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j], ap_method)
             if j == 0:
                 py[ci] = np.interp(px, mrec, mpre)  # precision at recall px, for the PR plot
 
