@@ -49,6 +49,7 @@ def initialize_weights(model: nn.Module) -> None:
             m.inplace = True
 
 
+@torch.no_grad()
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """Fold BatchNorm into the conv: W' = W * g / s, b' = (b - mean) * g / s + beta, s = sqrt(var + eps)."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
