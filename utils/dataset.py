@@ -66,10 +66,10 @@ def img2label_paths(im_files: list[str]) -> list[str]:
 
 
 def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
-    """Sorted image files of a folder (recursive), a .txt list (entries relative to it), a file, or a list of these."""
+    """Sorted absolute image paths of a folder (recursive), a .txt list (entries relative to it), a file, or a list."""
     files: list[str] = []
     for p in path if isinstance(path, (list, tuple)) else [path]:
-        p = Path(p).expanduser()
+        p = Path(os.path.abspath(Path(p).expanduser()))
         if p.is_dir():
             files += [str(f) for f in p.rglob("*.*") if f.suffix[1:].lower() in IMG_FORMATS]
         elif p.is_file() and p.suffix == ".txt":
@@ -77,7 +77,7 @@ def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
                 line = line.strip()
                 if line:
                     entry = Path(line[2:] if line.startswith("./") else line)
-                    files.append(str(entry if entry.is_absolute() else (p.parent / entry).resolve()))
+                    files.append(os.path.abspath(entry if entry.is_absolute() else p.parent / entry))
         elif p.is_file():
             files.append(str(p))
         else:
@@ -206,7 +206,8 @@ def load_cache(cache_path: Path, digest: str) -> dict | None:
 def save_cache(cache_path: Path, cache: dict, prefix: str = "") -> None:
     """Write the scan atomically beside the labels; warn and skip if the folder is read-only."""
     if not is_writeable(cache_path.parent):
-        get_logger().warning(f"{prefix}WARNING: cache not saved, {cache_path.parent} is not writeable")
+        why = "is not writeable" if cache_path.parent.exists() else "does not exist (no label files)"
+        get_logger().warning(f"{prefix}WARNING: cache not saved, {cache_path.parent} {why}")
         return
     tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
