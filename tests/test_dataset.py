@@ -66,6 +66,7 @@ def test_label_checks_and_summary(tmp_path, logs):
     add_image(tmp_path, "text.png", "cat 0.5 0.5 0.2 0.2\n")
     add_image(tmp_path, "range.png", "0 1.5 0.5 0.2 0.2\n")
     add_image(tmp_path, "fraction.png", "1.5 0.5 0.5 0.2 0.2\n")
+    add_image(tmp_path, "nan.png", "nan 0.5 0.5 0.2 0.2\n")
     ds = LoadImagesAndLabels(tmp_path / "images/train", img_size=96, prefix="train: ")
     assert sorted(Path(f).name for f in ds.im_files) == ["bg.png", "dup.png", "empty.png", "good.png", "poly.png"]
     text = "\n".join(logs)
@@ -74,7 +75,8 @@ def test_label_checks_and_summary(tmp_path, logs):
     assert "range.txt:1: coordinates outside [0, 1]" in text
     assert "fraction.txt:1: class id must be a non-negative integer" in text
     assert "dup.txt: 1 duplicate rows dropped" in text
-    assert "train: 5 images, 2 backgrounds, 5 corrupt, 1 duplicates" in text
+    assert "nan.txt:1: class id must be a non-negative integer" in text
+    assert "train: 5 images, 2 backgrounds, 6 corrupt, 1 duplicates" in text
     labels = dict(zip((Path(f).name for f in ds.im_files), ds.labels))
     assert labels["dup.png"][:, 0].tolist() == [1, 0] and labels["bg.png"].shape == (0, 5)
     np.testing.assert_allclose(labels["poly.png"][0], [2, 0.5, 0.375, 0.5, 0.25], atol=1e-6)
@@ -89,7 +91,7 @@ def test_class_id_out_of_range_names_file_line_and_nc(tmp_path):
         LoadImagesAndLabels(tmp_path / "images/train", 96, nc=2)
     with pytest.raises(LabelError, match="nc 3"):
         LoadImagesAndLabels(tmp_path / "images/train", 96, names=["a", "b", "c"])
-    ds = LoadImagesAndLabels(tmp_path / "images/train", 96, nc=6, single_cls=True)
+    ds = LoadImagesAndLabels(tmp_path / "images/train", 96, nc=1, single_cls=True)
     assert all((lb[:, 0] == 0).all() for lb in ds.labels)
 
 

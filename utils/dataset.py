@@ -143,7 +143,7 @@ def parse_row(values: list[str], lb_file: str, line: int) -> list[float]:
         nums = [nums[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
     if len(nums) != 5:
         raise ValueError(f"{where}: expected 5 numbers 'cls cx cy w h', got {len(nums)}: {' '.join(values)!r}")
-    if nums[0] < 0 or nums[0] != int(nums[0]):
+    if not math.isfinite(nums[0]) or nums[0] < 0 or nums[0] != int(nums[0]):
         raise ValueError(f"{where}: class id must be a non-negative integer, got {values[0]!r}")
     if any(v < -COORD_TOL or v > 1 + COORD_TOL or not math.isfinite(v) for v in nums[1:]):
         raise ValueError(f"{where}: coordinates outside [0, 1] (normalized cx cy w h expected): {nums[1:]}")
@@ -301,7 +301,7 @@ class LoadImagesAndLabels(Dataset):
         self.labels = [cache_data["entries"][f][0].copy() for f in self.im_files]
         self.shapes = np.array([cache_data["entries"][f][1] for f in self.im_files], dtype=np.int64).reshape(-1, 2)
         nc = nc if nc is not None else len(names) if names else None
-        if nc is not None:
+        if nc is not None and not single_cls:  # single_cls: every id becomes 0, whatever nc says
             check_class_ids(self.labels, self.label_files, nc)
         if single_cls:
             for lb in self.labels:
