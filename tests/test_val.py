@@ -1,0 +1,128 @@
+"""val.py: agreement with upstream YOLOv5 and pycocotools, softmax models end to end, clear errors on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import OFFICIAL_WEIGHTS, SHARED, needs_shared
+
+import val
+from models.yolo import DetectionModel
+from utils import evaluate as evaluate_module
+from utils.checkpoint import save_checkpoint
+from utils.data_config import check_dataset
+from utils.dataset import create_dataloader
+from utils.errors import CheckpointError, ConfigError, DatasetError
+from utils.hyp import load_hyp
+from utils.loss import ComputeLoss
+from utils.synth import generate
+
+COCO128 = SHARED / "data" / "coco128" / "coco128.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict:
+    """A generated 6-class shapes dataset of 8 + 8 images at 64 px, as a data dict."""
+    root = generate(tmp_path_factory.mktemp("shapes") / "shapes", seed=1, n_train=8, n_val=8, imgsz=64)
+    names = {i: n for i, n in enumerate(["circle", "square", "triangle", "star", "cross", "ring"])}
+    yaml_file = root / "data.yaml"
+    yaml_file.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                         "names": names}))
+    return check_dataset(yaml_file)
+
+
+def tiny_checkpoint(path: Path, nc: int, cls_loss_type: str = "bce") -> Path:
+    """Save a randomly initialised yolov5n with nc classes and the given class loss as a checkpoint."""
+    model = DetectionModel("yolov5n.yaml", nc=nc)
+    model.hyp = {**load_hyp("data/hyps/hyp.scratch-low.yaml"), "cls_loss_type": cls_loss_type}
+    return save_checkpoint({"model": model, "epoch": -1}, path)
+
+
+def test_parser_defaults_follow_yolov5():
+    opt = val.parse_opt([])
+    assert (opt.batch_size, opt.imgsz, opt.conf_thres, opt.iou_thres, opt.max_det, opt.task) == (32, 640, 0.001, 0.6,
+                                                                                               300, "val")
+    assert val.parse_opt(["--img", "320"]).imgsz == 320
+
+
+def test_softmax_model_validates_end_to_end(tiny_data, tmp_path, monkeypatch):
+    weights = tiny_checkpoint(tmp_path / "ce.pt", nc=6, cls_loss_type="ce")
+    calls = []
+    real_nms = evaluate_module.non_max_suppression
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        out = real_nms(*args, **kwargs)
+        return out
+
+    monkeypatch.setattr(evaluate_module, "non_max_suppression", spy)
+    metrics, maps, times = val.run(data=tiny_data["yaml_file"], weights=str(weights), imgsz=64, batch_size=4,
+                                   workers=0, project=tmp_path, name="ce")
+    assert calls and all(c["exclusive"] for c in calls)  # softmax scores: one label per box
+    assert len(metrics) == 7 and all(0 <= m <= 1 for m in metrics[:4]) and maps.shape == (6,)
+    save_dir = tmp_path / "ce"
+    for name in ("confusion_matrix.png", "val_batch0_labels.jpg", "val_batch0_pred.jpg"):
+        assert (save_dir / name).stat().st_size > 0
+
+
+def test_run_from_training_returns_losses(tiny_data):
+    model = DetectionModel("yolov5n.yaml", nc=6)
+    model.hyp = load_hyp("data/hyps/hyp.focal.yaml")
+    loader = create_dataloader(tiny_data["val"], 64, 4, 32, pad=0.5, rect=True, workers=0, nc=6)[0]
+    metrics, maps, times = val.run(data=tiny_data, model=model, dataloader=loader, plots=False,
+                                   compute_loss=ComputeLoss(model))
+    assert metrics[4] > 0 and metrics[5] > 0  # box and obj validation losses
+    assert model.training is False and next(model.parameters()).dtype == torch.float32
+    assert len(times) == 3
+
+
+def test_missing_weights_is_a_clear_error(tiny_data, tmp_path):
+    with pytest.raises(CheckpointError, match="nope.pt: file not found"):
+        val.run(data=tiny_data["yaml_file"], weights=str(tmp_path / "nope.pt"), project=tmp_path)
+
+
+def test_missing_split_is_a_clear_error(tiny_data, tmp_path):
+    weights = tiny_checkpoint(tmp_path / "m.pt", nc=6)
+    with pytest.raises(DatasetError, match="no 'test' split"):
+        val.run(data=tiny_data["yaml_file"], weights=str(weights), task="test", project=tmp_path, workers=0)
+
+
+def test_class_count_mismatch_is_a_clear_error(tiny_data, tmp_path):
+    weights = tiny_checkpoint(tmp_path / "three.pt", nc=3)
+    with pytest.raises(ConfigError, match="predict 3 classes but .* names 6"):
+        val.run(data=tiny_data["yaml_file"], weights=str(weights), project=tmp_path, workers=0)
+
+
+@pytest.fixture(scope="module")
+def coco128_run(tmp_path_factory):
+    """The official yolov5n on coco128 at 640, batch 32 (rect, pad 0.5), with --save-json: (metrics, save_dir)."""
+    project = tmp_path_factory.mktemp("val")
+    metrics, _, _ = val.run(data=str(COCO128), weights=str(OFFICIAL_WEIGHTS), imgsz=640, batch_size=32,
+                            save_json=True, project=project, name="coco128", workers=2)
+    return metrics, project / "coco128"
+
+
+@pytest.mark.slow
+@needs_shared(OFFICIAL_WEIGHTS)
+def test_official_checkpoint_matches_upstream_yolov5(coco128_run):
+    (p, r, map50, map5095, *_), _ = coco128_run
+    # Upstream YOLOv5 on the same data and settings: P 0.572, R 0.508, mAP50 0.560, mAP50-95 0.361
+    assert p == pytest.approx(0.572, abs=0.01)
+    assert r == pytest.approx(0.508, abs=0.01)
+    assert map50 == pytest.approx(0.560, abs=0.01)
+    assert map5095 == pytest.approx(0.361, abs=0.01)
+
+
+@pytest.mark.slow
+@needs_shared(OFFICIAL_WEIGHTS)
+def test_map_agrees_with_pycocotools(coco128_run):
+    from utils.coco import coco_evaluate
+
+    (_, _, map50, map5095, *_), save_dir = coco128_run
+    coco_map, coco_map50 = coco_evaluate(save_dir / "ground_truth.json",
+                                         save_dir / "yolov5n_v6.1_coco80_predictions.json")
+    assert coco_map == pytest.approx(map5095, abs=0.01)
+    assert coco_map50 == pytest.approx(map50, abs=0.01)

@@ -1,0 +1,157 @@
+"""Validate a trained detector on a dataset split: P, R, mAP50, mAP50-95, plots, optional COCO JSON.
+
+Usage:
+    python val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --img 640
+    python val.py --weights yolov5n.pt --data coco128.yaml --save-json      # also pycocotools' mAP
+    python val.py --weights best.onnx --data data.yaml --img 640           # .pt, .torchscript and .onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from models.backend import DetectMultiBackend
+from utils.coco import coco_evaluate, save_json, yolo_to_coco_gt
+from utils.data_config import check_dataset
+from utils.dataset import create_dataloader
+from utils.errors import ConfigError, DatasetError, SlideYoloError
+from utils.evaluate import EvalConfig, EvalResult, evaluate, format_table
+from utils.log import colorstr, get_logger
+from utils.paths import ROOT, increment_path
+from utils.torch_utils import select_device
+
+TASKS = ("train", "val", "test", "speed")
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """YOLOv5's val.py flags and defaults."""
+    parser = argparse.ArgumentParser(description="Validate a detector on a dataset split")
+    parser.add_argument("--data", type=str, default=str(ROOT / "data/shapes.yaml"), help="dataset.yaml path")
+    parser.add_argument("--weights", nargs="+", type=str, default=str(ROOT / "runs/train/exp/weights/best.pt"),
+                        help="model path(s): .pt, .torchscript or .onnx")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
+    parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    parser.add_argument("--task", default="val", choices=TASKS, help="train, val, test or speed")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    parser.add_argument("--workers", type=int, default=8, help="max dataloader workers")
+    parser.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
+    parser.add_argument("--verbose", action="store_true", help="report mAP by class")
+    parser.add_argument("--save-txt", action="store_true", help="save results to *.txt")
+    parser.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    parser.add_argument("--save-json", action="store_true", help="save a COCO-JSON results file (+ pycocotools mAP)")
+    parser.add_argument("--project", default=str(ROOT / "runs/val"), help="save to project/name")
+    parser.add_argument("--name", default="exp", help="save to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    parser.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    return parser.parse_args(argv)
+
+
+def _dataloader_for(data: dict, task: str, imgsz: int, batch_size: int, stride: int, pad: float, rect: bool,
+                    single_cls: bool, workers: int):
+    """The dataloader of one split, with a clear error when the data YAML has no such split."""
+    split = "val" if task == "speed" else task
+    if not data.get(split):
+        raise DatasetError(f"{data.get('yaml_file') or 'data'}: no '{split}' split to validate on "
+                           f"(keys present: {', '.join(k for k in TASKS if data.get(k))})")
+    return create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
+                             workers=workers, prefix=colorstr(f"{split}: "), nc=data["nc"], names=data["names"])[0]
+
+
+def _check_classes(backend: DetectMultiBackend, data: dict, weights: str, single_cls: bool) -> None:
+    """A model trained on nc classes must be validated on a dataset of nc names."""
+    if backend.nc and not single_cls and backend.nc != data["nc"]:
+        raise ConfigError(f"weights {weights} predict {backend.nc} classes but {data.get('yaml_file') or 'the data'}"
+                          f" names {data['nc']}; pass the data YAML the model was trained on")
+
+
+def _coco_check(result: EvalResult, dataloader, names: dict, save_dir: Path, weights: str) -> None:
+    """Write predictions and ground truth as COCO JSON and print pycocotools' mAP next to ours."""
+    log = get_logger()
+    ds = dataloader.dataset
+    pred_json = save_json(result.coco_json, save_dir / f"{Path(weights).stem}_predictions.json")
+    gt_json = save_json(yolo_to_coco_gt(ds.im_files, ds.labels, ds.shapes, names), save_dir / "ground_truth.json")
+    log.info(f"Saved {pred_json} and {gt_json}")
+    try:
+        map_, map50 = coco_evaluate(gt_json, pred_json)
+    except ImportError as e:
+        log.warning(f"WARNING pycocotools unavailable, COCO cross-check skipped: {e}")
+        return
+    log.info(f"pycocotools: mAP50-95 {map_:.3f}, mAP50 {map50:.3f} (ours: {result.map:.3f}, {result.map50:.3f})")
+
+
+@torch.no_grad()
+def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch_size: int = 32, imgsz: int = 640,
+        conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "",
+        workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
+        save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
+        exist_ok: bool = False, half: bool = False, model=None, dataloader=None, save_dir: Path = Path(""),
+        plots: bool = True, compute_loss=None):
+    """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls), maps (nc,), (pre, inference, nms) ms per image).
+
+    From training pass ``model`` (a DetectionModel), ``dataloader``, ``save_dir`` and ``compute_loss``; otherwise
+    ``weights`` (.pt, .torchscript, .onnx) and ``data`` are loaded here.
+    """
+    log = get_logger()
+    training = model is not None
+    if task == "speed":
+        conf_thres, iou_thres, save_json, plots = 0.25, 0.45, False, False
+    if training:
+        device = next(model.parameters()).device
+        data = data if isinstance(data, dict) else check_dataset(data)
+        names, exclusive, fp16 = data["names"], getattr(model, "class_act", "sigmoid") == "softmax", False
+        model_fn = model.half() if half and device.type == "cuda" else model.float()
+        fp16 = half and device.type == "cuda"
+        model_fn.eval()
+    else:
+        device = select_device(device, batch_size)
+        weights = weights[0] if isinstance(weights, (list, tuple)) else weights
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+        backend = DetectMultiBackend(weights, device=device, fp16=half)
+        data = check_dataset(data)
+        _check_classes(backend, data, weights, single_cls)
+        names, exclusive, fp16 = data["names"], backend.class_act == "softmax", half
+        imgsz = backend.input_size([imgsz])[0]
+        batch_size = batch_size if backend.dynamic else backend.batch
+        rect = backend.pt  # rectangular batches need a model that accepts any size
+        dataloader = _dataloader_for(data, task, imgsz, batch_size, backend.stride, 0.5 if rect else 0.0, rect,
+                                     single_cls, workers)
+        model_fn = backend
+        if not rect and batch_size > 1:
+            log.info(f"{weights}: fixed-size or non-PyTorch model, square {imgsz} batches")
+    cfg = EvalConfig(conf_thres, iou_thres, max_det, single_cls, exclusive, Path(save_dir) if save_dir else None,
+                     plots, save_txt, save_conf, save_json)
+    result = evaluate(model_fn, dataloader, names, cfg, compute_loss=compute_loss, device=device, fp16=fp16)
+    nc = 1 if single_cls else len(names)
+    log.info(format_table(result, names, per_class=(verbose or (nc < 50 and not training)) and nc > 1))
+    if not training:
+        pre, inf, nms = result.times_ms
+        log.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
+                 f"{(batch_size, 3, imgsz, imgsz)}")
+        if save_json and result.coco_json:
+            _coco_check(result, dataloader, names, Path(save_dir), weights)
+        log.info(f"Results saved to {colorstr('bold', str(save_dir))}")
+    else:
+        model.float()
+    return (result.mp, result.mr, result.map50, result.map, *result.loss.tolist()), result.maps, result.times_ms
+
+
+def main(opt: argparse.Namespace) -> list:
+    """Validate each weights file given; returns the run() results."""
+    get_logger().info(colorstr("val: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
+    weights = opt.weights if isinstance(opt.weights, list) else [opt.weights]
+    return [run(**{**vars(opt), "weights": w}) for w in weights]
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_opt())
+    except SlideYoloError as e:
+        sys.exit(f"val.py: {e}")
+
