@@ -43,6 +43,10 @@ def noisy_predictions(labels, shapes, seed: int = 1, n_fp: int = 40) -> list[tor
         cls = np.where(rng.random(len(lb)) < 0.1, rng.integers(0, len(NAMES), len(lb)), lb[:, 0])
         keep = rng.random(len(lb)) > 0.1
         conf = rng.uniform(0.3, 1.0, len(lb))
+        dup = rng.random(len(lb)) < 0.4  # duplicates that NMS at IoU 0.6 would keep, scored lower
+        dup_boxes = boxes[dup] + rng.normal(0, 0.1, (int(dup.sum()), 4)) * size[dup]
+        boxes, cls = np.r_[boxes, dup_boxes], np.r_[cls, cls[dup]]
+        keep, conf = np.r_[keep, keep[dup]], np.r_[conf, conf[dup] * rng.uniform(0.3, 1.0, int(dup.sum()))]
         fp_xy = rng.uniform(0, 0.7, (n_fp, 2)) * (w, h)
         fp = np.c_[fp_xy, fp_xy + rng.uniform(20, 100, (n_fp, 2))]
         fp_conf = 0.001 + 0.6 * rng.random(n_fp) ** 3

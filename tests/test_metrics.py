@@ -92,8 +92,23 @@ def test_process_batch_one_to_one_falls_back_to_second_label():
     labels = torch.tensor([[0, 0, 0, 10, 10], [0, 2, 0, 12, 10]], dtype=torch.float32)
     dets = torch.tensor([[0, 0, 10, 10, 0.9, 0], [0.5, 0, 10.5, 10, 0.8, 0]])  # det 1: IoU 0.905 / 0.739
     correct = process_batch(dets, labels, IOUV)
-    assert correct[:, 0].tolist() == [True, True]  # det 1 takes label 1 once label 0 is taken
+    assert correct[:, 0].tolist() == [True, True]  # COCO: det 1 takes label 1 once label 0 is taken
     assert correct[1].sum() == 5  # IoU 0.739 passes 0.5 .. 0.70
+    upstream = process_batch(dets, labels, IOUV, rule="yolov5")
+    assert upstream[:, 0].tolist() == [True, False]  # YOLOv5: det 1 only ever wanted label 0
+
+
+def test_process_batch_confidence_order_wins():
+    labels = torch.tensor([[3, 0, 0, 10, 10]], dtype=torch.float32)
+    a = [0, 0, 10, 13, 0.9, 3]  # higher score, IoU 100 / 130 = 0.769
+    b = [0, 0, 10, 10, 0.8, 3]  # lower score, IoU 1
+    expected_a, expected_b = [True] * 6 + [False] * 4, [False] * 6 + [True] * 4
+    correct = process_batch(torch.tensor([b, a]), labels, IOUV)  # coco rule sorts by confidence itself
+    assert correct[1].tolist() == expected_a and correct[0].tolist() == expected_b
+    upstream = process_batch(torch.tensor([a, b]), labels, IOUV, rule="yolov5")  # NMS order
+    assert upstream[0].tolist() == expected_a and upstream[1].tolist() == expected_b
+    with pytest.raises(ValueError, match="rule"):
+        process_batch(torch.tensor([a]), labels, IOUV, rule="iou")
 
 
 def test_process_batch_empty():

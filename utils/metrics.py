@@ -146,19 +146,61 @@ def _greedy_match(iou: torch.Tensor, allowed: torch.Tensor) -> np.ndarray:
     return np.concatenate(matches, 0) if matches else np.zeros((0, 2), dtype=int)
 
 
-def process_batch(detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor) -> torch.Tensor:
+def _match_coco(iou: np.ndarray, conf: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """COCO rule on (m, n) same-class IoU, (n,) conf, (t,) thresholds -> (n, t) bool true positives.
+
+    As pycocotools' ``evaluateImg``, at each threshold independently: detections in descending confidence each claim
+    the free label of highest IoU, if that IoU >= the threshold.
+    """
+    correct = np.zeros((iou.shape[1], thr.shape[0]), dtype=bool)
+    order = np.argsort(-conf, kind="stable")
+    candidates = order[iou[:, order].max(0) >= thr.min()]  # only boxes that can match at all
+    claimed = np.zeros((iou.shape[0], thr.shape[0]), dtype=bool)  # label claimed at threshold j
+    for d in candidates:
+        ok = (iou[:, d, None] >= thr) & ~claimed  # (m, t) labels still free and close enough
+        best = np.where(ok, iou[:, d, None], -1.0).argmax(0)  # highest-IoU free label per threshold
+        hit = ok.any(0)
+        claimed[best[hit], hit] = True
+        correct[d, hit] = True
+    return correct
+
+
+def _match_yolov5(iou: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """YOLOv5 v7 rule on (m, n) same-class IoU of detections in NMS order, (t,) thresholds -> (n, t) bool.
+
+    At each threshold: every detection keeps only its highest-IoU label (IoU >= threshold); each label then goes to the
+    first detection (highest confidence) that kept it. A detection whose best label went elsewhere does not fall back
+    to its second-best label, the one way this differs from the COCO rule.
+    """
+    correct = np.zeros((iou.shape[1], thr.shape[0]), dtype=bool)
+    for j, th in enumerate(thr):
+        ok = iou >= th
+        dets = np.nonzero(ok.any(0))[0]  # ascending index = NMS (confidence) order
+        if dets.size:
+            best = np.where(ok[:, dets], iou[:, dets], -1.0).argmax(0)
+            correct[dets[np.unique(best, return_index=True)[1]], j] = True
+    return correct
+
+
+def process_batch(detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor, rule: str = "coco"
+                  ) -> torch.Tensor:
     """Correctness of (n, 6) xyxy detections against (m, 5) cls+xyxy labels at each IoU in iouv (t,) -> (n, t) bool.
 
-    At each threshold, detections and labels of the same class with IoU >= threshold are paired one-to-one, highest
-    IoU first (``_greedy_match``); a paired detection is a true positive.
+    Detections and labels pair one-to-one within a class, at each threshold independently. rule "coco" (default)
+    is pycocotools' greedy matching in confidence order (``_match_coco``); rule "yolov5" reproduces upstream val.py
+    (``_match_yolov5``; expects NMS order). Both let the best-scored box take a label, so AP is not lost to a
+    lower-scored box of higher IoU; they differ only when a box's best label is taken and another one is free.
     """
-    correct = np.zeros((detections.shape[0], iouv.shape[0]), dtype=bool)
-    if detections.shape[0] and labels.shape[0]:
-        iou = box_iou(labels[:, 1:5].float(), detections[:, :4].float())
-        same_class = labels[:, 0:1] == detections[:, 5]
-        for t, thr in enumerate(iouv.tolist()):
-            m = _greedy_match(iou, (iou >= thr) & same_class)
-            correct[m[:, 1], t] = True
+    n, t = detections.shape[0], iouv.shape[0]
+    if rule not in ("coco", "yolov5"):
+        raise ValueError(f"process_batch rule must be 'coco' or 'yolov5', got {rule!r}")
+    if not n or not labels.shape[0]:
+        return torch.zeros((n, t), dtype=torch.bool, device=iouv.device)
+    iou = box_iou(labels[:, 1:5].float(), detections[:, :4].float())
+    same = (labels[:, 0:1] == detections[:, 5]).cpu().numpy()
+    iou = np.where(same, iou.cpu().numpy(), -1.0)  # -1: never a match across classes
+    thr = iouv.cpu().numpy()
+    correct = _match_coco(iou, detections[:, 4].cpu().numpy(), thr) if rule == "coco" else _match_yolov5(iou, thr)
     return torch.tensor(correct, dtype=torch.bool, device=iouv.device)
 
 
