@@ -1,0 +1,119 @@
+"""Export a trained .pt model to TorchScript and/or ONNX, written next to the weights (best.pt -> best.onnx).
+
+Usage:
+    python export.py --weights runs/train/exp/weights/best.pt --include torchscript onnx
+    python export.py --weights best.pt --include onnx --dynamic --simplify
+
+Exported files carry stride, class names and the class activation (sigmoid / softmax), so detect.py and val.py read
+them with nothing re-specified. After an ONNX export the file is run once through onnxruntime and the largest
+difference from the PyTorch output is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from utils.checkpoint import attempt_load
+from utils.errors import ConfigError, SlideYoloError
+from utils.export import check_half, export_onnx, export_torchscript, file_size_mb, onnx_parity_detail
+from utils.log import colorstr, get_logger
+from utils.torch_utils import select_device
+
+FORMATS = ("torchscript", "onnx")
+
+
+def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options (YOLOv5 names and defaults)."""
+    parser = argparse.ArgumentParser(description="Export a .pt model to TorchScript / ONNX")
+    parser.add_argument("--weights", type=str, default="yolov5s.pt", help="model.pt path")
+    parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the example input")
+    parser.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
+    parser.add_argument("--half", action="store_true", help="FP16 half-precision export (CUDA only)")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
+    parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph with onnxslim")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX: opset version")
+    parser.add_argument("--include", nargs="+", default=["torchscript"], choices=FORMATS, help="formats to export")
+    opt = parser.parse_args(argv)
+    opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz
+    return opt
+
+
+def run(weights: str = "yolov5s.pt", imgsz: Sequence[int] = (640, 640), batch_size: int = 1, device: str = "cpu",
+        include: Sequence[str] = ("torchscript",), half: bool = False, dynamic: bool = False, simplify: bool = False,
+        opset: int = 17) -> dict[str, Path]:
+    """Export weights to each format in include; returns {format: exported file}."""
+    log, t0 = get_logger(), time.time()
+    weights = Path(weights)
+    dev = select_device(device)
+    check_half(half, dev)
+    imgsz = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
+    model = attempt_load(weights, device=dev, fuse=True)
+    for p in model.parameters():
+        p.requires_grad = False
+    gs = int(max(model.stride.tolist()))
+    if any(s % gs for s in imgsz):
+        raise ConfigError(f"--imgsz {imgsz}: each size must be a multiple of the model stride {gs}")
+    im = torch.zeros(batch_size, 3, *imgsz, device=dev)
+    if half:
+        model, im = model.half(), im.half()
+    model.eval()
+    with torch.no_grad():
+        model(im)  # dry run: builds grids, catches shape errors before exporting
+    log.info(f"\n{colorstr('PyTorch:')} starting from {weights} with input {tuple(im.shape)} "
+             f"({file_size_mb(weights):.1f} MB, class_act {model.class_act})")
+    files = {}
+    if "torchscript" in include:
+        files["torchscript"] = _timed("TorchScript", export_torchscript, model, im, weights.with_suffix(".torchscript"))
+    if "onnx" in include:
+        files["onnx"] = _timed("ONNX", export_onnx, model, im, weights.with_suffix(".onnx"), opset=opset,
+                               dynamic=dynamic, simplify=simplify)
+        d = onnx_parity_detail(model, files["onnx"], im)
+        log.info(f"{colorstr('ONNX:')} onnxruntime vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
+                 f"scores {d['scores']:.3g}")
+    _summary(files, weights, imgsz, time.time() - t0)
+    return files
+
+
+def _timed(label: str, fn, *args, **kwargs) -> Path:
+    """Call an exporter, log its duration and the file size; returns the file."""
+    t = time.time()
+    file = fn(*args, **kwargs)
+    get_logger().info(f"{colorstr(label + ':')} export success {time.time() - t:.1f}s, saved as {file} "
+                      f"({file_size_mb(file):.1f} MB)")
+    return file
+
+
+def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], seconds: float) -> None:
+    """Log where results went and a detect/val command to try them."""
+    if not files:
+        return
+    f = next(reversed(files.values()))
+    size = "" if imgsz == [640, 640] else f" --imgsz {' '.join(map(str, imgsz))}"
+    folder = colorstr("bold", str(weights.parent.resolve()))
+    get_logger().info(f"\nExport complete ({seconds:.1f}s)\nResults saved to {folder}"
+                      f"\nDetect:   python detect.py --weights {f}{size}"
+                      f"\nValidate: python val.py --weights {f}{size}")
+
+
+def main(opt: argparse.Namespace) -> dict[str, Path]:
+    """Run the export from parsed options."""
+    return run(**vars(opt))
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point: run from command-line arguments; user-facing errors exit with one line, no traceback."""
+    try:
+        main(parse_opt(argv))
+    except SlideYoloError as e:
+        sys.exit(f"export.py: {e}")
+
+
+if __name__ == "__main__":
+    cli()

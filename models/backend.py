@@ -1,0 +1,178 @@
+"""DetectMultiBackend: one inference call for PyTorch (.pt), TorchScript (.torchscript) and ONNX (.onnx) weights.
+
+Every backend takes a float tensor (bs, 3, h, w) in [0, 1] and returns the decoded prediction (bs, N, 5 + nc) as a
+float32 tensor on the backend's device: xywh in input pixels, objectness, class scores (sigmoid or softmax, see
+``class_act``). Exported files carry their own metadata (written by utils/export.py): ``stride``, ``names``,
+``class_act``, ``imgsz``, ``dynamic``, ``nc``; TorchScript in the ``config.txt`` extra file (JSON), ONNX in
+``metadata_props`` (one JSON value per key). Files exported by upstream YOLOv5 (``shape``/``stride``/``names`` keys,
+Python-literal values) are read as well.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from utils.checkpoint import attempt_load
+from utils.errors import CheckpointError, ConfigError
+from utils.export import onnx_session
+from utils.log import get_logger
+from utils.torch_utils import select_device
+
+SUPPORTED_SUFFIXES = (".pt", ".torchscript", ".onnx")
+
+
+def _parse_value(text: Union[str, bytes]) -> Any:
+    """Decode one metadata value: JSON (ours) or a Python literal (upstream YOLOv5); else the raw string."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError):
+            continue
+    return text
+
+
+def _normalize_metadata(meta: dict, nc_hint: Optional[int] = None) -> dict:
+    """Fill the metadata keys (stride, names, class_act, imgsz, dynamic, nc) from what a file provides."""
+    names = meta.get("names")
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    names = {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else None
+    nc = int(meta.get("nc") or (len(names) if names else 0) or nc_hint or 0)
+    if names is None:
+        names = {i: f"class{i}" for i in range(nc)}
+    imgsz = meta.get("imgsz") or (list(meta["shape"][2:]) if meta.get("shape") else None)
+    return {
+        "stride": int(meta.get("stride") or 32),
+        "names": names,
+        "nc": nc,
+        "class_act": str(meta.get("class_act") or "sigmoid"),
+        "imgsz": [int(s) for s in imgsz] if imgsz else None,
+        "dynamic": bool(meta.get("dynamic", False)),
+        "batch": int(meta.get("batch") or (meta["shape"][0] if meta.get("shape") else 1)),
+    }
+
+
+class DetectMultiBackend(nn.Module):
+    """Load .pt / .torchscript / .onnx weights and run them with one call: ``backend(im) -> y (bs, N, 5 + nc)``.
+
+    Attributes: ``pt``, ``jit``, ``onnx`` (which backend), ``stride`` (int, the largest model stride), ``names``
+    (dict int -> str), ``nc``, ``class_act`` ('sigmoid' | 'softmax'), ``imgsz`` ([h, w] the file was exported at, None
+    for .pt), ``dynamic`` (True when any input size is accepted: .pt, or ONNX exported with dynamic axes), ``fp16``,
+    ``device``. TorchScript traces are treated as fixed-size (``dynamic`` False).
+    """
+
+    def __init__(self, weights: Union[str, Path], device: Union[str, torch.device] = "cpu", fp16: bool = False,
+                 fuse: bool = True):
+        super().__init__()
+        w = Path(weights)
+        suffix = w.suffix.lower()
+        if suffix not in SUPPORTED_SUFFIXES:
+            raise CheckpointError(f"weights {w}: unsupported format '{suffix or w.name}' "
+                                  f"(supported suffixes: {', '.join(SUPPORTED_SUFFIXES)})")
+        if not w.is_file():
+            raise CheckpointError(f"weights {w}: file not found (this project never downloads weights; "
+                                  "pass the path of a local .pt, .torchscript or .onnx file)")
+        self.device = select_device(device)
+        if fp16 and self.device.type != "cuda":
+            raise ConfigError(f"weights {w}: FP16 (--half) inference needs a CUDA device, got '{self.device}'")
+        self.weights, self.fp16 = w, fp16
+        self.pt, self.jit, self.onnx = suffix == ".pt", suffix == ".torchscript", suffix == ".onnx"
+        self.model, self.session = None, None
+        if self.pt:
+            meta = self._load_pt(w, fuse)
+        elif self.jit:
+            meta = self._load_torchscript(w)
+        else:
+            meta = self._load_onnx(w)
+        for k, v in meta.items():
+            setattr(self, k, v)
+
+    def _load_pt(self, w: Path, fuse: bool) -> dict:
+        """Load a PyTorch checkpoint; metadata comes from the model's attributes."""
+        model = attempt_load(w, device=self.device, fuse=fuse)
+        self.model = model.half() if self.fp16 else model
+        stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+        meta = {"stride": stride, "names": getattr(model, "names", None), "nc": getattr(model, "nc", None),
+                "class_act": getattr(model, "class_act", "sigmoid")}
+        return {**_normalize_metadata(meta), "dynamic": True, "imgsz": None}
+
+    def _load_torchscript(self, w: Path) -> dict:
+        """Load a TorchScript file and its 'config.txt' metadata."""
+        extra = {"config.txt": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still supported
+                model = torch.jit.load(str(w), map_location=self.device, _extra_files=extra)
+        except Exception as e:  # corrupt or not a TorchScript archive
+            raise CheckpointError(f"weights {w}: cannot be read as TorchScript ({type(e).__name__}: {e})") from e
+        self.model = model.half() if self.fp16 else model.float()
+        self.model.eval()
+        meta = _parse_value(extra["config.txt"]) if extra["config.txt"] else {}
+        if not isinstance(meta, dict):
+            meta = {}
+        if not meta:
+            get_logger().warning(f"WARNING {w}: no metadata (config.txt); assuming stride 32 and numbered classes")
+        return {**_normalize_metadata(meta), "dynamic": False}
+
+    def _load_onnx(self, w: Path) -> dict:
+        """Open an onnxruntime session (CUDA provider when the device is CUDA and it is available)."""
+        try:
+            self.session = onnx_session(w, self.device)
+        except Exception as e:  # invalid protobuf, unsupported opset
+            raise CheckpointError(f"weights {w}: cannot be opened by onnxruntime ({type(e).__name__}: {e})") from e
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_names = inp.name, [o.name for o in self.session.get_outputs()]
+        self.input_fp16 = inp.type == "tensor(float16)"
+        raw = {k: _parse_value(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+        nc_hint = out.shape[-1] - 5 if isinstance(out.shape[-1], int) else None
+        meta = _normalize_metadata(raw, nc_hint)
+        static = all(isinstance(d, int) for d in inp.shape)
+        meta["dynamic"] = not static
+        if static:
+            meta["imgsz"], meta["batch"] = [int(inp.shape[2]), int(inp.shape[3])], int(inp.shape[0])
+        return meta
+
+    def forward(self, im: torch.Tensor) -> torch.Tensor:
+        """Run inference on im (bs, 3, h, w) float in [0, 1]; returns y (bs, N, 5 + nc) float32 on self.device."""
+        if self.onnx:
+            return self._forward_onnx(im)
+        im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
+        with torch.inference_mode():
+            y = self.model(im)
+        if isinstance(y, (list, tuple)):  # .pt eval output is (y, raw)
+            y = y[0]
+        return y.float()
+
+    def _forward_onnx(self, im: torch.Tensor) -> torch.Tensor:
+        """onnxruntime inference; a wrong input size on a fixed-size export raises ConfigError."""
+        if not self.dynamic and tuple(im.shape) != (self.batch, 3, *self.imgsz):
+            raise ConfigError(f"weights {self.weights}: exported for input {(self.batch, 3, *self.imgsz)} (fixed size),"
+                              f" got {tuple(im.shape)}; use --imgsz {' '.join(map(str, self.imgsz))} "
+                              "or re-export with --dynamic")
+        x = im.detach().cpu().numpy().astype("float16" if self.input_fp16 else "float32")
+        y = self.session.run(self.output_names, {self.input_name: x})[0]
+        return torch.from_numpy(y).float().to(self.device)
+
+    def warmup(self, imgsz: Sequence[int] = (1, 3, 640, 640), runs: int = 1) -> None:
+        """Run a few zero images through the model (first-call allocations, cuDNN/ORT kernel selection)."""
+        im = torch.zeros(tuple(imgsz), device=self.device)
+        for _ in range(runs):
+            self.forward(im)
+
+    def input_size(self, imgsz: Sequence[int]) -> list[int]:
+        """The [h, w] to feed this backend: imgsz for dynamic models, else the exported size (warning if different)."""
+        imgsz = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
+        if self.dynamic or not self.imgsz or imgsz == self.imgsz:
+            return imgsz
+        get_logger().warning(f"WARNING {self.weights.name} was exported at fixed size {self.imgsz}; "
+                             f"using it instead of --imgsz {imgsz}")
+        return list(self.imgsz)

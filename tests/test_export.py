@@ -1,0 +1,151 @@
+"""Export: ONNX and TorchScript parity with PyTorch, dynamic axes, softmax rows, metadata, export.py CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import export as export_cli
+from models.yolo import DetectionModel
+from utils.checkpoint import save_checkpoint
+from utils.errors import CheckpointError, ConfigError
+from utils.export import (
+    check_onnx_parity,
+    export_mode,
+    export_onnx,
+    export_torchscript,
+    onnx_parity_detail,
+)
+
+NAMES = {0: "cat", 1: "dog", 2: "bird"}
+
+
+def tiny_model(ce: bool = False) -> DetectionModel:
+    """A randomly initialised yolov5n with 3 named classes; softmax class scores when ce."""
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.names = dict(NAMES)
+    if ce:
+        model.hyp = {"cls_loss_type": "ce"}
+    return model.fuse().eval()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, DetectionModel]:
+    """One tiny sigmoid (bce) and one tiny softmax (ce) model, shared by the tests of this module."""
+    return {"bce": tiny_model(ce=False), "ce": tiny_model(ce=True)}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny .pt checkpoint in its own folder."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    return save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=3)}, folder / "best.pt")
+
+
+def ort_run(file, x: torch.Tensor) -> np.ndarray:
+    """Run an ONNX file on CPU through onnxruntime."""
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("kind", ["bce", "ce"])
+def test_onnx_parity(tmp_path, models, kind):
+    model, im = models[kind], torch.rand(1, 3, 96, 128)
+    file = export_onnx(model, im, tmp_path / "m.onnx")
+    onnx.checker.check_model(str(file))
+    assert check_onnx_parity(model, file, im) < 1e-3
+    detail = onnx_parity_detail(model, file, im)
+    assert detail["scores"] < 1e-5 and detail["boxes"] < 1e-3
+
+
+def test_export_restores_detect_flag_and_mode(tmp_path):
+    model = tiny_model()
+    model.train()
+    export_onnx(model, torch.rand(1, 3, 64, 64), tmp_path / "m.onnx")
+    assert model.training and model.model[-1].export is False
+
+
+def test_torchscript_parity(tmp_path, models):
+    model, im = models["ce"], torch.rand(2, 3, 64, 96)
+    file = export_torchscript(model, im, tmp_path / "m.torchscript")
+    extra = {"config.txt": ""}
+    ts = torch.jit.load(str(file), _extra_files=extra)
+    with export_mode(model), torch.no_grad():
+        assert (ts(im) - model(im)).abs().max() < 1e-4
+    meta = json.loads(extra["config.txt"])
+    assert meta["class_act"] == "softmax" and meta["imgsz"] == [64, 96] and meta["stride"] == 32
+
+
+def test_dynamic_onnx_accepts_batch_and_size(tmp_path, models):
+    model = models["bce"]
+    file = export_onnx(model, torch.zeros(1, 3, 64, 64), tmp_path / "dyn.onnx", dynamic=True)
+    for shape in [(1, 3, 64, 64), (3, 3, 96, 160)]:
+        x = torch.rand(shape)
+        y = ort_run(file, x)
+        with export_mode(model), torch.no_grad():
+            ref = model(x).numpy()
+        assert y.shape == ref.shape
+        assert np.abs(y - ref).max() < 1e-3
+
+
+def test_static_onnx_has_fixed_input(tmp_path, models):
+    file = export_onnx(models["bce"], torch.zeros(1, 3, 64, 64), tmp_path / "s.onnx")
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 64, 64]
+
+
+def test_softmax_rows_sum_to_one_in_onnx(tmp_path, models):
+    file = export_onnx(models["ce"], torch.zeros(1, 3, 64, 64), tmp_path / "ce.onnx", dynamic=True)
+    y = ort_run(file, torch.rand(2, 3, 64, 96))
+    np.testing.assert_allclose(y[..., 5:].sum(-1), 1.0, atol=1e-5)
+    y_bce = ort_run(export_onnx(models["bce"], torch.zeros(1, 3, 64, 64), tmp_path / "bce.onnx"),
+                    torch.rand(1, 3, 64, 64))
+    assert np.abs(y_bce[..., 5:].sum(-1) - 1).max() > 0.1  # sigmoid scores are not normalised
+
+
+def test_onnx_metadata_props(tmp_path, models):
+    file = export_onnx(models["ce"], torch.zeros(1, 3, 64, 96), tmp_path / "m.onnx", dynamic=True)
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(file)).metadata_props}
+    assert meta["names"] == {str(k): v for k, v in NAMES.items()}
+    assert meta["stride"] == 32 and meta["class_act"] == "softmax" and meta["nc"] == 3
+    assert meta["imgsz"] == [64, 96] and meta["dynamic"] is True
+
+
+def test_simplify_keeps_parity(tmp_path, models):
+    model, im = models["bce"], torch.rand(1, 3, 64, 64)
+    file = export_onnx(model, im, tmp_path / "slim.onnx", simplify=True)
+    assert check_onnx_parity(model, file, im) < 1e-3
+    assert any(p.key == "names" for p in onnx.load(str(file)).metadata_props)
+
+
+def test_export_cli_writes_next_to_weights(checkpoint):
+    opt = export_cli.parse_opt(["--weights", str(checkpoint), "--imgsz", "64", "--include", "torchscript", "onnx"])
+    assert opt.imgsz == [64, 64] and opt.opset == 17
+    files = export_cli.main(opt)
+    folder = checkpoint.parent
+    assert files == {"torchscript": folder / "best.torchscript", "onnx": folder / "best.onnx"}
+    assert all(f.is_file() for f in files.values())
+
+
+def test_export_cli_defaults_and_errors(tmp_path, checkpoint):
+    opt = export_cli.parse_opt([])
+    assert opt.include == ["torchscript"] and opt.imgsz == [640, 640] and opt.batch_size == 1
+    assert opt.device == "cpu" and not opt.dynamic and not opt.half
+    weights = checkpoint
+    with pytest.raises(ConfigError, match="CUDA"):
+        export_cli.run(weights=weights, imgsz=[64], half=True)
+    with pytest.raises(ConfigError, match="multiple of the model stride"):
+        export_cli.run(weights=weights, imgsz=[70])
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        export_cli.run(weights=tmp_path / "missing.pt", imgsz=[64])
+
+
+def test_export_cli_error_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        export_cli.cli(["--weights", str(tmp_path / "gone.pt")])
+    assert str(e.value.code).startswith("export.py: weights ") and "gone.pt" in str(e.value.code)

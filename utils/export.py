@@ -1,0 +1,164 @@
+"""TorchScript and ONNX export of a DetectionModel, with metadata, and an onnxruntime parity check.
+
+Exported graphs return the decoded prediction alone (``Detect.export = True``): (bs, N, 5 + nc) with xywh in input
+pixels, sigmoid objectness and class scores as the model's ``class_act`` (sigmoid, or softmax rows summing to 1).
+Metadata (``stride``, ``names``, ``nc``, ``class_act``, ``imgsz``, ``batch``, ``dynamic``) travels inside the file,
+read back by models/backend.py: TorchScript as a JSON ``config.txt`` extra file, ONNX as ``metadata_props``
+(one JSON value per key).
+
+ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it needs no ``onnxscript`` and
+supports ``dynamic_axes``; the Detect head rebuilds its grids from the input shape, so a ``dynamic`` export accepts
+any batch size and any image size that is a multiple of the stride.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.errors import ConfigError
+from utils.log import get_logger
+
+INPUT_NAME, OUTPUT_NAME = "images", "output0"
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model in eval mode with every Detect head's ``export`` flag set; restore the flags afterwards."""
+    heads = [m for m in model.modules() if hasattr(m, "export") and hasattr(m, "anchors")]
+    saved = [m.export for m in heads]
+    was_training = model.training
+    model.eval()
+    for m in heads:
+        m.export = True
+    try:
+        yield model
+    finally:
+        for m, flag in zip(heads, saved):
+            m.export = flag
+        model.train(was_training)
+
+
+def export_metadata(model: nn.Module, im: torch.Tensor, dynamic: bool = False) -> dict:
+    """The metadata stored in exported files: stride, names, nc, class_act, imgsz [h, w], batch, dynamic."""
+    names = getattr(model, "names", None) or {}
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    return {
+        "stride": int(max(model.stride.tolist())) if hasattr(model, "stride") else 32,
+        "names": {int(k): str(v) for k, v in names.items()},
+        "nc": int(getattr(model, "nc", len(names))),
+        "class_act": str(getattr(model, "class_act", "sigmoid")),
+        "imgsz": [int(im.shape[2]), int(im.shape[3])],
+        "batch": int(im.shape[0]),
+        "dynamic": bool(dynamic),
+    }
+
+
+def check_half(half: bool, device: torch.device) -> None:
+    """FP16 export is only possible on CUDA: ConfigError otherwise."""
+    if half and device.type != "cuda":
+        raise ConfigError(f"--half export needs a CUDA device (--device 0), got '{device}'")
+
+
+def export_torchscript(model: nn.Module, im: torch.Tensor, file: Union[str, Path]) -> Path:
+    """Trace the model on im and save it to file (.torchscript) with metadata in the 'config.txt' extra file."""
+    file = Path(file)
+    meta = export_metadata(model, im, dynamic=False)
+    with export_mode(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still supported
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, im, strict=False, check_trace=False)  # parity is tested instead
+        traced.save(str(file), _extra_files={"config.txt": json.dumps(meta)})
+    return file
+
+
+def export_onnx(model: nn.Module, im: torch.Tensor, file: Union[str, Path], opset: int = 17, dynamic: bool = False,
+                simplify: bool = False) -> Path:
+    """Export to ONNX at opset, with dynamic batch/height/width if dynamic; checked by onnx.checker; metadata added."""
+    import onnx
+
+    file = Path(file)
+    axes = None
+    if dynamic:
+        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 1: "anchors"}}
+    with export_mode(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is marked legacy
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, (im,), str(file), opset_version=opset, do_constant_folding=True, dynamo=False,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+    proto = onnx.load(str(file))
+    onnx.checker.check_model(proto)
+    if simplify:
+        proto = _simplify(proto, file)
+    for key, value in export_metadata(model, im, dynamic).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(file))
+    return file
+
+
+def _simplify(proto, file: Path):
+    """Simplify an ONNX graph with onnxslim when installed; warn and return it unchanged otherwise."""
+    try:
+        import onnxslim
+    except ImportError:
+        get_logger().warning(f"WARNING {file.name}: --simplify skipped, onnxslim is not installed "
+                             "(pip install onnxslim)")
+        return proto
+    try:
+        slim = onnxslim.slim(proto)
+    except Exception as e:  # onnxslim bug on an unusual graph: keep the valid unsimplified graph
+        get_logger().warning(f"WARNING {file.name}: onnxslim failed ({type(e).__name__}: {e}); kept unsimplified")
+        return proto
+    return slim
+
+
+def onnx_session(file: Union[str, Path], device: torch.device = torch.device("cpu")):
+    """An onnxruntime InferenceSession on CPU, or on CUDA first when device is CUDA and the provider exists."""
+    import onnxruntime as ort
+
+    providers: list = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    elif device.type == "cuda":
+        get_logger().warning(f"WARNING {Path(file).name}: onnxruntime has no CUDA provider here; running on CPU")
+    return ort.InferenceSession(str(file), providers=providers)
+
+
+def _parity_outputs(model: nn.Module, file: Union[str, Path], im: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(onnxruntime output, PyTorch output) of file and model on im, both float32 numpy (bs, N, 5 + nc)."""
+    session = onnx_session(file, im.device)
+    x = im.detach().cpu().numpy()
+    if session.get_inputs()[0].type == "tensor(float16)":
+        x = x.astype(np.float16)
+    y_ort = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
+    with export_mode(model), torch.no_grad():
+        y_pt = model(im).float().cpu().numpy()
+    if y_ort.shape != y_pt.shape:
+        raise ConfigError(f"ONNX {file}: output shape {y_ort.shape} differs from PyTorch {y_pt.shape}")
+    return y_ort, y_pt
+
+
+def check_onnx_parity(model: nn.Module, file: Union[str, Path], im: torch.Tensor) -> float:
+    """Max absolute difference between the PyTorch output and the onnxruntime output of file on im."""
+    y_ort, y_pt = _parity_outputs(model, file, im)
+    return float(np.abs(y_ort - y_pt).max())
+
+
+def onnx_parity_detail(model: nn.Module, file: Union[str, Path], im: torch.Tensor) -> dict[str, float]:
+    """Max absolute differences split into 'boxes' (xywh, input pixels) and 'scores' (objectness and classes)."""
+    d = np.abs(np.subtract(*_parity_outputs(model, file, im)))
+    return {"boxes": float(d[..., :4].max()), "scores": float(d[..., 4:].max())}
+
+
+def file_size_mb(file: Union[str, Path]) -> float:
+    """Size of a file in MB (1e6 bytes)."""
+    return Path(file).stat().st_size / 1e6
