@@ -1,0 +1,153 @@
+"""detect.py: options, outputs (images, mp4, txt, csv, crops), errors, and real detections of the official model."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import OFFICIAL_WEIGHTS, SHARED, needs_shared
+
+import detect
+import export as export_cli
+from models.backend import DetectMultiBackend
+from models.yolo import DetectionModel
+from utils.checkpoint import save_checkpoint
+from utils.errors import CheckpointError
+from utils.nms import non_max_suppression
+from utils.sources import LoadImages
+
+SAMPLES = SHARED / "samples"
+COCO_PERSON, COCO_BUS, COCO_TIE = 0, 5, 27
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A randomly initialised 2-class yolov5n checkpoint (softmax scores, to exercise exclusive NMS)."""
+    model = DetectionModel("yolov5n.yaml", nc=2)
+    model.names = {0: "square", 1: "circle"}
+    model.hyp = {"cls_loss_type": "ce"}
+    return save_checkpoint({"model": model}, tmp_path_factory.mktemp("w") / "tiny.pt")
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A folder with two random images."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("one.jpg", (90, 120, 3)), ("two.png", (100, 70, 3))):
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, shape, dtype=np.uint8))
+    return folder
+
+
+def counts(det: torch.Tensor) -> dict[int, int]:
+    """{class id: number of boxes} of (n, 6) detections."""
+    return {int(c): int((det[:, 5] == c).sum()) for c in det[:, 5].unique()}
+
+
+def test_parse_opt_defaults():
+    opt = detect.parse_opt([])
+    assert opt.imgsz == [640, 640] and opt.conf_thres == 0.25 and opt.iou_thres == 0.45 and opt.max_det == 1000
+    assert opt.line_thickness == 3 and opt.vid_stride == 1 and opt.name == "exp" and opt.weights == "yolov5s.pt"
+    assert opt.project.endswith("runs/detect") and opt.classes is None
+    opt = detect.parse_opt(["--imgsz", "320", "480", "--classes", "0", "2", "--save-txt", "--hide-conf"])
+    assert opt.imgsz == [320, 480] and opt.classes == [0, 2] and opt.save_txt and opt.hide_conf
+
+
+def test_missing_default_weights_error(tmp_path, images):
+    with pytest.raises(CheckpointError, match="--weights"):
+        detect.run(weights=tmp_path / "yolov5s.pt", source=images, project=tmp_path)
+
+
+def test_cli_error_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        detect.cli(["--weights", str(tmp_path / "none.pt"), "--source", str(tmp_path)])
+    message = str(e.value.code)
+    assert message.startswith("detect.py: weights ") and "none.pt" in message and "--weights" in message
+    assert "\n" not in message
+
+
+def test_images_txt_csv_crops(tiny_weights, images, tmp_path):
+    out = detect.run(weights=tiny_weights, source=images, imgsz=[64], conf_thres=0.0, max_det=3, device="cpu",
+                     save_txt=True, save_conf=True, save_csv=True, save_crop=True, project=tmp_path / "runs")
+    save_dir = out["save_dir"]
+    assert save_dir == tmp_path / "runs" / "exp"
+    assert [p["path"].rsplit("/", 1)[-1] for p in out["predictions"]] == ["one.jpg", "two.png"]
+    assert (save_dir / "one.jpg").is_file() and (save_dir / "two.png").is_file()
+    for pred in out["predictions"]:
+        det = pred["det"]
+        assert det.shape == (3, 6) and pred["frame"] == 0
+        rows = (save_dir / "labels" / f"{pred['path'].rsplit('/', 1)[-1].split('.')[0]}.txt").read_text().split("\n")
+        values = np.array([r.split() for r in rows if r], dtype=float)
+        assert values.shape == (3, 6) and ((values[:, 1:5] >= 0) & (values[:, 1:5] <= 1)).all()
+        np.testing.assert_allclose(values[:, 5], det[:, 4].numpy(), atol=1e-5)
+    with open(save_dir / "predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6 and set(table[0]) >= {"image", "class", "confidence", "x1", "y2"}
+    assert {r["class"] for r in table} <= {"square", "circle"}
+    assert len(list((save_dir / "crops").rglob("*.jpg"))) == 6
+    assert len(out["speed"]) == 3
+    again = detect.run(weights=tiny_weights, source=images / "one.jpg", imgsz=[64], nosave=True, device="cpu",
+                       project=tmp_path / "runs")
+    assert again["save_dir"].name == "exp2" and not list(again["save_dir"].iterdir())
+
+
+def test_softmax_model_uses_exclusive_nms(tiny_weights, images, tmp_path, monkeypatch):
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return non_max_suppression(*args, **kwargs)
+
+    monkeypatch.setattr(detect, "non_max_suppression", spy)
+    detect.run(weights=tiny_weights, source=images / "one.jpg", imgsz=[64], device="cpu", nosave=True,
+               project=tmp_path, classes=[1], agnostic_nms=True, max_det=7)
+    assert calls[0]["exclusive"] is True and calls[0]["max_det"] == 7
+
+
+@needs_shared(SAMPLES / "vtest_30f.mp4")
+def test_video_gives_30_frame_mp4(tiny_weights, tmp_path):
+    out = detect.run(weights=tiny_weights, source=SAMPLES / "vtest_30f.mp4", imgsz=[64], device="cpu",
+                     project=tmp_path)
+    assert [p["frame"] for p in out["predictions"]] == list(range(1, 31))
+    cap = cv2.VideoCapture(str(out["save_dir"] / "vtest_30f.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    size = (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    cap.release()
+    assert n == 30 and size == (768, 576)
+
+
+@pytest.mark.slow
+@needs_shared(OFFICIAL_WEIGHTS)
+def test_official_checkpoint_detections_pt_and_onnx(tmp_path):
+    """4 persons + 1 bus on bus.jpg and 2 persons + 1 tie on zidane.jpg, from the .pt and its dynamic ONNX export."""
+    weights = tmp_path / OFFICIAL_WEIGHTS.name
+    shutil.copy(OFFICIAL_WEIGHTS, weights)  # export writes next to the weights: keep ../shared untouched
+    onnx_file = export_cli.run(weights=weights, include=["onnx"], dynamic=True)["onnx"]
+    expected = {"bus.jpg": {COCO_PERSON: 4, COCO_BUS: 1}, "zidane.jpg": {COCO_PERSON: 2, COCO_TIE: 1}}
+    for w in (weights, onnx_file):
+        out = detect.run(weights=w, source=[SAMPLES / "bus.jpg", SAMPLES / "zidane.jpg"], imgsz=[640],
+                         conf_thres=0.25, device="cpu", project=tmp_path / "runs")
+        got = {p["path"].rsplit("/", 1)[-1]: counts(p["det"]) for p in out["predictions"]}
+        assert got == expected, w.suffix
+
+
+@pytest.mark.slow
+@needs_shared(OFFICIAL_WEIGHTS)
+def test_official_static_onnx_matches_pt_on_same_input(tmp_path):
+    """A fixed-size export letterboxes to the full 640x640 square; on that same input it equals the .pt model."""
+    weights = tmp_path / OFFICIAL_WEIGHTS.name
+    shutil.copy(OFFICIAL_WEIGHTS, weights)
+    onnx_file = export_cli.run(weights=weights, include=["onnx"])["onnx"]
+    pt, ort = DetectMultiBackend(weights), DetectMultiBackend(onnx_file)
+    assert not ort.dynamic and ort.imgsz == [640, 640]
+    for _, im, *_ in LoadImages(SAMPLES / "bus.jpg", img_size=640, auto=False):
+        x = torch.from_numpy(im).float().div(255)[None]
+        a, b = (non_max_suppression(backend(x), 0.25, 0.45)[0] for backend in (pt, ort))
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-2
