@@ -215,7 +215,8 @@ class ConfusionMatrix:
     """(nc + 1) x (nc + 1) counts: rows = predicted class, columns = true class; index nc is background.
 
     Column nc counts false positives (a detection matched to no label), row nc false negatives (a label matched by no
-    detection). Detections below ``conf`` are ignored; pairing is class-agnostic at IoU > ``iou_thres``.
+    detection). Detections below ``conf`` are ignored; pairing is one-to-one and class-agnostic at IoU > ``iou_thres``,
+    highest IoU first (``_greedy_match``), so a well-placed box of the wrong class lands in that class's row.
     """
 
     def __init__(self, nc: int, conf: float = 0.25, iou_thres: float = 0.45):

@@ -275,7 +275,7 @@ def plot_labels(labels: np.ndarray, names: Names = (), save_dir: Union[str, Path
     save_dir.mkdir(parents=True, exist_ok=True)
     labels = _to_numpy(labels).reshape(-1, 5).astype(float)
     cls, boxes = labels[:, 0].astype(int), labels[:, 1:]
-    nc = int(cls.max()) + 1 if len(cls) else max(len(names or ()), 1)
+    nc = max(len(names) if names is not None else 0, int(cls.max()) + 1 if len(cls) else 1)
     get_logger().info(f"Plotting labels to {save_dir / 'labels.jpg'}...")
     rng = np.random.default_rng(0)
     sub = boxes[rng.choice(len(boxes), max_rows, replace=False)] if len(boxes) > max_rows else boxes
