@@ -155,9 +155,9 @@ class DetectMultiBackend(nn.Module):
     def _forward_onnx(self, im: torch.Tensor) -> torch.Tensor:
         """onnxruntime inference; a wrong input size on a fixed-size export raises ConfigError."""
         if not self.dynamic and tuple(im.shape) != (self.batch, 3, *self.imgsz):
-            raise ConfigError(f"weights {self.weights}: exported for input {(self.batch, 3, *self.imgsz)} (fixed size),"
-                              f" got {tuple(im.shape)}; use --imgsz {' '.join(map(str, self.imgsz))} "
-                              "or re-export with --dynamic")
+            raise ConfigError(f"weights {self.weights}: exported for the fixed input shape "
+                              f"{(self.batch, 3, *self.imgsz)}, got {tuple(im.shape)}; feed that shape "
+                              f"(--imgsz {' '.join(map(str, self.imgsz))}) or re-export with --dynamic")
         x = im.detach().cpu().numpy().astype("float16" if self.input_fp16 else "float32")
         y = self.session.run(self.output_names, {self.input_name: x})[0]
         return torch.from_numpy(y).float().to(self.device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 
 import cv2
 import numpy as np
@@ -12,11 +11,11 @@ import torch
 from conftest import OFFICIAL_WEIGHTS, SHARED, needs_shared
 
 import detect
-import export as export_cli
 from models.backend import DetectMultiBackend
 from models.yolo import DetectionModel
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import attempt_load, save_checkpoint
 from utils.errors import CheckpointError
+from utils.export import export_onnx
 from utils.nms import non_max_suppression
 from utils.sources import LoadImages
 
@@ -123,29 +122,34 @@ def test_video_gives_30_frame_mp4(tiny_weights, tmp_path):
     assert n == 30 and size == (768, 576)
 
 
+@pytest.fixture(scope="module")
+def official_onnx(tmp_path_factory) -> dict[str, object]:
+    """The official checkpoint exported once with dynamic axes and once at the fixed size 640x640."""
+    folder = tmp_path_factory.mktemp("official")
+    model = attempt_load(OFFICIAL_WEIGHTS)
+    im = torch.zeros(1, 3, 640, 640)
+    return {"dynamic": export_onnx(model, im, folder / "dynamic.onnx", dynamic=True),
+            "static": export_onnx(model, im, folder / "static.onnx")}
+
+
 @pytest.mark.slow
 @needs_shared(OFFICIAL_WEIGHTS)
-def test_official_checkpoint_detections_pt_and_onnx(tmp_path):
-    """4 persons + 1 bus on bus.jpg and 2 persons + 1 tie on zidane.jpg, from the .pt and its dynamic ONNX export."""
-    weights = tmp_path / OFFICIAL_WEIGHTS.name
-    shutil.copy(OFFICIAL_WEIGHTS, weights)  # export writes next to the weights: keep ../shared untouched
-    onnx_file = export_cli.run(weights=weights, include=["onnx"], dynamic=True)["onnx"]
+def test_official_checkpoint_detections_pt_and_onnx(tmp_path, official_onnx):
+    """4 persons + 1 bus on bus.jpg and 2 persons + 1 tie on zidane.jpg, from the .pt and its (dynamic) ONNX export."""
     expected = {"bus.jpg": {COCO_PERSON: 4, COCO_BUS: 1}, "zidane.jpg": {COCO_PERSON: 2, COCO_TIE: 1}}
-    for w in (weights, onnx_file):
+    for w in (OFFICIAL_WEIGHTS, official_onnx["dynamic"]):
         out = detect.run(weights=w, source=[SAMPLES / "bus.jpg", SAMPLES / "zidane.jpg"], imgsz=[640],
                          conf_thres=0.25, device="cpu", project=tmp_path / "runs")
         got = {p["path"].rsplit("/", 1)[-1]: counts(p["det"]) for p in out["predictions"]}
         assert got == expected, w.suffix
+        assert DetectMultiBackend(w).names[COCO_TIE] == "tie"
 
 
 @pytest.mark.slow
 @needs_shared(OFFICIAL_WEIGHTS)
-def test_official_static_onnx_matches_pt_on_same_input(tmp_path):
+def test_official_static_onnx_matches_pt_on_same_input(official_onnx):
     """A fixed-size export letterboxes to the full 640x640 square; on that same input it equals the .pt model."""
-    weights = tmp_path / OFFICIAL_WEIGHTS.name
-    shutil.copy(OFFICIAL_WEIGHTS, weights)
-    onnx_file = export_cli.run(weights=weights, include=["onnx"])["onnx"]
-    pt, ort = DetectMultiBackend(weights), DetectMultiBackend(onnx_file)
+    pt, ort = DetectMultiBackend(OFFICIAL_WEIGHTS), DetectMultiBackend(official_onnx["static"])
     assert not ort.dynamic and ort.imgsz == [640, 640]
     for _, im, *_ in LoadImages(SAMPLES / "bus.jpg", img_size=640, auto=False):
         x = torch.from_numpy(im).float().div(255)[None]

@@ -70,6 +70,7 @@ def test_export_restores_detect_flag_and_mode(tmp_path):
     assert model.training and model.model[-1].export is False
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated upstream, still supported
 def test_torchscript_parity(tmp_path, models):
     model, im = models["ce"], torch.rand(2, 3, 64, 96)
     file = export_torchscript(model, im, tmp_path / "m.torchscript")
@@ -149,3 +150,12 @@ def test_export_cli_error_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         export_cli.cli(["--weights", str(tmp_path / "gone.pt")])
     assert str(e.value.code).startswith("export.py: weights ") and "gone.pt" in str(e.value.code)
+
+
+def test_benchmark_script_runs(capsys):
+    from benchmarks.infer_speed import parse_opt, run
+
+    assert parse_opt([]).threads == 2 and parse_opt([]).imgsz == 640
+    result = run(imgsz=64, threads=1, warmup=0, runs=1)
+    assert set(result) == {"PyTorch eager", "TorchScript", "onnxruntime"}
+    assert "| onnxruntime |" in capsys.readouterr().out
