@@ -1,0 +1,293 @@
+"""Unit tests of the training pieces: parameter groups, LR schedule, warmup, EMA, gain scaling, freezing, the epoch
+loop, early stopping, non-finite losses, results.csv and resume state."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.yolo import DetectionModel
+from utils.ema import ModelEMA
+from utils.engine import (
+    EarlyStopping,
+    EpochConfig,
+    TrainingDivergedError,
+    TrainState,
+    check_finite,
+    multi_scale_size,
+    rescale_batch,
+    train_one_epoch,
+)
+from utils.errors import CheckpointError, ConfigError
+from utils.optim import (
+    CosineDecay,
+    LinearDecay,
+    Warmup,
+    accumulate_steps,
+    build_optimizer,
+    build_scheduler,
+    scaled_weight_decay,
+    split_params,
+    warmup_iterations,
+)
+from utils.results import RESULT_COLUMNS, append_results, read_results
+from utils.transfer import check_img_size, freeze_layers, intersect_dicts, scale_loss_gains
+
+HYP = {"lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "warmup_epochs": 3.0,
+       "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "box": 0.05, "cls": 0.5, "obj": 1.0}
+
+
+class Tiny(nn.Module):
+    """Conv + BatchNorm + Linear: every parameter role appears once or twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def yolo_n() -> DetectionModel:
+    return DetectionModel("yolov5n.yaml", nc=6)
+
+
+def test_split_params_roles():
+    g = split_params(Tiny())
+    assert [p.shape for p in g["norm"]] == [torch.Size([4])]  # bn.weight
+    assert [p.shape for p in g["weight"]] == [torch.Size([4, 3, 3, 3]), torch.Size([2, 4])]
+    assert [p.shape for p in g["bias"]] == [torch.Size([4]), torch.Size([2])]  # bn.bias, fc.bias
+
+
+def test_split_params_covers_yolo_once(yolo_n):
+    g = split_params(yolo_n)
+    ids = [id(p) for ps in g.values() for p in ps]
+    assert len(ids) == len(set(ids)) == len(list(yolo_n.parameters()))
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in yolo_n.modules())
+    assert len(g["norm"]) == n_bn and len(g["bias"]) == n_bn + 3  # BN biases + 3 Detect conv biases
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_build_optimizer_groups(name):
+    opt = build_optimizer(Tiny(), name, lr=0.02, momentum=0.9, decay=1e-3)
+    assert [g["name"] for g in opt.param_groups] == ["bias", "weight", "norm"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 1e-3, 0.0]
+    if name == "SGD":
+        assert all(g["nesterov"] and g["momentum"] == 0.9 for g in opt.param_groups)
+    else:
+        assert all(g["betas"] == (0.9, 0.999) for g in opt.param_groups)
+
+
+def test_build_optimizer_unknown():
+    with pytest.raises(ConfigError, match="RMSprop"):
+        build_optimizer(Tiny(), "RMSprop")
+
+
+def test_nominal_batch():
+    assert accumulate_steps(16) == 4 and accumulate_steps(64) == 1 and accumulate_steps(128) == 1
+    assert accumulate_steps(24) == 3
+    assert scaled_weight_decay(5e-4, 16, 4) == pytest.approx(5e-4)
+    assert scaled_weight_decay(5e-4, 24, 3) == pytest.approx(5e-4 * 72 / 64)
+
+
+def test_lr_factors():
+    lin, cos = LinearDecay(10, 0.01), CosineDecay(10, 0.01)
+    assert lin(0) == 1 and lin(10) == pytest.approx(0.01) and lin(5) == pytest.approx(0.505)
+    assert cos(0) == pytest.approx(1) and cos(10) == pytest.approx(0.01) and cos(5) == pytest.approx(0.505)
+    assert cos(2.5) == pytest.approx(1 - 0.99 * (1 - math.cos(math.pi / 4)) / 2)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_scheduler_steps_per_epoch():
+    opt = build_optimizer(Tiny(), "SGD", lr=0.01)
+    sched = build_scheduler(opt, epochs=4, lrf=0.1)
+    for epoch in range(4):
+        assert all(g["lr"] == pytest.approx(0.01 * ((1 - epoch / 4) * 0.9 + 0.1)) for g in opt.param_groups)
+        sched.step()
+
+
+def test_warmup_values():
+    assert warmup_iterations(3.0, 25) == 100 and warmup_iterations(3.0, 200) == 600
+    opt = build_optimizer(Tiny(), "SGD", lr=0.01, momentum=0.937)
+    sched = build_scheduler(opt, epochs=10, lrf=0.01)
+    lf = sched.lr_lambdas[0]
+    w = Warmup(100, HYP, lf, batch_size=16)
+    assert w(0, 0, opt) == 1
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs == pytest.approx([0.1, 0.0, 0.0])
+    assert all(g["momentum"] == pytest.approx(0.8) for g in opt.param_groups)
+    acc = w(50, 1, opt)  # half way, in epoch 1
+    target = 0.01 * lf(1)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([(0.1 + target) / 2, target / 2, target / 2])
+    assert opt.param_groups[0]["momentum"] == pytest.approx((0.8 + 0.937) / 2)
+    assert acc == round(np.interp(50, [0, 100], [1, 4]))
+    assert w(100, 3, opt) == 4
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01 * lf(3)] * 3)
+    assert w.active(100) and not w.active(101)
+
+
+def test_ema_formula():
+    model = Tiny()
+    ema = ModelEMA(model, decay=0.9999, tau=2000)
+    assert ema.decay(0) == 0 and ema.decay(2000) == pytest.approx(0.9999 * (1 - math.exp(-1)))
+    ema.updates = 999
+    v0 = ema.ema.fc.weight.clone()
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+        model.bn.running_mean.fill_(2.0)
+    ema.update(model)
+    d = 0.9999 * (1 - math.exp(-1000 / 2000))
+    assert ema.updates == 1000
+    assert torch.allclose(ema.ema.fc.weight, d * v0 + (1 - d) * model.fc.weight)
+    assert torch.allclose(ema.ema.bn.running_mean, torch.full((4,), (1 - d) * 2.0))
+    assert ema.ema.bn.num_batches_tracked == 0
+    assert not any(p.requires_grad for p in ema.ema.parameters())
+
+
+def test_ema_update_attr_sets_class_act(yolo_n):
+    ema = ModelEMA(yolo_n)
+    yolo_n.hyp = {"cls_loss_type": "ce"}
+    ema.update_attr(yolo_n)
+    assert ema.ema.class_act == "softmax"
+    yolo_n.hyp = {"cls_loss_type": "bce"}
+
+
+def test_scale_loss_gains():
+    h = scale_loss_gains(HYP, nl=3, nc=6, imgsz=320, label_smoothing=0.1)
+    assert h["box"] == pytest.approx(0.05) and h["cls"] == pytest.approx(0.5 * 6 / 80)
+    assert h["obj"] == pytest.approx(0.25) and h["label_smoothing"] == 0.1
+    h4 = scale_loss_gains(HYP, nl=4, nc=80, imgsz=640)
+    assert (h4["box"], h4["cls"], h4["obj"]) == pytest.approx((0.0375, 0.375, 0.75))
+    assert HYP["box"] == 0.05  # input untouched
+
+
+def test_intersect_dicts_and_freeze(yolo_n):
+    other = DetectionModel("yolov5n.yaml", nc=3).state_dict()
+    own = yolo_n.state_dict()
+    common = intersect_dicts(other, own)
+    assert 0 < len(common) < len(own) and not any(k.startswith("model.24.m.") for k in common)
+    assert not any("anchor" in k for k in intersect_dicts(other, own, exclude=("anchor",)))
+    frozen = freeze_layers(yolo_n, [10])
+    assert frozen and all(int(k.split(".")[1]) < 10 for k in frozen)
+    assert freeze_layers(yolo_n, [1, 2]) and all(k.split(".")[1] in "12" for k in freeze_layers(yolo_n, [1, 2]))
+    assert freeze_layers(yolo_n, [0]) == [] and all(p.requires_grad for p in yolo_n.parameters())
+
+
+def test_img_size_rounding():
+    assert check_img_size(320, 32) == 320 and check_img_size(300, 32) == 320 and check_img_size(10, 32, 64) == 64
+
+
+def test_multi_scale():
+    rng = random.Random(0)
+    sizes = {multi_scale_size(320, 32, rng) for _ in range(200)}
+    assert all(s % 32 == 0 and 160 <= s <= 480 for s in sizes) and len(sizes) > 5
+    out = rescale_batch(torch.zeros(2, 3, 320, 256), 160, 32)
+    assert out.shape == (2, 3, 160, 128)
+
+
+def test_early_stopping():
+    stop = EarlyStopping(patience=2)
+    assert [stop(e, f) for e, f in enumerate([0.1, 0.2, 0.15, 0.19])] == [False, False, False, True]
+    assert stop.best_epoch == 1
+    never = EarlyStopping(patience=0)
+    assert not any(never(e, 0.0 if e else 1.0) for e in range(50))
+
+
+def test_check_finite_message():
+    check_finite(torch.tensor([1.0]), torch.zeros(3), 0, 0, torch.device("cpu"))
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2 batch 5 \(box_loss nan, obj_loss 0.5"):
+        check_finite(torch.tensor([float("nan")]), torch.tensor([float("nan"), 0.5, 0.1]), 2, 5, torch.device("cpu"))
+
+
+def _fake_loader(n_batches: int, bs: int = 2, size: int = 32):
+    g = torch.Generator().manual_seed(0)
+    for i in range(n_batches):
+        imgs = torch.randint(0, 255, (bs, 3, size, size), generator=g, dtype=torch.uint8)
+        targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3]])
+        yield imgs, targets, tuple(f"im{i}_{j}.jpg" for j in range(bs)), None
+
+
+class _Loss:
+    """Mean of the output times a constant, with (box, obj, cls) items; NaN from batch nan_at on."""
+
+    def __init__(self, nan_at: int | None = None):
+        self.calls, self.nan_at = 0, nan_at
+
+    def __call__(self, p, targets):
+        self.calls += 1
+        loss = p.mean().reshape(1) * 2
+        if self.nan_at is not None and self.calls > self.nan_at:
+            loss = loss * float("nan")
+        return loss, torch.cat([loss.detach(), loss.detach() / 2, loss.detach() / 4])
+
+
+def _state(model: nn.Module, loss: _Loss, batch_size: int = 2) -> TrainState:
+    opt = build_optimizer(model, "SGD", lr=0.01)
+    sched = build_scheduler(opt, epochs=2, lrf=0.01)
+    return TrainState(model, opt, loss, Warmup(4, HYP, sched.lr_lambdas[0], batch_size, nominal=8),
+                      accumulate=4, ema=ModelEMA(model))
+
+
+def test_train_one_epoch_accumulates_and_updates_ema():
+    model = Tiny()
+    state = _state(model, _Loss())
+    cfg = EpochConfig(epochs=2, imgsz=32, device=torch.device("cpu"), grid=8)
+    batches = list(_fake_loader(8))
+    mloss = train_one_epoch(state, batches, 0, cfg)
+    assert mloss.shape == (3,) and torch.isfinite(mloss).all()
+    # warmup over 4 iterations raises accumulate round(interp(ni, [0, 4], [1, 4])): 1, 2, 2, 3, 4, then stays 4;
+    # a step when ni - last_step >= accumulate: at ni 0, 2 and 6
+    assert state.ema.updates == 3 and state.last_opt_step == 6 and state.accumulate == 4
+
+
+def test_train_one_epoch_nan_raises_before_backward():
+    model = Tiny()
+    state = _state(model, _Loss(nan_at=2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = EpochConfig(epochs=1, imgsz=32, device=torch.device("cpu"), grid=8)
+    with pytest.raises(TrainingDivergedError, match="epoch 0 batch 2"):
+        train_one_epoch(state, list(_fake_loader(5)), 0, cfg)
+    assert state.ema.updates == 1  # one step at ni 0 (ni 1 accumulates); the NaN batch never reached backward
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_results_csv(tmp_path):
+    f = tmp_path / "results.csv"
+    append_results(f, 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7, 0.4, 0.01, 0.02, 0.03], [0.1, 0.001, 0.001])
+    append_results(f, 1, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7, 0.4, 0.01, 0.02, 0.03], [0.1, 0.001, 0.001])
+    lines = f.read_text().splitlines()
+    assert lines[0].split(",") == list(RESULT_COLUMNS) and len(lines) == 3
+    rows = read_results(f)
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["metrics/mAP_0.5"] == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        append_results(f, 2, [0.1], [0.5], [0.1])
+
+
+def test_restore_state_roundtrip(tmp_path):
+    from utils.trainer import restore_state
+
+    model = Tiny()
+    state = _state(model, _Loss())
+    train_one_epoch(state, list(_fake_loader(6)), 0, EpochConfig(2, 32, torch.device("cpu"), 8))
+    ckpt = {"epoch": 0, "best_fitness": 0.3, "model": model, "ema": state.ema.ema, "updates": state.ema.updates,
+            "optimizer": state.optimizer.state_dict(), "last_opt_step": state.last_opt_step}
+    fresh = _state(Tiny(), _Loss())
+    sched = build_scheduler(fresh.optimizer, epochs=3, lrf=0.01)
+    start, best = restore_state(ckpt, fresh, sched, "last.pt", epochs=3)
+    assert (start, best) == (1, 0.3) and sched.last_epoch == 1
+    assert fresh.ema.updates == state.ema.updates and fresh.last_opt_step == state.last_opt_step
+    assert torch.equal(fresh.ema.ema.fc.weight, state.ema.ema.fc.weight)
+    m_new = fresh.optimizer.state_dict()["state"]
+    m_old = state.optimizer.state_dict()["state"]
+    assert all(torch.equal(m_new[k]["momentum_buffer"], m_old[k]["momentum_buffer"]) for k in m_old)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        restore_state({**ckpt, "epoch": -1, "optimizer": None}, fresh, sched, "best.pt", epochs=3)
