@@ -1,0 +1,49 @@
+"""DistributedDataParallel: two CPU processes (gloo, torch.distributed.run) end with identical weights."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from utils import synth
+from utils.dist import DistEnv, dist_env
+from utils.results import read_results
+
+
+def test_dist_env_from_environment(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert dist_env() == DistEnv(-1, -1, 1) and dist_env().is_main and not dist_env().distributed
+    assert dist_env(local_rank_arg=1) == DistEnv(1, 1, 1)  # old launchers pass --local_rank only
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    env = dist_env()
+    assert env == DistEnv(3, 1, 4) and env.distributed and not env.is_main
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
+    root = tmp_path / "shapes"
+    synth.generate(root, seed=5, n_train=8, n_val=4, imgsz=96)
+    data = tmp_path / "tiny.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                    "names": synth.CLASS_NAMES}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+           "--data", str(data), "--imgsz", "64", "--batch-size", "4", "--epochs", "1", "--workers", "0",
+           "--device", "cpu", "--project", str(tmp_path / "runs"), "--noplots", "--weights-hash"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hashes = dict(re.findall(r"weights-hash rank (\d+): ([0-9a-f]{64})", r.stdout))
+    assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"]
+    runs = list((tmp_path / "runs").iterdir())
+    assert [p.name for p in runs] == ["exp"]  # only rank 0 made a run folder
+    assert (runs[0] / "weights" / "best.pt").is_file()
+    assert [row["epoch"] for row in read_results(runs[0] / "results.csv")] == [0]  # written once, by rank 0

@@ -1,0 +1,174 @@
+"""train.py end to end on a tiny generated dataset: outputs, resume, fine-tuning, loss variants, failures."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared
+
+import train
+from utils import synth
+from utils.checkpoint import attempt_load, load_checkpoint
+from utils.engine import TrainingDivergedError
+from utils.errors import CheckpointError
+from utils.log import get_logger
+from utils.results import RESULT_COLUMNS, read_results
+
+TINY = {"imgsz": 64, "batch_size": 4, "workers": 0, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    """12 train / 4 val images of the shapes generator at 96 px, and a data YAML pointing at them."""
+    root = tmp_path_factory.mktemp("tiny") / "shapes"
+    synth.generate(root, seed=3, n_train=12, n_val=4, imgsz=96)
+    f = root.parent / "tiny.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                 "names": dict(enumerate(synth.CLASS_NAMES))}))
+    return str(f)
+
+
+@pytest.fixture
+def log_lines():
+    """Messages of the project logger during the test."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = get_logger()  # configured first, so the level is INFO
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+
+
+def _run(data: str, project: Path, **kw):
+    return train.run(data=data, project=str(project), **{**TINY, **kw})
+
+
+def test_parse_opt_yolov5_flags():
+    opt = train.parse_opt([])
+    assert opt.hyp == "data/hyps/hyp.scratch-low.yaml" and opt.data == "data/shapes.yaml" and opt.weights == ""
+    assert (opt.optimizer, opt.patience, opt.freeze, opt.save_period, opt.seed) == ("SGD", 100, [0], -1, 0)
+    assert (opt.workers, opt.name, opt.label_smoothing, opt.local_rank) == (8, "exp", 0.0, -1)
+    assert Path(opt.project).parts[-2:] == ("runs", "train") and opt.resume is False
+    argv = ["--data", "data.yaml", "--cfg", "yolov5s.yaml", "--weights", "", "--hyp", "data/hyps/hyp.slide.yaml",
+            "--epochs", "100", "--img", "640", "--batch-size", "8", "--cos-lr", "--freeze", "10", "--rect",
+            "--multi-scale", "--single-cls", "--optimizer", "AdamW", "--sync-bn", "--cache", "--resume",
+            "--nosave", "--noval", "--noautoanchor", "--noplots", "--exist-ok", "--local_rank", "0"]
+    opt = train.parse_opt(argv)
+    assert (opt.imgsz, opt.batch_size, opt.epochs, opt.freeze, opt.cache, opt.resume) == (640, 8, 100, [10], "ram",
+                                                                                           True)
+    assert train.parse_opt(["--resume", "runs/train/exp/weights/last.pt"]).resume.endswith("last.pt")
+
+
+@pytest.mark.slow
+def test_one_epoch_writes_all_outputs(tiny_data, tmp_path, log_lines):
+    _run(tiny_data, tmp_path, epochs=1, save_period=1)
+    d = tmp_path / "exp"
+    for f in ("weights/last.pt", "weights/best.pt", "weights/epoch0.pt", "hyp.yaml", "opt.yaml", "results.csv",
+              "results.png", "labels.jpg", "labels_correlogram.jpg", "train_batch0.jpg", "train_batch1.jpg",
+              "train_batch2.jpg", "confusion_matrix.png"):
+        assert (d / f).is_file(), f
+    assert (d / "results.csv").read_text().splitlines()[0].split(",") == list(RESULT_COLUMNS)
+    assert [r["epoch"] for r in read_results(d / "results.csv")] == [0]
+    ckpt = load_checkpoint(d / "weights" / "best.pt")
+    assert {"model", "ema", "updates", "optimizer", "epoch", "best_fitness", "opt", "hyp", "date"} <= set(ckpt)
+    assert ckpt["optimizer"] is None and next(ckpt["model"].parameters()).dtype == torch.float16
+    model = attempt_load(d / "weights" / "best.pt")
+    assert model.nc == 6 and model.names[3] == "star" and model.class_act == "sigmoid"
+    assert model(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 11
+    opt = yaml.safe_load((d / "opt.yaml").read_text())
+    assert opt["imgsz"] == 64 and opt["hyp"]["lr0"] == 0.01 and "stop_after" not in opt
+    assert any(m.startswith("box loss: CIoU") for m in log_lines)
+
+
+@pytest.mark.slow
+def test_resume_continues_schedule_optimizer_and_ema(tiny_data, tmp_path, monkeypatch):
+    _run(tiny_data, tmp_path, name="full", epochs=3, stop_after=2, noplots=True, noval=True)
+    _run(tiny_data, tmp_path, name="cut", epochs=3, stop_after=1, noplots=True, noval=True)
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    first = load_checkpoint(last)
+    assert first["epoch"] == 0 and first["optimizer"] is not None and first["updates"] == 3  # 3 batches, acc 1
+
+    restored = {}
+    original = train.restore_state
+
+    def spy(ckpt, state, scheduler, weights, epochs):
+        out = original(ckpt, state, scheduler, weights, epochs)
+        restored.update(opt=deepcopy(state.optimizer.state_dict()), ckpt_opt=deepcopy(ckpt["optimizer"]),
+                        updates=state.ema.updates, ema=deepcopy(state.ema.ema.state_dict()),
+                        ckpt_ema=deepcopy(ckpt["ema"].state_dict()), fresh_model=deepcopy(state.model.state_dict()))
+        return out
+
+    monkeypatch.setattr(train, "restore_state", spy)
+    train.run(resume=str(last), stop_after=2)
+    assert restored["updates"] == 3
+    assert all(torch.equal(restored["opt"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
+               for k, v in restored["ckpt_opt"]["state"].items())
+    assert all(torch.equal(v, restored["ckpt_ema"][k]) for k, v in restored["ema"].items())
+    assert any(not torch.equal(v, restored["ema"][k]) for k, v in restored["fresh_model"].items())  # EMA != model
+    second = load_checkpoint(last)
+    assert second["epoch"] == 1 and second["updates"] > 3
+    cut, full = read_results(tmp_path / "cut" / "results.csv"), read_results(tmp_path / "full" / "results.csv")
+    assert [r["epoch"] for r in cut] == [0, 1]
+    for key in ("x/lr0", "x/lr1", "x/lr2"):
+        assert [r[key] for r in cut] == pytest.approx([r[key] for r in full], rel=1e-5)
+
+    monkeypatch.setattr(train, "restore_state", original)
+    train.run(resume=True, project=str(tmp_path))  # newest last.pt under the project: the "cut" run
+    assert [r["epoch"] for r in read_results(tmp_path / "cut" / "results.csv")] == [0, 1, 2]
+    assert load_checkpoint(last)["optimizer"] is None  # finished runs are stripped
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train.run(resume=str(last))
+
+
+@pytest.mark.slow
+@needs_shared(OFFICIAL_WEIGHTS)
+def test_finetune_official_checkpoint_other_nc(tiny_data, tmp_path, log_lines):
+    _run(tiny_data, tmp_path, weights=str(OFFICIAL_WEIGHTS), epochs=1, noplots=True, noval=True, freeze=[10])
+    msg = next(m for m in log_lines if m.startswith("Transferred"))
+    n, m = (int(x) for x in msg.split()[1].split("/"))
+    assert 0 < n < m  # everything but the 80-class head layers
+    model = attempt_load(tmp_path / "exp" / "weights" / "best.pt")
+    assert model.nc == 6 and model.model[-1].m[0].out_channels == 3 * 11
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hyp, act", [("hyp.slide.yaml", "sigmoid"), ("hyp.focal.yaml", "sigmoid"),
+                                      ("hyp.ce.yaml", "softmax")])
+def test_loss_variants(tiny_data, tmp_path, log_lines, hyp, act):
+    _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / hyp), epochs=1, noplots=True, noval=True)
+    assert attempt_load(tmp_path / "exp" / "weights" / "best.pt").class_act == act
+    desc = next(m for m in log_lines if m.startswith("box loss:"))
+    assert {"hyp.slide.yaml": "slide", "hyp.focal.yaml": "focal", "hyp.ce.yaml": "ce"}[hyp] in desc
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
+    _run(tiny_data, tmp_path, epochs=2, stop_after=1, noplots=True, noval=True)
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    before = last.read_bytes()
+
+    class NaNLoss(train.ComputeLoss):
+        def __call__(self, p, targets):
+            loss, items = super().__call__(p, targets)
+            return loss * float("nan"), items * float("nan")
+
+    monkeypatch.setattr(train, "ComputeLoss", NaNLoss)
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss at epoch 1 batch 0 \(box_loss nan"):
+        train.run(resume=str(last))
+    assert last.read_bytes() == before
+
+
+def test_cli_error_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "missing.yaml"), "--noval",
+                        "--project", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error:") and "missing.yaml" in last

@@ -1,0 +1,303 @@
+"""Train a YOLOv5-style detector on a YOLO-format dataset (the built-in shapes dataset by default).
+
+Usage:
+    python train.py                                              # yolov5n from scratch on data/shapes.yaml, CPU-sized
+    python train.py --data data.yaml --cfg yolov5s.yaml --weights '' --hyp data/hyps/hyp.slide.yaml --epochs 100
+    python train.py --data data.yaml --weights path/to/yolov5n.pt  # fine-tune from a checkpoint
+    python train.py --resume                                     # continue the newest run under --project
+    torchrun --nproc_per_node 2 train.py --data data.yaml ...     # DistributedDataParallel
+
+Outputs go to runs/train/exp{N}: weights/last.pt and best.pt, hyp.yaml, opt.yaml, results.csv and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+import yaml
+from torch.optim.lr_scheduler import LambdaLR
+
+from utils import dist
+from utils.autoanchor import check_anchors
+from utils.checkpoint import load_checkpoint
+from utils.data_config import check_dataset
+from utils.dataset import create_dataloader
+from utils.ema import ModelEMA
+from utils.engine import EpochConfig, TrainState
+from utils.errors import CheckpointError, ConfigError, SlideYoloError
+from utils.hyp import load_hyp
+from utils.log import colorstr, get_logger
+from utils.loss import ComputeLoss, describe_loss
+from utils.optim import (
+    OPTIMIZERS,
+    Warmup,
+    accumulate_steps,
+    build_optimizer,
+    build_scheduler,
+    scaled_weight_decay,
+    warmup_iterations,
+)
+from utils.paths import ROOT, increment_path
+from utils.torch_utils import select_device
+from utils.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
+from utils.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
+
+DEFAULTS = {"epochs": 100, "batch_size": 16, "imgsz": 640}  # YOLOv5's
+BUILTIN_DEFAULTS = {"epochs": 40, "batch_size": 16, "imgsz": 320}  # the built-in dataset, sized for 2 CPU cores
+DEFAULT_CFG = "yolov5n.yaml"  # used when neither --cfg nor --weights is given
+TEST_HOOKS = ("stop_after", "weights_hash")  # hidden options for tests, never saved or inherited on --resume
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (YOLOv5's names and meanings); argv None reads sys.argv."""
+    p = argparse.ArgumentParser(description="Train a YOLOv5-style detector", formatter_class=argparse.
+                                ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
+    p.add_argument("--cfg", type=str, default="", help=f"model.yaml path ({DEFAULT_CFG} when no --weights)")
+    p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset.yaml path")
+    p.add_argument("--hyp", type=str, default="data/hyps/hyp.scratch-low.yaml", help="hyperparameters path")
+    p.add_argument("--epochs", type=int, default=None, help="total training epochs (100; 40 on the built-in data)")
+    p.add_argument("--batch-size", type=int, default=None, help="total batch size for all processes (16)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
+                   help="train, val image size in pixels (640; 320 on the built-in data)")
+    p.add_argument("--rect", action="store_true", help="rectangular training")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent run, or a last.pt")
+    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    p.add_argument("--noval", action="store_true", help="only validate the final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--noplots", action="store_true", help="save no plot files")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--optimizer", type=str, choices=OPTIMIZERS, default="SGD", help="optimizer")
+    p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process in DDP mode)")
+    p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    p.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
+    p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP rank (set by old launchers)")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt after N epochs
+    p.add_argument("--weights-hash", action="store_true", help=argparse.SUPPRESS)  # tests: log a parameter hash
+    return p.parse_args(argv)
+
+
+def latest_last_pt(project: str | Path) -> Path:
+    """The most recently written last.pt under project (CheckpointError when there is none)."""
+    found = sorted(Path(project).glob("**/last.pt"), key=lambda f: f.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"--resume: no last.pt found under {project}; pass the path of one")
+    return found[-1]
+
+
+def resolve_resume(opt: argparse.Namespace) -> argparse.Namespace:
+    """For --resume: the options of the interrupted run (its opt.yaml), pointed at its last.pt."""
+    last = latest_last_pt(opt.project) if opt.resume is True else Path(str(opt.resume))
+    if not last.is_file():
+        raise CheckpointError(f"--resume {last}: file not found")
+    opt_yaml = last.parent.parent / "opt.yaml"
+    saved = yaml.safe_load(opt_yaml.read_text()) if opt_yaml.is_file() else load_checkpoint(last).get("opt")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"--resume {last}: no opt.yaml beside the weights folder and no options in the file")
+    new = argparse.Namespace(**{**vars(parse_opt([])), **saved})
+    new.cfg, new.weights, new.resume, new.exist_ok = "", str(last), True, True
+    new.save_dir = str(last.parent.parent)
+    for key in TEST_HOOKS:
+        setattr(new, key, getattr(opt, key))
+    return new
+
+
+def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
+    """Set --epochs/--batch-size/--imgsz left unset: CPU-sized for the built-in dataset, else YOLOv5's values."""
+    defaults = BUILTIN_DEFAULTS if data.get("generate") else DEFAULTS
+    for key, value in defaults.items():
+        if getattr(opt, key) is None:
+            setattr(opt, key, value)
+    if opt.batch_size < 1:
+        get_logger().warning(f"--batch-size {opt.batch_size}: automatic batch size is not supported, using 16")
+        opt.batch_size = 16
+    if not opt.cfg and not opt.weights:
+        opt.cfg = DEFAULT_CFG
+
+
+def prepare_save_dir(opt: argparse.Namespace, env: dist.DistEnv) -> Path:
+    """The run folder (runs/train/exp{N}; kept on resume), made by the main process and shared with the others."""
+    if not opt.resume and env.is_main:
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    opt.save_dir = dist.broadcast_object(getattr(opt, "save_dir", None))
+    save_dir = Path(opt.save_dir)
+    if env.is_main:
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    return save_dir
+
+
+def save_run_config(save_dir: Path, opt: argparse.Namespace, hyp: dict) -> None:
+    """Write hyp.yaml and opt.yaml (the resolved options, hyp included) into the run folder."""
+    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
+    saved = {k: v for k, v in vars(opt).items() if k not in TEST_HOOKS}
+    (save_dir / "opt.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+
+def init_seeds(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def class_info(data: dict, single_cls: bool) -> tuple[int, dict]:
+    """(nc, names) of the dataset, or one class 'item' with --single-cls."""
+    if single_cls:
+        return 1, (data["names"] if data["nc"] == 1 else {0: "item"})
+    return data["nc"], data["names"]
+
+
+def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, batch: int, grid: int,
+                 env: dist.DistEnv) -> tuple:
+    """(train loader, train dataset, val loader or None): augmented shuffled training, rect validation (main)."""
+    nc, names = class_info(data, opt.single_cls)
+    with dist.main_first(env):
+        loader, dataset = create_dataloader(data["train"], imgsz, batch, grid, opt.single_cls, hyp=hyp, augment=True,
+                                            cache=opt.cache, rect=opt.rect, rank=env.rank, workers=opt.workers,
+                                            prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc,
+                                            names=names)
+    val_loader = None
+    if env.is_main:
+        val_loader, _ = create_dataloader(data["val"], imgsz, batch * 2, grid, opt.single_cls, hyp=hyp,
+                                          cache=None if opt.noval else opt.cache, rect=True, rank=-1,
+                                          workers=opt.workers * 2, pad=0.5, prefix=colorstr("val: "), nc=nc,
+                                          names=names)
+    return loader, dataset, val_loader
+
+
+def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.device) -> tuple:
+    """Model (built or transferred, frozen layers, scaled hyp attached), checkpoint or None, imgsz, grid size."""
+    nc, names = class_info(data, opt.single_cls)
+    model, ckpt = build_model(opt.cfg, opt.weights, nc, device, hyp.get("anchors"), resume=opt.resume)
+    freeze_layers(model, opt.freeze)
+    grid = max(int(model.stride.max()), 32)
+    imgsz = check_img_size(opt.imgsz, grid, floor=grid * 2)
+    model.nc, model.names = nc, names
+    model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz, opt.label_smoothing)
+    return model, ckpt, imgsz, grid
+
+
+def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, ModuleType | None, Path]:
+    """Validate hyp and data, fill size defaults, make the run folder and save its config -> (hyp, data, val, dir)."""
+    hyp = load_hyp(opt.hyp)
+    opt.hyp = dict(hyp)  # saved in opt.yaml, so --resume finds the same values
+    val = load_val_module()
+    if val is None and not opt.noval:
+        raise ConfigError("train: val.py is missing from the project, per-epoch validation needs it "
+                          "(train with --noval to skip validation)")
+    with dist.main_first(env):
+        data = check_dataset(opt.data)
+    fill_defaults(opt, data)
+    if opt.batch_size % env.world_size:
+        raise ConfigError(f"--batch-size {opt.batch_size} must be a multiple of the {env.world_size} DDP processes")
+    save_dir = prepare_save_dir(opt, env)
+    if env.is_main:
+        get_logger().info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
+        save_run_config(save_dir, opt, hyp)
+    return hyp, data, val, save_dir
+
+
+def make_state(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, nb: int, batch: int,
+               device: torch.device, env: dist.DistEnv) -> tuple[TrainState, LambdaLR]:
+    """Optimizer (nominal batch 64, scaled decay), LR schedule, warmup, EMA (main process), AMP scaler, loss."""
+    accumulate = accumulate_steps(opt.batch_size)
+    decay = scaled_weight_decay(hyp["weight_decay"], opt.batch_size, accumulate)
+    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], decay)
+    scheduler = build_scheduler(optimizer, opt.epochs, hyp["lrf"], opt.cos_lr)
+    warmup = Warmup(warmup_iterations(hyp["warmup_epochs"], nb), hyp, scheduler.lr_lambdas[0], batch)
+    state = TrainState(model, optimizer, ComputeLoss(model), warmup, accumulate,
+                       ema=ModelEMA(model) if env.is_main else None,
+                       scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None,
+                       rng=random.Random(opt.seed + max(env.rank, 0)))
+    return state, scheduler
+
+
+def train(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
+    """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
+    hyp, data, val, save_dir = setup_run(opt, env)
+    init_seeds(opt.seed + 1 + env.rank)
+    model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
+    if env.is_main:
+        get_logger().info(describe_loss(model.hyp))
+    batch = opt.batch_size // env.world_size
+    loader, dataset, val_loader = make_loaders(opt, data, hyp, imgsz, batch, grid, env)
+    if env.is_main and not opt.resume:
+        prepare_anchors_and_plots(opt, hyp, model, dataset, imgsz, save_dir)
+    state, scheduler = make_state(opt, hyp, model, len(loader), batch, device, env)
+    start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
+    state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
+    ctx = RunContext(opt, hyp, data, save_dir, env, device, imgsz, batch, val, val_loader)
+    cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=device.type == "cuda", multi_scale=opt.multi_scale,
+                      env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names)
+    get_logger().info(f"Image sizes {imgsz} train, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
+                      f"workers\nLogging results to {colorstr('bold', str(save_dir))}\nStarting training for "
+                      f"{opt.epochs} epochs...")
+    results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
+    if opt.weights_hash:
+        print(f"weights-hash rank {env.rank}: {parameters_hash(state.model)}", flush=True)
+    interrupted = opt.stop_after is not None and last_epoch + 1 < opt.epochs
+    return finish(state, ctx) if env.is_main and not interrupted else results
+
+
+def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, dataset,
+                              imgsz: int, save_dir: Path) -> None:
+    """Main process, new runs: AutoAnchor check (unless --noautoanchor) and labels.jpg (unless --noplots)."""
+    if not opt.noautoanchor:
+        check_anchors(dataset, model, thr=hyp["anchor_t"], imgsz=imgsz, seed=opt.seed)
+    if not opt.noplots:
+        from utils.plots import plot_labels
+
+        labels = np.concatenate([lb.reshape(-1, 5) for lb in dataset.labels], 0)
+        plot_labels(labels, model.names, save_dir)
+
+
+def main(opt: argparse.Namespace) -> tuple:
+    """Resolve --resume and the device, join DDP when launched by torchrun, train; returns the final results."""
+    env = dist.dist_env(opt.local_rank)
+    if opt.resume:
+        opt = resolve_resume(opt)
+    device = select_device(opt.device)
+    if env.distributed and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+    dist.init_distributed(env, device)
+    try:
+        return train(opt, device, env)
+    finally:
+        dist.cleanup()
+
+
+def run(**kwargs) -> tuple:
+    """Python entry point: ``train.run(data='data/shapes.yaml', imgsz=320, epochs=10)``; returns final results."""
+    opt = parse_opt([])
+    for k, v in kwargs.items():
+        if not hasattr(opt, k):
+            raise ConfigError(f"train.run: unknown option {k!r}")
+        setattr(opt, k, v)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_opt())
+    except SlideYoloError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
