@@ -224,7 +224,7 @@ def _load_backend(weights: Union[str, Path], device: str, half: bool, data: Opti
     return backend
 
 
-def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path] = DEFAULT_SOURCE,
+def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Sequence] = DEFAULT_SOURCE,
         data: Optional[str] = None, imgsz: Sequence[int] = (640, 640), conf_thres: float = 0.25,
         iou_thres: float = 0.45, max_det: int = 1000, device: str = "", view_img: bool = False, save_txt: bool = False,
         save_csv: bool = False, save_conf: bool = False, save_crop: bool = False, nosave: bool = False,

@@ -216,9 +216,9 @@ class LoadStreams:
         return self.source, im, im0, self.cap, f"stream {self.source} (frame {self.frame}): "
 
 
-def load_source(source: Union[str, Path], img_size: Union[int, Sequence[int]] = 640, stride: int = 32,
-                auto: bool = True, vid_stride: int = 1) -> Union[LoadImages, LoadStreams]:
-    """LoadStreams for a webcam index or stream URL, LoadImages for everything else."""
-    if is_stream(source):
+def load_source(source: Union[str, Path, Sequence[Union[str, Path]]], img_size: Union[int, Sequence[int]] = 640,
+                stride: int = 32, auto: bool = True, vid_stride: int = 1) -> Union[LoadImages, LoadStreams]:
+    """LoadStreams for a webcam index or stream URL, LoadImages for everything else (including lists of paths)."""
+    if isinstance(source, (str, Path)) and is_stream(source):
         return LoadStreams(str(source), img_size, stride, auto, vid_stride)
     return LoadImages(source, img_size, stride, auto, vid_stride)
