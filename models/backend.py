@@ -66,8 +66,9 @@ class DetectMultiBackend(nn.Module):
 
     Attributes: ``pt``, ``jit``, ``onnx`` (which backend), ``stride`` (int, the largest model stride), ``names``
     (dict int -> str), ``nc``, ``class_act`` ('sigmoid' | 'softmax'), ``imgsz`` ([h, w] the file was exported at, None
-    for .pt), ``dynamic`` (True when any input size is accepted: .pt, or ONNX exported with dynamic axes), ``fp16``,
-    ``device``. TorchScript traces are treated as fixed-size (``dynamic`` False).
+    for .pt), ``batch`` (exported batch size; 1 for .pt), ``dynamic`` (True when any input size is accepted: .pt, or
+    ONNX exported with dynamic axes), ``fp16``, ``device``. TorchScript traces are treated as fixed-size (``dynamic``
+    False). ``input_size(imgsz)`` gives the [h, w] to feed; ``warmup(shape)`` runs zeros through once.
     """
 
     def __init__(self, weights: Union[str, Path], device: Union[str, torch.device] = "cpu", fp16: bool = False,
