@@ -293,11 +293,19 @@ def run(**kwargs) -> tuple:
     return main(opt)
 
 
+def error_line(e: SlideYoloError) -> str:
+    """The one-line message of an error; for one re-raised from a dataloader worker, the original message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(e):
+        return lines[-1].split(": ", 1)[-1]  # "utils.errors.DatasetError: <message>" -> "<message>"
+    return " ".join(lines)
+
+
 if __name__ == "__main__":
     try:
         main(parse_opt())
     except SlideYoloError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"train.py: error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

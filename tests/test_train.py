@@ -172,3 +172,13 @@ def test_cli_error_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error:") and "missing.yaml" in last
+
+
+def test_error_line_unwraps_dataloader_worker_errors():
+    from utils.errors import DatasetError
+
+    wrapped = DatasetError("Caught DatasetError in DataLoader worker process 1.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1\nutils.errors.DatasetError: a.jpg: image could not "
+                           "be read")
+    assert train.error_line(wrapped) == "a.jpg: image could not be read"
+    assert train.error_line(DatasetError("data.yaml: 'val' path not found")) == "data.yaml: 'val' path not found"
