@@ -140,11 +140,15 @@ def test_finetune_official_checkpoint_other_nc(tiny_data, tmp_path, log_lines):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hyp, act", [("hyp.slide.yaml", "sigmoid"), ("hyp.focal.yaml", "sigmoid"),
-                                      ("hyp.ce.yaml", "softmax")])
-def test_loss_variants(tiny_data, tmp_path, log_lines, hyp, act):
-    _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / hyp), epochs=1, noplots=True, noval=True)
-    assert attempt_load(tmp_path / "exp" / "weights" / "best.pt").class_act == act
+@pytest.mark.parametrize("hyp, act, extra", [
+    ("hyp.slide.yaml", "sigmoid", {"optimizer": "AdamW", "cos_lr": True, "single_cls": True}),
+    ("hyp.focal.yaml", "sigmoid", {"multi_scale": True, "optimizer": "Adam"}),
+    ("hyp.ce.yaml", "softmax", {"rect": True, "label_smoothing": 0.1})])
+def test_loss_variants(tiny_data, tmp_path, log_lines, hyp, act, extra):
+    """Each loss option trains (other flags ride along); the ce model's scores are softmax."""
+    _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / hyp), epochs=1, noplots=True, noval=True, **extra)
+    model = attempt_load(tmp_path / "exp" / "weights" / "best.pt")
+    assert model.class_act == act and model.nc == (1 if extra.get("single_cls") else 6)
     desc = next(m for m in log_lines if m.startswith("box loss:"))
     assert {"hyp.slide.yaml": "slide", "hyp.focal.yaml": "focal", "hyp.ce.yaml": "ce"}[hyp] in desc
 
