@@ -4,13 +4,13 @@
 ``cls cx cy w h``, normalized) plus ``manifest.json``, deterministically from the seed. It is a small benchmark for
 hard, rare and mutually exclusive examples:
 
-- six classes that differ in form, not colour (``CLASS_NAMES``); every object gets a random colour that contrasts
-  with the background under it, so colour is never a shortcut;
-- sizes from about 40 % of the image down to under 16 px (at 320 px), about 15 % of objects small;
+- six classes that differ in form, not colour (``CLASS_NAMES``), drawn upright +-20 degrees; every object gets a
+  random colour that contrasts with the background under it, so colour is never a shortcut;
+- sizes from about 40 % of the image down to under 16 px (at 320 px), about 10 % of objects small;
 - partial occlusion: objects are drawn in order, later over earlier; an object with less than 40 % of its pixels
   left visible is not labelled, the others are labelled with the box of their visible pixels;
 - cluttered backgrounds: colour gradients, soft blobs, thin random lines and pixel noise;
-- class imbalance: ``star`` is rare (about 7 % of objects), a few images hold no object at all (backgrounds).
+- class imbalance: ``star`` is rare (about 10 % of objects), a few images hold no object at all (backgrounds).
 
 The folder is built in a temporary sibling and renamed into place, and ``manifest.json`` records the parameters, so a
 half-written or stale folder is regenerated on the next call. CLI: ``python -m utils.synth --out datasets/shapes``.
@@ -32,12 +32,13 @@ from utils.errors import DatasetError
 from utils.log import get_logger
 
 CLASS_NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]
-CLASS_PROBS = [0.20, 0.19, 0.19, 0.07, 0.18, 0.17]  # star is the rare class
+CLASS_PROBS = [0.19, 0.19, 0.18, 0.10, 0.17, 0.17]  # star is the rare class
 GENERATOR = "shapes"
-VERSION = 1
+VERSION = 4
+MAX_TILT = np.radians(20)  # shapes are drawn upright +- this angle
 MANIFEST = "manifest.json"
 MIN_VISIBLE = 0.4  # objects with less of their area visible are not labelled
-SMALL_FRACTION = 0.15  # share of objects drawn under 16 px (at 320 px)
+SMALL_FRACTION = 0.10  # share of objects drawn under 16 px (at 320 px)
 EMPTY_FRACTION = 0.03  # share of images with no object (backgrounds)
 SPLITS = ("train", "val")
 
@@ -60,7 +61,10 @@ def _cross_polygon(cx: float, cy: float, r: float, theta: float, arm: float) -> 
 
 def shape_mask(cls: int, shape: tuple[int, int], cx: float, cy: float, r: float, theta: float,
                rng: np.random.Generator) -> np.ndarray:
-    """Boolean (h, w) mask of class cls centred at (cx, cy) with outer radius r (pixels), rotated by theta."""
+    """Boolean (h, w) mask of class cls centred at (cx, cy) with outer radius r (pixels), tilted by theta from upright.
+
+    Upright: square axis-aligned, triangle and star with a point up, cross as a plus sign.
+    """
     m = np.zeros(shape, np.uint8)
     name = CLASS_NAMES[cls]
     if name == "circle":
@@ -73,11 +77,11 @@ def shape_mask(cls: int, shape: tuple[int, int], cx: float, cy: float, r: float,
         ang = theta + np.pi / 4 + np.arange(4) * np.pi / 2
         cv2.fillPoly(m, [_polygon(cx, cy, np.full(4, r), ang)], 1)
     elif name == "triangle":
-        ang = theta + np.arange(3) * 2 * np.pi / 3
+        ang = theta - np.pi / 2 + np.arange(3) * 2 * np.pi / 3
         cv2.fillPoly(m, [_polygon(cx, cy, np.full(3, r), ang)], 1)
     elif name == "star":
-        ang = theta + np.arange(10) * np.pi / 5
-        radii = np.where(np.arange(10) % 2 == 0, r, r * rng.uniform(0.38, 0.48))
+        ang = theta - np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, r * rng.uniform(0.36, 0.44))
         cv2.fillPoly(m, [_polygon(cx, cy, radii, ang)], 1)
     elif name == "cross":
         cv2.fillPoly(m, [_cross_polygon(cx, cy, r, theta, rng.uniform(0.22, 0.32))], 1)
@@ -100,7 +104,7 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
         cv2.ellipse(blobs, centre, axes, float(rng.uniform(0, 180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
     k = (s // 8) | 1
     im = cv2.addWeighted(im, 0.6, cv2.GaussianBlur(blobs, (k, k), 0), 0.4, 0)
-    for _ in range(rng.integers(3, 13)):
+    for _ in range(rng.integers(2, 8)):
         p1 = tuple(int(v) for v in rng.integers(0, s, 2))
         p2 = tuple(int(v) for v in rng.integers(0, s, 2))
         cv2.line(im, p1, p2, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 3)), cv2.LINE_AA)
@@ -108,30 +112,30 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
 
 
 def _contrast_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A random colour at least 120 (L1 over BGR) away from the mean colour under the object."""
+    """A random colour at least 150 (L1 over BGR) away from the mean colour under the object."""
     ref = under.reshape(-1, 3).mean(0)
     best, best_d = None, -1.0
     for _ in range(20):
         c = rng.uniform(0, 255, 3)
         d = float(np.abs(c - ref).sum())
-        if d >= 120:
+        if d >= 150:
             return c
         best, best_d = (c, d) if d > best_d else (best, best_d)
     return best
 
 
 def _sample_radius(rng: np.random.Generator, s: int) -> float:
-    """Outer radius in pixels: small (diameter 9-16 px at 320) or log-uniform up to 40 % of the image."""
+    """Outer radius in pixels: small (diameter 9-16 px at 320) or diameter log-uniform 20 px to 40 % of the image."""
     k = s / 320
     if rng.random() < SMALL_FRACTION:
         return max(3.0, rng.uniform(4.5, 8.0) * k)
-    return float(np.exp(rng.uniform(np.log(8.0), np.log(64.0)))) * k
+    return float(np.exp(rng.uniform(np.log(10.0), np.log(64.0)))) * k
 
 
 def _place(rng: np.random.Generator, r: float, s: int, ids: np.ndarray, areas: list[int], cls: int,
            theta: float) -> tuple[np.ndarray, float, float]:
     """Pick a centre so the object mostly avoids hiding earlier ones (some placements may still occlude)."""
-    careful = rng.random() < 0.8
+    careful = rng.random() < 0.9
     for _ in range(15):
         cx, cy = rng.uniform(r + 1, s - r - 1, 2)
         mask = shape_mask(cls, (s, s), cx, cy, r, theta, rng)
@@ -147,13 +151,13 @@ def _place(rng: np.random.Generator, r: float, s: int, ids: np.ndarray, areas: l
 def draw_image(rng: np.random.Generator, s: int = 320) -> tuple[np.ndarray, np.ndarray]:
     """Draw one (s, s, 3) BGR image; return it and labels (n, 5) float: cls, cx, cy, w, h normalized."""
     im = _background(rng, s)
-    n = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, 9))
+    n = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(4, 12))
     ids = np.full((s, s), -1, np.int32)
     classes, areas = [], []
     for k in range(n):
         cls = int(rng.choice(len(CLASS_NAMES), p=CLASS_PROBS))
         r = _sample_radius(rng, s)
-        mask, _, _ = _place(rng, r, s, ids, areas, cls, rng.uniform(0, 2 * np.pi))
+        mask, _, _ = _place(rng, r, s, ids, areas, cls, rng.uniform(-MAX_TILT, MAX_TILT))
         colour = _contrast_colour(rng, im[mask])
         shade = 1 + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, s)[None, :, None]  # mild shading
         im[mask] = np.clip(colour * shade.repeat(s, 0)[mask], 0, 255).astype(np.uint8)
