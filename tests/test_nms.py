@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+import torchvision
 
 from utils import nms
 from utils.log import get_logger
@@ -109,3 +110,15 @@ def test_batched_equals_one_by_one():
         single = non_max_suppression(p[i:i + 1], conf_thres=0.1, iou_thres=0.5)[0]
         assert torch.equal(batched[i], single)
         assert batched[i].shape[0] > 0
+
+
+@pytest.mark.parametrize("n, max_det", [(1, 1), (50, 300), (3000, 10), (9000, 300)])
+def test_first_kept_equals_full_batched_nms(n, max_det):
+    """Suppressing only until max_det boxes are kept gives exactly torchvision's full result, cut to max_det."""
+    g = torch.Generator().manual_seed(n)
+    xy, wh = torch.rand(n, 2, generator=g) * 320, torch.rand(n, 2, generator=g) * 60 + 2
+    scores = torch.rand(n, generator=g).sort(descending=True).values
+    boxes, groups = torch.cat((xy, xy + wh), 1), torch.randint(0, 6, (n,), generator=g).float()
+    full = torchvision.ops.batched_nms(boxes, scores, groups, 0.6)[:max_det]
+    assert torch.equal(nms.first_kept(boxes, scores, groups, 0.6, max_det), full)
+    assert len(full) == min(max_det, len(torchvision.ops.batched_nms(boxes, scores, groups, 0.6)))
