@@ -5,13 +5,15 @@ Usage:
     python benchmarks/train_speed.py --threads 4 --batches 40 --imgsz 640 --cfg yolov5s.yaml
 
 Runs ``engine.train_one_epoch`` (warmup, accumulation, EMA, gradient clipping) over the first --warmup + --batches
-batches of the mosaic-augmented training loader; only the last --batches are timed. Peak memory is the resident set
+batches of the mosaic-augmented training loader; only the last --batches are timed. The model is in the memory
+format train.py trains in (channels_last on the CPU). Peak memory is the resident set
 size high-water mark of this process and of its largest dataloader worker (``resource.getrusage``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import platform
@@ -36,6 +38,7 @@ from utils.errors import SlideYoloError  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.optim import Warmup, accumulate_steps, build_optimizer, build_scheduler, warmup_iterations  # noqa: E402
+from utils.torch_utils import training_memory_format  # noqa: E402
 from utils.transfer import scale_loss_gains  # noqa: E402
 
 
@@ -70,7 +73,7 @@ class Take:
 def make_state(opt: argparse.Namespace, nc: int, names: dict) -> TrainState:
     """Model, loss, optimizer, warmup and EMA set up as train.py does."""
     hyp = load_hyp(opt.hyp)
-    model = DetectionModel(opt.cfg, nc=nc)
+    model = DetectionModel(opt.cfg, nc=nc).to(memory_format=training_memory_format(torch.device("cpu")))
     model.names = names
     model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz)
     optimizer = build_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
@@ -96,7 +99,8 @@ def main(opt: argparse.Namespace) -> float:
     loader, _ = create_dataloader(data["train"], opt.imgsz, opt.batch_size, 32, hyp=hyp, augment=True,
                                   workers=opt.workers, shuffle=True, nc=data["nc"], names=data["names"])
     state = make_state(opt, data["nc"], data["names"])
-    cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=torch.device("cpu"))
+    cpu = torch.device("cpu")
+    cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=cpu, memory_format=training_memory_format(cpu))
     n = opt.warmup + opt.batches
     if n > len(loader):
         raise SystemExit(f"--warmup + --batches = {n} exceeds the {len(loader)} batches of one epoch")
@@ -105,9 +109,12 @@ def main(opt: argparse.Namespace) -> float:
     train_one_epoch(state, Take(loader, opt.batches), 0, cfg)
     dt = time.perf_counter() - t0
     ips = opt.batches * opt.batch_size / dt
+    workers = loader.num_workers
+    del loader  # ends the persistent workers, so their peak memory is counted as finished children
+    gc.collect()
     own, child = peak_rss_mb()
     print(f"\n{Path(opt.cfg).stem} train {opt.imgsz}px batch {opt.batch_size}, {opt.threads} torch threads, "
-          f"{loader.num_workers} workers, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+          f"{workers} workers, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}:\n  {ips:.1f} images/s ({dt / opt.batches:.3f} s/batch, data loading "
           f"included)\n  peak RSS {own:.0f} MB main process, {child:.0f} MB largest dataloader worker")
     return ips

@@ -452,7 +452,10 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                       pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8, prefix: str = "",
                       shuffle: bool = False, seed: int = 0, nc: int | None = None,
                       names: dict | list | None = None) -> tuple[DataLoader, LoadImagesAndLabels]:
-    """Build the dataset and its DataLoader (DistributedSampler when rank != -1); returns (loader, dataset)."""
+    """Build the dataset and its DataLoader (DistributedSampler when rank != -1); returns (loader, dataset).
+
+    Workers persist across epochs (no per-epoch process start-up).
+    """
     if rect and shuffle:
         get_logger().warning(f"{prefix}WARNING: rect batches need a fixed order, shuffle disabled")
         shuffle = False
@@ -464,6 +467,6 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
-                        sampler=sampler, pin_memory=torch.cuda.is_available(),
+                        sampler=sampler, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
                         collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker, generator=generator)
     return loader, dataset

@@ -61,6 +61,7 @@ class EpochConfig:
     env: DistEnv = field(default_factory=DistEnv)
     save_dir: Path | None = None  # where train_batch{0,1,2}.jpg go (None: no plots)
     names: dict | None = None
+    memory_format: torch.memory_format = torch.contiguous_format  # of the model's weights; batches are converted
 
 
 def multi_scale_size(imgsz: int, grid: int, rng: random.Random) -> int:
@@ -140,7 +141,7 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
     state.optimizer.zero_grad(set_to_none=True)
     for i, (imgs, targets, paths, _) in bar:
         ni = i + nb * epoch  # iterations since the start of training
-        imgs = imgs.to(cfg.device, non_blocking=True).float() / 255
+        imgs = imgs.to(cfg.device, non_blocking=True).float().contiguous(memory_format=cfg.memory_format) / 255
         if state.warmup.active(ni):
             state.accumulate = state.warmup(ni, epoch, state.optimizer)
         if cfg.multi_scale:

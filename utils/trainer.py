@@ -90,10 +90,15 @@ def ensure_finite_weights(state: TrainState) -> None:
                                     "the last saved checkpoint is unchanged")
 
 
+def _portable_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy in the default (contiguous) memory format, whatever format training used."""
+    return deepcopy(model).to(memory_format=torch.contiguous_format)
+
+
 def make_checkpoint(state: TrainState, ctx: RunContext, epoch: int, best_fitness: float) -> dict:
     """The checkpoint dict: FP32 model (with its class_act) and EMA copies, optimizer, epoch, fitness, opt, hyp."""
-    return {"epoch": epoch, "best_fitness": best_fitness, "model": deepcopy(de_parallel(state.model)),
-            "ema": deepcopy(state.ema.ema) if state.ema is not None else None,
+    return {"epoch": epoch, "best_fitness": best_fitness, "model": _portable_copy(de_parallel(state.model)),
+            "ema": _portable_copy(state.ema.ema) if state.ema is not None else None,
             "updates": state.ema.updates if state.ema is not None else 0,
             "optimizer": state.optimizer.state_dict(), "last_opt_step": state.last_opt_step,
             "opt": vars(ctx.opt), "hyp": ctx.hyp, "date": datetime.now().isoformat()}
