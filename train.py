@@ -35,21 +35,24 @@ from utils.hyp import load_hyp
 from utils.log import colorstr, get_logger
 from utils.loss import ComputeLoss, describe_loss
 from utils.optim import (
+    AUTO,
     OPTIMIZERS,
+    OptimizerPlan,
     Warmup,
     accumulate_steps,
     build_optimizer,
     build_scheduler,
+    plan_optimizer,
     scaled_weight_decay,
     warmup_iterations,
 )
 from utils.paths import ROOT, increment_path
-from utils.torch_utils import select_device
+from utils.torch_utils import select_device, training_memory_format
 from utils.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
 from utils.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
 
-DEFAULTS = {"epochs": 100, "batch_size": 16, "imgsz": 640}  # YOLOv5's
-BUILTIN_DEFAULTS = {"epochs": 40, "batch_size": 16, "imgsz": 320}  # the built-in dataset, sized for 2 CPU cores
+DEFAULTS = {"epochs": 100, "batch_size": 16, "imgsz": 640, "optimizer": "SGD"}  # YOLOv5's
+BUILTIN_DEFAULTS = {"epochs": 40, "batch_size": 16, "imgsz": 320, "optimizer": AUTO}  # built-in data, 2 CPU cores
 DEFAULT_CFG = "yolov5n.yaml"  # used when neither --cfg nor --weights is given
 TEST_HOOKS = ("stop_after", "weights_hash")  # hidden options for tests, never saved or inherited on --resume
 
@@ -76,7 +79,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--optimizer", type=str, choices=OPTIMIZERS, default="SGD", help="optimizer")
+    p.add_argument("--optimizer", type=str, choices=OPTIMIZERS + (AUTO,), default=None,
+                   help="optimizer (SGD; auto on the built-in data: AdamW for short runs)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process in DDP mode)")
     p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
@@ -187,6 +191,7 @@ def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.
     nc, names = class_info(data, opt.single_cls)
     model, ckpt = build_model(opt.cfg, opt.weights, nc, device, hyp.get("anchors"), resume=opt.resume)
     freeze_layers(model, opt.freeze)
+    model.to(memory_format=training_memory_format(device))
     grid = max(int(model.stride.max()), 32)
     imgsz = check_img_size(opt.imgsz, grid, floor=grid * 2)
     model.nc, model.names = nc, names
@@ -208,20 +213,31 @@ def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, M
     if opt.batch_size % env.world_size:
         raise ConfigError(f"--batch-size {opt.batch_size} must be a multiple of the {env.world_size} DDP processes")
     save_dir = prepare_save_dir(opt, env)
-    if env.is_main:
-        get_logger().info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
-        save_run_config(save_dir, opt, hyp)
     return hyp, data, val, save_dir
 
 
-def make_state(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, nb: int, batch: int,
+def plan_run_optimizer(opt: argparse.Namespace, hyp: dict, nb: int, save_dir: Path,
+                       env: dist.DistEnv) -> OptimizerPlan:
+    """Resolve --optimizer for this run's length; the main process logs the hyperparameters and saves the config."""
+    plan = plan_optimizer(opt.optimizer, hyp, opt.epochs * nb, opt.batch_size)
+    if env.is_main:
+        if plan.reason:
+            get_logger().info(f"{colorstr('optimizer:')} auto -> {plan.reason}")
+        get_logger().info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in plan.hyp.items()))
+        save_run_config(save_dir, opt, plan.hyp)
+    return plan
+
+
+def make_state(opt: argparse.Namespace, plan: OptimizerPlan, model: torch.nn.Module, nb: int,
                device: torch.device, env: dist.DistEnv) -> tuple[TrainState, LambdaLR]:
-    """Optimizer (nominal batch 64, scaled decay), LR schedule, warmup, EMA (main process), AMP scaler, loss."""
-    accumulate = accumulate_steps(opt.batch_size)
-    decay = scaled_weight_decay(hyp["weight_decay"], opt.batch_size, accumulate)
-    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], decay)
+    """Optimizer (as planned, scaled decay), LR schedule, warmup, EMA (main process), AMP scaler, loss."""
+    hyp = plan.hyp
+    accumulate = accumulate_steps(opt.batch_size, plan.nominal)
+    decay = scaled_weight_decay(hyp["weight_decay"], opt.batch_size, accumulate, plan.nominal)
+    optimizer = build_optimizer(model, plan.name, hyp["lr0"], hyp["momentum"], decay)
     scheduler = build_scheduler(optimizer, opt.epochs, hyp["lrf"], opt.cos_lr)
-    warmup = Warmup(warmup_iterations(hyp["warmup_epochs"], nb), hyp, scheduler.lr_lambdas[0], batch)
+    warmup = Warmup(warmup_iterations(hyp["warmup_epochs"], nb), hyp, scheduler.lr_lambdas[0], opt.batch_size,
+                    plan.nominal)
     state = TrainState(model, optimizer, ComputeLoss(model), warmup, accumulate,
                        ema=ModelEMA(model) if env.is_main else None,
                        scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None,
@@ -240,12 +256,14 @@ def train(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> t
     loader, dataset, val_loader = make_loaders(opt, data, hyp, imgsz, batch, grid, env)
     if env.is_main and not opt.resume:
         prepare_anchors_and_plots(opt, hyp, model, dataset, imgsz, save_dir)
-    state, scheduler = make_state(opt, hyp, model, len(loader), batch, device, env)
+    plan = plan_run_optimizer(opt, hyp, len(loader), save_dir, env)
+    state, scheduler = make_state(opt, plan, model, len(loader), device, env)
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
     ctx = RunContext(opt, hyp, data, save_dir, env, device, imgsz, batch, val, val_loader)
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=device.type == "cuda", multi_scale=opt.multi_scale,
-                      env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names)
+                      env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
+                      memory_format=training_memory_format(device))
     get_logger().info(f"Image sizes {imgsz} train, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
                       f"workers\nLogging results to {colorstr('bold', str(save_dir))}\nStarting training for "
                       f"{opt.epochs} epochs...")

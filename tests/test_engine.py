@@ -25,12 +25,14 @@ from utils.engine import (
 )
 from utils.errors import CheckpointError, ConfigError
 from utils.optim import (
+    AUTO_SHORT_RUN,
     CosineDecay,
     LinearDecay,
     Warmup,
     accumulate_steps,
     build_optimizer,
     build_scheduler,
+    plan_optimizer,
     scaled_weight_decay,
     split_params,
     warmup_iterations,
@@ -96,6 +98,30 @@ def test_nominal_batch():
     assert accumulate_steps(24) == 3
     assert scaled_weight_decay(5e-4, 16, 4) == pytest.approx(5e-4)
     assert scaled_weight_decay(5e-4, 24, 3) == pytest.approx(5e-4 * 72 / 64)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_plan_optimizer_explicit_name_keeps_hyp_and_nominal_batch(name):
+    plan = plan_optimizer(name, HYP, iterations=100, batch_size=16)
+    assert (plan.name, plan.hyp, plan.nominal, plan.reason) == (name, HYP, 64, "")
+
+
+def test_plan_optimizer_auto_short_run_is_adamw_stepping_every_batch():
+    plan = plan_optimizer("auto", HYP, iterations=1000, batch_size=16)
+    assert plan.name == "AdamW" and plan.nominal == 16 and accumulate_steps(16, plan.nominal) == 1
+    assert plan.hyp == {**HYP, "lr0": 0.001, "warmup_bias_lr": 0.01}
+    assert HYP["lr0"] == 0.01  # the caller's hyp is not modified
+    assert "1000 iterations" in plan.reason and "AdamW" in plan.reason
+
+
+def test_plan_optimizer_auto_long_run_is_sgd_with_the_hyp():
+    plan = plan_optimizer("auto", HYP, iterations=AUTO_SHORT_RUN + 1, batch_size=16)
+    assert (plan.name, plan.hyp, plan.nominal) == ("SGD", HYP, 64) and "SGD" in plan.reason
+
+
+def test_plan_optimizer_unknown_lists_choices():
+    with pytest.raises(ConfigError, match="RMSprop.*SGD, Adam, AdamW, auto"):
+        plan_optimizer("RMSprop", HYP, 10, 16)
 
 
 def test_lr_factors():

@@ -54,7 +54,7 @@ def _run(data: str, project: Path, **kw):
 def test_parse_opt_yolov5_flags():
     opt = train.parse_opt([])
     assert opt.hyp == "data/hyps/hyp.scratch-low.yaml" and opt.data == "data/shapes.yaml" and opt.weights == ""
-    assert (opt.optimizer, opt.patience, opt.freeze, opt.save_period, opt.seed) == ("SGD", 100, [0], -1, 0)
+    assert (opt.optimizer, opt.patience, opt.freeze, opt.save_period, opt.seed) == (None, 100, [0], -1, 0)
     assert (opt.workers, opt.name, opt.label_smoothing, opt.local_rank) == (8, "exp", 0.0, -1)
     assert Path(opt.project).parts[-2:] == ("runs", "train") and opt.resume is False
     argv = ["--data", "data.yaml", "--cfg", "yolov5s.yaml", "--weights", "", "--hyp", "data/hyps/hyp.slide.yaml",
@@ -65,6 +65,19 @@ def test_parse_opt_yolov5_flags():
     assert (opt.imgsz, opt.batch_size, opt.epochs, opt.freeze, opt.cache, opt.resume) == (640, 8, 100, [10], "ram",
                                                                                            True)
     assert train.parse_opt(["--resume", "runs/train/exp/weights/last.pt"]).resume.endswith("last.pt")
+
+
+def test_defaults_yolov5_on_user_data_cpu_sized_on_builtin_data():
+    user = train.parse_opt([])
+    train.fill_defaults(user, {"names": {0: "a"}})
+    assert (user.epochs, user.batch_size, user.imgsz, user.optimizer, user.cfg) == (100, 16, 640, "SGD",
+                                                                                     "yolov5n.yaml")
+    builtin = train.parse_opt([])
+    train.fill_defaults(builtin, {"generate": {"name": "shapes"}})
+    assert (builtin.epochs, builtin.batch_size, builtin.imgsz, builtin.optimizer) == (40, 16, 320, "auto")
+    given = train.parse_opt(["--optimizer", "SGD", "--epochs", "3", "--img", "256"])
+    train.fill_defaults(given, {"generate": {"name": "shapes"}})
+    assert (given.optimizer, given.epochs, given.imgsz) == ("SGD", 3, 256)  # flags given win
 
 
 @pytest.mark.slow
@@ -80,11 +93,13 @@ def test_one_epoch_writes_all_outputs(tiny_data, tmp_path, log_lines):
     ckpt = load_checkpoint(d / "weights" / "best.pt")
     assert {"model", "ema", "updates", "optimizer", "epoch", "best_fitness", "opt", "hyp", "date"} <= set(ckpt)
     assert ckpt["optimizer"] is None and next(ckpt["model"].parameters()).dtype == torch.float16
+    assert all(p.is_contiguous() for p in ckpt["model"].parameters())  # trained channels_last, saved portable
     model = attempt_load(d / "weights" / "best.pt")
     assert model.nc == 6 and model.names[3] == "star" and model.class_act == "sigmoid"
     assert model(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 11
     opt = yaml.safe_load((d / "opt.yaml").read_text())
     assert opt["imgsz"] == 64 and opt["hyp"]["lr0"] == 0.01 and "stop_after" not in opt
+    assert opt["optimizer"] == "SGD" and yaml.safe_load((d / "hyp.yaml").read_text())["lr0"] == 0.01
     assert any(m.startswith("box loss: CIoU") for m in log_lines)
 
 
@@ -143,7 +158,7 @@ def test_finetune_official_checkpoint_other_nc(tiny_data, tmp_path, log_lines):
 @pytest.mark.parametrize("hyp, act, extra", [
     ("hyp.slide.yaml", "sigmoid", {"optimizer": "AdamW", "cos_lr": True, "single_cls": True}),
     ("hyp.focal.yaml", "sigmoid", {"multi_scale": True, "optimizer": "Adam"}),
-    ("hyp.ce.yaml", "softmax", {"rect": True, "label_smoothing": 0.1})])
+    ("hyp.ce.yaml", "softmax", {"rect": True, "label_smoothing": 0.1, "optimizer": "auto"})])
 def test_loss_variants(tiny_data, tmp_path, log_lines, hyp, act, extra):
     """Each loss option trains (other flags ride along); the ce model's scores are softmax."""
     _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / hyp), epochs=1, noplots=True, noval=True, **extra)
@@ -151,6 +166,9 @@ def test_loss_variants(tiny_data, tmp_path, log_lines, hyp, act, extra):
     assert model.class_act == act and model.nc == (1 if extra.get("single_cls") else 6)
     desc = next(m for m in log_lines if m.startswith("box loss:"))
     assert {"hyp.slide.yaml": "slide", "hyp.focal.yaml": "focal", "hyp.ce.yaml": "ce"}[hyp] in desc
+    if extra.get("optimizer") == "auto":  # a 3-iteration run: AdamW, and hyp.yaml records the lr it used
+        assert any("auto -> 3 iterations" in m for m in log_lines)
+        assert yaml.safe_load((tmp_path / "exp" / "hyp.yaml").read_text())["lr0"] == 0.001
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ Parameter groups, in this order (``x/lr0``, ``x/lr1``, ``x/lr2`` of results.csv)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,9 @@ from utils.log import colorstr, get_logger
 
 NOMINAL_BATCH = 64  # gradients are accumulated up to this many images per optimizer step
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
+AUTO = "auto"  # --optimizer auto: chosen from the length of the run (plan_optimizer)
+AUTO_SHORT_RUN = 10_000  # iterations: auto picks AdamW up to this many, SGD beyond
+AUTO_ADAMW_HYP = {"lr0": 0.001, "warmup_bias_lr": 0.01}  # what auto's AdamW uses instead of the hyp's SGD values
 NORM_TYPES = tuple(v for k, v in vars(nn).items() if "Norm" in k and isinstance(v, type))  # BatchNorm2d, ...
 
 
@@ -30,6 +34,35 @@ def accumulate_steps(batch_size: int, nominal: int = NOMINAL_BATCH) -> int:
 def scaled_weight_decay(weight_decay: float, batch_size: int, accumulate: int, nominal: int = NOMINAL_BATCH) -> float:
     """Weight decay rescaled to the images per step actually used: wd * bs * accumulate / nominal."""
     return weight_decay * batch_size * accumulate / nominal
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    """The optimizer a run uses: its name, the hyp it reads lr0 / momentum / warmup from, images per step."""
+
+    name: str  # one of OPTIMIZERS
+    hyp: dict
+    nominal: int = NOMINAL_BATCH  # images per optimizer step, reached by gradient accumulation
+    reason: str = ""  # why auto chose it (empty for an explicit --optimizer)
+
+
+def plan_optimizer(name: str, hyp: dict, iterations: int, batch_size: int) -> OptimizerPlan:
+    """Resolve ``--optimizer``: SGD, Adam and AdamW as given (nominal batch 64); ``auto`` by the length of the run.
+
+    ``auto`` is for short runs from scratch, where a few hundred SGD steps of 64 images learn little: up to
+    ``AUTO_SHORT_RUN`` iterations it takes AdamW with ``AUTO_ADAMW_HYP`` (lr0 0.001, warmup_bias_lr 0.01) and one
+    optimizer step per batch of ``batch_size`` images; longer runs get SGD with the hyp's own values.
+    """
+    if name != AUTO:
+        if name not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer {name!r} is not known; allowed: {', '.join(OPTIMIZERS + (AUTO,))}")
+        return OptimizerPlan(name, dict(hyp))
+    if iterations > AUTO_SHORT_RUN:
+        return OptimizerPlan("SGD", dict(hyp), reason=f"{iterations} iterations > {AUTO_SHORT_RUN}: SGD")
+    return OptimizerPlan("AdamW", {**hyp, **AUTO_ADAMW_HYP}, nominal=batch_size,
+                         reason=f"{iterations} iterations <= {AUTO_SHORT_RUN}: AdamW with lr0 "
+                                f"{AUTO_ADAMW_HYP['lr0']}, warmup_bias_lr {AUTO_ADAMW_HYP['warmup_bias_lr']}, "
+                                f"a step every batch of {batch_size}")
 
 
 def split_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
