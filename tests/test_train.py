@@ -204,3 +204,17 @@ def test_error_line_unwraps_dataloader_worker_errors():
                            "be read")
     assert train.error_line(wrapped) == "a.jpg: image could not be read"
     assert train.error_line(DatasetError("data.yaml: 'val' path not found")) == "data.yaml: 'val' path not found"
+
+
+@pytest.mark.slow
+def test_default_run_benchmark_prints_time_and_map(tiny_data, capsys):
+    """benchmarks/default_run.py passes train.py options through and reports against the 15 min / mAP50 0.5 target."""
+    from benchmarks.default_run import main, parse_opt
+
+    opt, overrides = parse_opt(["--data", tiny_data, "--epochs", "1", "--img", "64", "--batch-size", "4",
+                                "--workers", "0", "--noplots"])
+    assert opt.data == tiny_data and overrides == {"epochs": 1, "imgsz": 64, "batch_size": 4, "workers": 0,
+                                                   "noplots": True}
+    minutes, map50 = main(opt, overrides)
+    out = capsys.readouterr().out
+    assert 0 < minutes < 15 and 0 <= map50 < 0.5 and "target (< 15 min, mAP50 >= 0.5) NOT met" in out
