@@ -14,7 +14,7 @@ import yaml
 from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared
 
 import train
-from utils import synth
+from utils import synth, train_setup
 from utils.checkpoint import attempt_load, load_checkpoint
 from utils.engine import TrainingDivergedError
 from utils.errors import CheckpointError
@@ -69,14 +69,14 @@ def test_parse_opt_yolov5_flags():
 
 def test_defaults_yolov5_on_user_data_cpu_sized_on_builtin_data():
     user = train.parse_opt([])
-    train.fill_defaults(user, {"names": {0: "a"}})
+    train_setup.fill_defaults(user, {"names": {0: "a"}})
     assert (user.epochs, user.batch_size, user.imgsz, user.optimizer, user.cfg) == (100, 16, 640, "SGD",
                                                                                      "yolov5n.yaml")
     builtin = train.parse_opt([])
-    train.fill_defaults(builtin, {"generate": {"name": "shapes"}})
+    train_setup.fill_defaults(builtin, {"generate": {"name": "shapes"}})
     assert (builtin.epochs, builtin.batch_size, builtin.imgsz, builtin.optimizer) == (40, 16, 320, "auto")
     given = train.parse_opt(["--optimizer", "SGD", "--epochs", "3", "--img", "256"])
-    train.fill_defaults(given, {"generate": {"name": "shapes"}})
+    train_setup.fill_defaults(given, {"generate": {"name": "shapes"}})
     assert (given.optimizer, given.epochs, given.imgsz) == ("SGD", 3, 256)  # flags given win
 
 
@@ -112,7 +112,7 @@ def test_resume_continues_schedule_optimizer_and_ema(tiny_data, tmp_path, monkey
     assert first["epoch"] == 0 and first["optimizer"] is not None and first["updates"] == 3  # 3 batches, acc 1
 
     restored = {}
-    original = train.restore_state
+    original = train_setup.restore_state
 
     def spy(ckpt, state, scheduler, weights, epochs):
         out = original(ckpt, state, scheduler, weights, epochs)
@@ -121,7 +121,7 @@ def test_resume_continues_schedule_optimizer_and_ema(tiny_data, tmp_path, monkey
                         ckpt_ema=deepcopy(ckpt["ema"].state_dict()), fresh_model=deepcopy(state.model.state_dict()))
         return out
 
-    monkeypatch.setattr(train, "restore_state", spy)
+    monkeypatch.setattr(train_setup, "restore_state", spy)
     train.run(resume=str(last), stop_after=2)
     assert restored["updates"] == 3
     assert all(torch.equal(restored["opt"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
@@ -135,7 +135,7 @@ def test_resume_continues_schedule_optimizer_and_ema(tiny_data, tmp_path, monkey
     for key in ("x/lr0", "x/lr1", "x/lr2"):
         assert [r[key] for r in cut] == pytest.approx([r[key] for r in full], rel=1e-5)
 
-    monkeypatch.setattr(train, "restore_state", original)
+    monkeypatch.setattr(train_setup, "restore_state", original)
     train.run(resume=True, project=str(tmp_path))  # newest last.pt under the project: the "cut" run
     assert [r["epoch"] for r in read_results(tmp_path / "cut" / "results.csv")] == [0, 1, 2]
     assert load_checkpoint(last)["optimizer"] is None  # finished runs are stripped
@@ -177,12 +177,12 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeyp
     last = tmp_path / "exp" / "weights" / "last.pt"
     before = last.read_bytes()
 
-    class NaNLoss(train.ComputeLoss):
+    class NaNLoss(train_setup.ComputeLoss):
         def __call__(self, p, targets):
             loss, items = super().__call__(p, targets)
             return loss * float("nan"), items * float("nan")
 
-    monkeypatch.setattr(train, "ComputeLoss", NaNLoss)
+    monkeypatch.setattr(train_setup, "ComputeLoss", NaNLoss)
     with pytest.raises(TrainingDivergedError, match=r"non-finite loss at epoch 1 batch 0 \(box_loss nan"):
         train.run(resume=str(last))
     assert last.read_bytes() == before

@@ -1,0 +1,203 @@
+"""One training run from resolved train.py options: config, data, model, loaders, optimizer, then the epoch loop.
+
+``run_training(opt, device, env)`` is what ``train.py`` calls once the command line, ``--resume`` and DDP are settled.
+The steps, each a function here: validate the hyp file and data YAML and fill size defaults (``setup_run``), build or
+transfer the model (``prepare_model``), the loaders (``make_loaders``), AutoAnchor and label plots, the optimizer
+plan (``plan_run_optimizer``, writes hyp.yaml and opt.yaml) and the trainable state (``make_state``), then
+``trainer.fit`` and ``trainer.finish``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+import yaml
+from torch.optim.lr_scheduler import LambdaLR
+
+from utils import dist
+from utils.autoanchor import check_anchors
+from utils.data_config import check_dataset
+from utils.dataset import create_dataloader
+from utils.ema import ModelEMA
+from utils.engine import EpochConfig, TrainState
+from utils.errors import ConfigError
+from utils.hyp import load_hyp
+from utils.log import colorstr, get_logger
+from utils.loss import ComputeLoss, describe_loss
+from utils.optim import (
+    AUTO,
+    OptimizerPlan,
+    Warmup,
+    accumulate_steps,
+    build_optimizer,
+    build_scheduler,
+    plan_optimizer,
+    scaled_weight_decay,
+    warmup_iterations,
+)
+from utils.paths import increment_path
+from utils.torch_utils import training_memory_format
+from utils.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
+from utils.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
+
+DEFAULTS = {"epochs": 100, "batch_size": 16, "imgsz": 640, "optimizer": "SGD"}  # YOLOv5's
+BUILTIN_DEFAULTS = {"epochs": 40, "batch_size": 16, "imgsz": 320, "optimizer": AUTO}  # built-in data, 2 CPU cores
+DEFAULT_CFG = "yolov5n.yaml"  # used when neither --cfg nor --weights is given
+TEST_HOOKS = ("stop_after", "weights_hash")  # hidden options for tests, never saved or inherited on --resume
+
+
+def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
+    """Set --epochs/--batch-size/--imgsz left unset: CPU-sized for the built-in dataset, else YOLOv5's values."""
+    defaults = BUILTIN_DEFAULTS if data.get("generate") else DEFAULTS
+    for key, value in defaults.items():
+        if getattr(opt, key) is None:
+            setattr(opt, key, value)
+    if opt.batch_size < 1:
+        get_logger().warning(f"--batch-size {opt.batch_size}: automatic batch size is not supported, using 16")
+        opt.batch_size = 16
+    if not opt.cfg and not opt.weights:
+        opt.cfg = DEFAULT_CFG
+
+def prepare_save_dir(opt: argparse.Namespace, env: dist.DistEnv) -> Path:
+    """The run folder (runs/train/exp{N}; kept on resume), made by the main process and shared with the others."""
+    if not opt.resume and env.is_main:
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    opt.save_dir = dist.broadcast_object(getattr(opt, "save_dir", None))
+    save_dir = Path(opt.save_dir)
+    if env.is_main:
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    return save_dir
+
+def save_run_config(save_dir: Path, opt: argparse.Namespace, hyp: dict) -> None:
+    """Write hyp.yaml and opt.yaml (the resolved options, hyp included) into the run folder."""
+    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
+    saved = {k: v for k, v in vars(opt).items() if k not in TEST_HOOKS}
+    (save_dir / "opt.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+def init_seeds(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+def class_info(data: dict, single_cls: bool) -> tuple[int, dict]:
+    """(nc, names) of the dataset, or one class 'item' with --single-cls."""
+    if single_cls:
+        return 1, (data["names"] if data["nc"] == 1 else {0: "item"})
+    return data["nc"], data["names"]
+
+def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, batch: int, grid: int,
+                 env: dist.DistEnv) -> tuple:
+    """(train loader, train dataset, val loader or None): augmented shuffled training, rect validation (main)."""
+    nc, names = class_info(data, opt.single_cls)
+    with dist.main_first(env):
+        loader, dataset = create_dataloader(data["train"], imgsz, batch, grid, opt.single_cls, hyp=hyp, augment=True,
+                                            cache=opt.cache, rect=opt.rect, rank=env.rank, workers=opt.workers,
+                                            prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc,
+                                            names=names)
+    val_loader = None
+    if env.is_main:
+        val_loader, _ = create_dataloader(data["val"], imgsz, batch * 2, grid, opt.single_cls, hyp=hyp,
+                                          cache=None if opt.noval else opt.cache, rect=True, rank=-1,
+                                          workers=opt.workers * 2, pad=0.5, prefix=colorstr("val: "), nc=nc,
+                                          names=names)
+    return loader, dataset, val_loader
+
+def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.device) -> tuple:
+    """Model (built or transferred, frozen layers, scaled hyp attached), checkpoint or None, imgsz, grid size."""
+    nc, names = class_info(data, opt.single_cls)
+    model, ckpt = build_model(opt.cfg, opt.weights, nc, device, hyp.get("anchors"), resume=opt.resume)
+    freeze_layers(model, opt.freeze)
+    model.to(memory_format=training_memory_format(device))
+    grid = max(int(model.stride.max()), 32)
+    imgsz = check_img_size(opt.imgsz, grid, floor=grid * 2)
+    model.nc, model.names = nc, names
+    model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz, opt.label_smoothing)
+    return model, ckpt, imgsz, grid
+
+def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, ModuleType | None, Path]:
+    """Validate hyp and data, fill size defaults, make the run folder and save its config -> (hyp, data, val, dir)."""
+    hyp = load_hyp(opt.hyp)
+    opt.hyp = dict(hyp)  # saved in opt.yaml, so --resume finds the same values
+    val = load_val_module()
+    if val is None and not opt.noval:
+        raise ConfigError("train: val.py is missing from the project, per-epoch validation needs it "
+                          "(train with --noval to skip validation)")
+    with dist.main_first(env):
+        data = check_dataset(opt.data)
+    fill_defaults(opt, data)
+    if opt.batch_size % env.world_size:
+        raise ConfigError(f"--batch-size {opt.batch_size} must be a multiple of the {env.world_size} DDP processes")
+    save_dir = prepare_save_dir(opt, env)
+    return hyp, data, val, save_dir
+
+def plan_run_optimizer(opt: argparse.Namespace, hyp: dict, nb: int, save_dir: Path,
+                       env: dist.DistEnv) -> OptimizerPlan:
+    """Resolve --optimizer for this run's length; the main process logs the hyperparameters and saves the config."""
+    plan = plan_optimizer(opt.optimizer, hyp, opt.epochs * nb, opt.batch_size)
+    if env.is_main:
+        if plan.reason:
+            get_logger().info(f"{colorstr('optimizer:')} auto -> {plan.reason}")
+        get_logger().info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in plan.hyp.items()))
+        save_run_config(save_dir, opt, plan.hyp)
+    return plan
+
+def make_state(opt: argparse.Namespace, plan: OptimizerPlan, model: torch.nn.Module, nb: int,
+               device: torch.device, env: dist.DistEnv) -> tuple[TrainState, LambdaLR]:
+    """Optimizer (as planned, scaled decay), LR schedule, warmup, EMA (main process), AMP scaler, loss."""
+    hyp = plan.hyp
+    accumulate = accumulate_steps(opt.batch_size, plan.nominal)
+    decay = scaled_weight_decay(hyp["weight_decay"], opt.batch_size, accumulate, plan.nominal)
+    optimizer = build_optimizer(model, plan.name, hyp["lr0"], hyp["momentum"], decay)
+    scheduler = build_scheduler(optimizer, opt.epochs, hyp["lrf"], opt.cos_lr)
+    warmup = Warmup(warmup_iterations(hyp["warmup_epochs"], nb), hyp, scheduler.lr_lambdas[0], opt.batch_size,
+                    plan.nominal)
+    state = TrainState(model, optimizer, ComputeLoss(model), warmup, accumulate,
+                       ema=ModelEMA(model) if env.is_main else None,
+                       scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None,
+                       rng=random.Random(opt.seed + max(env.rank, 0)))
+    return state, scheduler
+
+def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
+    """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
+    hyp, data, val, save_dir = setup_run(opt, env)
+    init_seeds(opt.seed + 1 + env.rank)
+    model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
+    if env.is_main:
+        get_logger().info(describe_loss(model.hyp))
+    batch = opt.batch_size // env.world_size
+    loader, dataset, val_loader = make_loaders(opt, data, hyp, imgsz, batch, grid, env)
+    if env.is_main and not opt.resume:
+        prepare_anchors_and_plots(opt, hyp, model, dataset, imgsz, save_dir)
+    plan = plan_run_optimizer(opt, hyp, len(loader), save_dir, env)
+    state, scheduler = make_state(opt, plan, model, len(loader), device, env)
+    start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
+    state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
+    ctx = RunContext(opt, hyp, data, save_dir, env, device, imgsz, batch, val, val_loader)
+    cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=device.type == "cuda", multi_scale=opt.multi_scale,
+                      env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
+                      memory_format=training_memory_format(device))
+    get_logger().info(f"Image sizes {imgsz} train, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
+                      f"workers\nLogging results to {colorstr('bold', str(save_dir))}\nStarting training for "
+                      f"{opt.epochs} epochs...")
+    results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
+    if opt.weights_hash:
+        print(f"weights-hash rank {env.rank}: {parameters_hash(state.model)}", flush=True)
+    interrupted = opt.stop_after is not None and last_epoch + 1 < opt.epochs
+    return finish(state, ctx) if env.is_main and not interrupted else results
+
+def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, dataset,
+                              imgsz: int, save_dir: Path) -> None:
+    """Main process, new runs: AutoAnchor check (unless --noautoanchor) and labels.jpg (unless --noplots)."""
+    if not opt.noautoanchor:
+        check_anchors(dataset, model, thr=hyp["anchor_t"], imgsz=imgsz, seed=opt.seed)
+    if not opt.noplots:
+        from utils.plots import plot_labels
+
+        labels = np.concatenate([lb.reshape(-1, 5) for lb in dataset.labels], 0)
+        plot_labels(labels, model.names, save_dir)
