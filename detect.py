@@ -17,7 +17,6 @@ Results go to runs/detect/exp*: annotated images and .mp4 videos, labels/*.txt (
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -28,13 +27,13 @@ import numpy as np
 import torch
 
 from models.backend import DetectMultiBackend
-from utils.boxes import clip_boxes, scale_boxes, xyxy2xywh, xyxy2xywhn
+from utils.boxes import scale_boxes
 from utils.data_config import find_data_yaml, load_yaml, normalise_names
+from utils.detection_writer import ResultWriter, describe
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
 from utils.log import colorstr, get_logger
 from utils.nms import non_max_suppression
 from utils.paths import ROOT, increment_path
-from utils.plots import Annotator, colors
 from utils.sources import load_source
 
 DEFAULT_WEIGHTS = "yolov5s.pt"  # YOLOv5's default name; never downloaded, so it must exist locally
@@ -80,115 +79,6 @@ def check_img_size(imgsz: Sequence[int], stride: int) -> list[int]:
     if new != imgsz:
         get_logger().warning(f"WARNING --imgsz {imgsz} must be a multiple of stride {stride}, using {new}")
     return new
-
-
-def describe(det: torch.Tensor, names: dict) -> str:
-    """'4 persons, 1 bus, ' from the class column of (n, 6) detections ('(no detections), ' when empty)."""
-    if not len(det):
-        return "(no detections), "
-    out = ""
-    for c in det[:, 5].unique():
-        n = int((det[:, 5] == c).sum())
-        out += f"{n} {names.get(int(c), int(c))}{'s' * (n > 1)}, "
-    return out
-
-
-def save_one_box(xyxy: torch.Tensor, im: np.ndarray, file: Path, gain: float = 1.02, pad: int = 10) -> Path:
-    """Save the crop of a BGR image around an xyxy box, enlarged by gain and pad pixels, to a new numbered file."""
-    b = xyxy2xywh(xyxy.view(-1, 4).float())
-    b[:, 2:] = b[:, 2:] * gain + pad
-    box = clip_boxes(torch.cat((b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2), 1), im.shape[:2]).long()[0]
-    file = increment_path(file, sep="_")  # bus.jpg, bus_2.jpg, ...
-    file.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(file), im[int(box[1]):int(box[3]), int(box[0]):int(box[2])])
-    return file
-
-
-class ResultWriter:
-    """Writes what detect.py saves: annotated images and videos, YOLO txt labels, predictions.csv, crops."""
-
-    def __init__(self, save_dir: Path, names: dict, save_img: bool, save_txt: bool, save_conf: bool, save_csv: bool,
-                 save_crop: bool, line_thickness: int, hide_labels: bool, hide_conf: bool):
-        self.save_dir, self.names = save_dir, names
-        self.save_img, self.save_txt, self.save_conf = save_img, save_txt, save_conf
-        self.save_csv, self.save_crop = save_csv, save_crop
-        self.lw, self.hide_labels, self.hide_conf = line_thickness, hide_labels, hide_conf
-        self.video_path, self.video_writer = None, None
-        self.n_txt = 0
-        if save_txt:
-            (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-
-    def annotate(self, im0: np.ndarray, det: torch.Tensor) -> np.ndarray:
-        """Draw (n, 6) detections in original-image pixels on a copy of im0."""
-        annotator = Annotator(im0, line_width=self.lw)
-        for *xyxy, conf, cls in det.tolist():
-            c = int(cls)
-            name = self.names.get(c, str(c))
-            label = None if self.hide_labels else (name if self.hide_conf else f"{name} {conf:.2f}")
-            annotator.box_label(xyxy, label, color=colors(c, True))
-        return annotator.result()
-
-    def write(self, path: str, im0: np.ndarray, det: torch.Tensor, mode: str, frame: int,
-              cap: Optional[cv2.VideoCapture], annotated: Optional[np.ndarray]) -> None:
-        """Save everything requested for one image or frame."""
-        p = Path(path)
-        stem = p.stem if mode == "image" else f"{_safe_name(p.stem or path)}_{frame}"
-        if self.save_txt:
-            self._write_txt(self.save_dir / "labels" / f"{stem}.txt", det, im0.shape)
-        if self.save_csv:
-            self._write_csv(p.name, frame, det)
-        if self.save_crop:
-            for *xyxy, _, cls in det:
-                name = self.names.get(int(cls), str(int(cls)))
-                save_one_box(torch.stack(xyxy), im0, self.save_dir / "crops" / name / f"{stem}.jpg")
-        if self.save_img and annotated is not None:
-            if mode == "image":
-                cv2.imwrite(str(self.save_dir / p.name), annotated)
-            else:
-                self._write_frame(path, annotated, cap)
-
-    def _write_txt(self, file: Path, det: torch.Tensor, shape: tuple) -> None:
-        """One 'cls x y w h [conf]' line per detection, normalized xywh."""
-        xywhn = xyxy2xywhn(det[:, :4].float(), w=shape[1], h=shape[0])
-        with open(file, "w") as f:
-            for b, (conf, cls) in zip(xywhn.tolist(), det[:, 4:6].tolist()):
-                row = (int(cls), *b, conf) if self.save_conf else (int(cls), *b)
-                f.write(" ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row) + "\n")
-        self.n_txt += 1
-
-    def _write_csv(self, image: str, frame: int, det: torch.Tensor) -> None:
-        """Append one row per detection to predictions.csv (header on first write)."""
-        file = self.save_dir / "predictions.csv"
-        new = not file.exists()
-        with open(file, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["image", "frame", "class", "confidence", "x1", "y1", "x2", "y2"])
-            for *xyxy, conf, cls in det.tolist():
-                w.writerow([image, frame, self.names.get(int(cls), int(cls)), f"{conf:.4f}",
-                            *(f"{v:.1f}" for v in xyxy)])
-
-    def _write_frame(self, path: str, im: np.ndarray, cap: Optional[cv2.VideoCapture]) -> None:
-        """Append a frame to the .mp4 of its video (opened on the first frame at the source fps and size)."""
-        if path != self.video_path:
-            self.close()
-            fps = (cap.get(cv2.CAP_PROP_FPS) if cap is not None else 0) or 30.0
-            out = self.save_dir / f"{_safe_name(Path(path).stem or path)}.mp4"
-            h, w = im.shape[:2]
-            self.video_path = path
-            self.video_writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        self.video_writer.write(im)
-
-    def close(self) -> None:
-        """Finish the open video file, if any."""
-        if self.video_writer is not None:
-            self.video_writer.release()
-        self.video_path, self.video_writer = None, None
-
-
-def _safe_name(text: str) -> str:
-    """A file-name-safe version of a source name (stream URLs, webcam indices)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))
 
 
 def _show(window: str, im: np.ndarray) -> bool:

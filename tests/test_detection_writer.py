@@ -1,0 +1,49 @@
+"""utils/detection_writer.py: the per-image summary line and every file detect.py can save."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import torch
+
+from utils.detection_writer import ResultWriter, describe
+
+NAMES = {0: "person", 1: "square", 5: "bus"}
+
+
+def test_describe_counts_classes_with_plural():
+    det = torch.tensor([[0, 0, 1, 1, 0.9, 0], [2, 2, 3, 3, 0.8, 0], [4, 4, 5, 5, 0.7, 5]])
+    assert describe(det, NAMES) == "2 persons, 1 bus, "
+    assert describe(torch.zeros(0, 6), NAMES) == "(no detections), "
+
+
+def test_writer_saves_image_txt_csv_and_crop(tmp_path):
+    im = np.full((100, 200, 3), 90, np.uint8)
+    det = torch.tensor([[10.0, 20.0, 60.0, 80.0, 0.9, 1.0]])  # x1 y1 x2 y2 conf cls, image pixels
+    w = ResultWriter(tmp_path, NAMES, save_img=True, save_txt=True, save_conf=True, save_csv=True, save_crop=True,
+                     line_thickness=2, hide_labels=False, hide_conf=False)
+    annotated = w.annotate(im, det)
+    assert annotated.shape == im.shape and (annotated != im).any() and (im == 90).all()  # drawn on a copy
+    w.write("some/dir/img.jpg", im, det, "image", 0, None, annotated)
+
+    assert (tmp_path / "labels" / "img.txt").read_text() == "1 0.175 0.5 0.25 0.6 0.9\n"  # normalized xywh + conf
+    rows = list(csv.reader((tmp_path / "predictions.csv").open()))
+    assert rows == [["image", "frame", "class", "confidence", "x1", "y1", "x2", "y2"],
+                    ["img.jpg", "0", "square", "0.9000", "10.0", "20.0", "60.0", "80.0"]]
+    crop = cv2.imread(str(tmp_path / "crops" / "square" / "img.jpg"))
+    assert crop is not None and crop.shape[:2] == (71, 61)  # box 50x60 px, x1.02 + 10 px, clipped to the image
+    assert cv2.imread(str(tmp_path / "img.jpg")).shape == im.shape
+
+
+def test_writer_writes_video_frames_to_one_mp4(tmp_path):
+    w = ResultWriter(tmp_path, NAMES, save_img=True, save_txt=True, save_conf=False, save_csv=False,
+                     save_crop=False, line_thickness=1, hide_labels=True, hide_conf=True)
+    frame = np.zeros((64, 96, 3), np.uint8)
+    for i in range(3):
+        w.write("clips/walk.mp4", frame, torch.zeros(0, 6), "video", i, None, frame)
+    w.close()
+    cap = cv2.VideoCapture(str(tmp_path / "walk.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 96
+    assert sorted(f.name for f in (tmp_path / "labels").iterdir()) == ["walk_0.txt", "walk_1.txt", "walk_2.txt"]
