@@ -29,6 +29,7 @@ def describe(det: torch.Tensor, names: dict) -> str:
         out += f"{n} {names.get(int(c), int(c))}{'s' * (n > 1)}, "
     return out
 
+
 def save_one_box(xyxy: torch.Tensor, im: np.ndarray, file: Path, gain: float = 1.02, pad: int = 10) -> Path:
     """Save the crop of a BGR image around an xyxy box, enlarged by gain and pad pixels, to a new numbered file."""
     b = xyxy2xywh(xyxy.view(-1, 4).float())
@@ -38,6 +39,7 @@ def save_one_box(xyxy: torch.Tensor, im: np.ndarray, file: Path, gain: float = 1
     file.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(file), im[int(box[1]):int(box[3]), int(box[0]):int(box[2])])
     return file
+
 
 class ResultWriter:
     """Writes what detect.py saves: annotated images and videos, YOLO txt labels, predictions.csv, crops."""
@@ -119,6 +121,7 @@ class ResultWriter:
         if self.video_writer is not None:
             self.video_writer.release()
         self.video_path, self.video_writer = None, None
+
 
 def safe_name(text: str) -> str:
     """A file-name-safe version of a source name (stream URLs, webcam indices)."""

@@ -63,6 +63,7 @@ def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
 
+
 def prepare_save_dir(opt: argparse.Namespace, env: dist.DistEnv) -> Path:
     """The run folder (runs/train/exp{N}; kept on resume), made by the main process and shared with the others."""
     if not opt.resume and env.is_main:
@@ -73,11 +74,13 @@ def prepare_save_dir(opt: argparse.Namespace, env: dist.DistEnv) -> Path:
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     return save_dir
 
+
 def save_run_config(save_dir: Path, opt: argparse.Namespace, hyp: dict) -> None:
     """Write hyp.yaml and opt.yaml (the resolved options, hyp included) into the run folder."""
     (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
     saved = {k: v for k, v in vars(opt).items() if k not in TEST_HOOKS}
     (save_dir / "opt.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
 
 def init_seeds(seed: int) -> None:
     """Seed Python, NumPy and torch."""
@@ -85,11 +88,13 @@ def init_seeds(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
+
 def class_info(data: dict, single_cls: bool) -> tuple[int, dict]:
     """(nc, names) of the dataset, or one class 'item' with --single-cls."""
     if single_cls:
         return 1, (data["names"] if data["nc"] == 1 else {0: "item"})
     return data["nc"], data["names"]
+
 
 def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, batch: int, grid: int,
                  env: dist.DistEnv) -> tuple:
@@ -108,6 +113,7 @@ def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, bat
                                           names=names)
     return loader, dataset, val_loader
 
+
 def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.device) -> tuple:
     """Model (built or transferred, frozen layers, scaled hyp attached), checkpoint or None, imgsz, grid size."""
     nc, names = class_info(data, opt.single_cls)
@@ -119,6 +125,7 @@ def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.
     model.nc, model.names = nc, names
     model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz, opt.label_smoothing)
     return model, ckpt, imgsz, grid
+
 
 def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, ModuleType | None, Path]:
     """Validate hyp and data, fill size defaults, make the run folder and save its config -> (hyp, data, val, dir)."""
@@ -136,6 +143,7 @@ def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, M
     save_dir = prepare_save_dir(opt, env)
     return hyp, data, val, save_dir
 
+
 def plan_run_optimizer(opt: argparse.Namespace, hyp: dict, nb: int, save_dir: Path,
                        env: dist.DistEnv) -> OptimizerPlan:
     """Resolve --optimizer for this run's length; the main process logs the hyperparameters and saves the config."""
@@ -146,6 +154,7 @@ def plan_run_optimizer(opt: argparse.Namespace, hyp: dict, nb: int, save_dir: Pa
         get_logger().info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in plan.hyp.items()))
         save_run_config(save_dir, opt, plan.hyp)
     return plan
+
 
 def make_state(opt: argparse.Namespace, plan: OptimizerPlan, model: torch.nn.Module, nb: int,
                device: torch.device, env: dist.DistEnv) -> tuple[TrainState, LambdaLR]:
@@ -163,6 +172,19 @@ def make_state(opt: argparse.Namespace, plan: OptimizerPlan, model: torch.nn.Mod
                        rng=random.Random(opt.seed + max(env.rank, 0)))
     return state, scheduler
 
+
+def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, dataset,
+                              imgsz: int, save_dir: Path) -> None:
+    """Main process, new runs: AutoAnchor check (unless --noautoanchor) and labels.jpg (unless --noplots)."""
+    if not opt.noautoanchor:
+        check_anchors(dataset, model, thr=hyp["anchor_t"], imgsz=imgsz, seed=opt.seed)
+    if not opt.noplots:
+        from utils.plots import plot_labels
+
+        labels = np.concatenate([lb.reshape(-1, 5) for lb in dataset.labels], 0)
+        plot_labels(labels, model.names, save_dir)
+
+
 def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
     """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
     hyp, data, val, save_dir = setup_run(opt, env)
@@ -178,7 +200,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     state, scheduler = make_state(opt, plan, model, len(loader), device, env)
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
-    ctx = RunContext(opt, hyp, data, save_dir, env, device, imgsz, batch, val, val_loader)
+    ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader)
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=device.type == "cuda", multi_scale=opt.multi_scale,
                       env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
                       memory_format=training_memory_format(device))
@@ -190,14 +212,3 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
         print(f"weights-hash rank {env.rank}: {parameters_hash(state.model)}", flush=True)
     interrupted = opt.stop_after is not None and last_epoch + 1 < opt.epochs
     return finish(state, ctx) if env.is_main and not interrupted else results
-
-def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, dataset,
-                              imgsz: int, save_dir: Path) -> None:
-    """Main process, new runs: AutoAnchor check (unless --noautoanchor) and labels.jpg (unless --noplots)."""
-    if not opt.noautoanchor:
-        check_anchors(dataset, model, thr=hyp["anchor_t"], imgsz=imgsz, seed=opt.seed)
-    if not opt.noplots:
-        from utils.plots import plot_labels
-
-        labels = np.concatenate([lb.reshape(-1, 5) for lb in dataset.labels], 0)
-        plot_labels(labels, model.names, save_dir)
