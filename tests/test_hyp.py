@@ -13,7 +13,8 @@ from utils.hyp import SCHEMA, load_hyp
 HYPS = Path(__file__).resolve().parents[1] / "data" / "hyps"
 
 
-@pytest.mark.parametrize("name", ["scratch-low", "scratch-med", "scratch-high", "slide", "focal", "ce"])
+@pytest.mark.parametrize("name", ["scratch-low", "scratch-med", "scratch-high", "slide", "focal", "ce",
+                                  "slide-focal-ce"])
 def test_shipped_hyp_files_are_valid_and_complete(name):
     hyp = load_hyp(HYPS / f"hyp.{name}.yaml")
     assert set(hyp) == set(SCHEMA)
@@ -30,6 +31,10 @@ def test_yolov5_values_and_option_files():
     assert load_hyp(HYPS / "hyp.slide.yaml")["slide_ratio"] == 1.0
     assert load_hyp(HYPS / "hyp.focal.yaml")["fl_gamma"] == 1.5
     assert load_hyp(HYPS / "hyp.ce.yaml")["cls_loss_type"] == "ce"
+    combined = load_hyp(HYPS / "hyp.slide-focal-ce.yaml")
+    assert (combined["slide_ratio"], combined["fl_gamma"], combined["cls_loss_type"]) == (1.0, 1.5, "ce")
+    assert {k: v for k, v in combined.items() if k not in ("slide_ratio", "fl_gamma", "cls_loss_type")} == {
+        k: v for k, v in low.items() if k not in ("slide_ratio", "fl_gamma", "cls_loss_type")}  # else scratch-low
 
 
 def test_bare_name_resolves_in_data_hyps():

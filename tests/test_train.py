@@ -158,14 +158,17 @@ def test_finetune_official_checkpoint_other_nc(tiny_data, tmp_path, log_lines):
 @pytest.mark.parametrize("hyp, act, extra", [
     ("hyp.slide.yaml", "sigmoid", {"optimizer": "AdamW", "cos_lr": True, "single_cls": True}),
     ("hyp.focal.yaml", "sigmoid", {"multi_scale": True, "optimizer": "Adam"}),
-    ("hyp.ce.yaml", "softmax", {"rect": True, "label_smoothing": 0.1, "optimizer": "auto"})])
+    ("hyp.ce.yaml", "softmax", {"rect": True, "label_smoothing": 0.1, "optimizer": "auto"}),
+    ("hyp.slide-focal-ce.yaml", "softmax", {"optimizer": "auto"})])
 def test_loss_variants(tiny_data, tmp_path, log_lines, hyp, act, extra):
     """Each loss option trains (other flags ride along); the ce model's scores are softmax."""
     _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / hyp), epochs=1, noplots=True, noval=True, **extra)
     model = attempt_load(tmp_path / "exp" / "weights" / "best.pt")
     assert model.class_act == act and model.nc == (1 if extra.get("single_cls") else 6)
     desc = next(m for m in log_lines if m.startswith("box loss:"))
-    assert {"hyp.slide.yaml": "slide", "hyp.focal.yaml": "focal", "hyp.ce.yaml": "ce"}[hyp] in desc
+    expected = {"hyp.slide.yaml": ["slide"], "hyp.focal.yaml": ["focal"], "hyp.ce.yaml": ["ce (softmax"],
+                "hyp.slide-focal-ce.yaml": ["slide(ratio=1)", "focal(gamma=1.5", "ce (softmax"]}[hyp]
+    assert all(word in desc for word in expected), desc
     if extra.get("optimizer") == "auto":  # a 3-iteration run: AdamW, and hyp.yaml records the lr it used
         assert any("auto -> 3 iterations" in m for m in log_lines)
         assert yaml.safe_load((tmp_path / "exp" / "hyp.yaml").read_text())["lr0"] == 0.001
