@@ -128,7 +128,7 @@ def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.
 
 
 def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, ModuleType | None, Path]:
-    """Validate hyp and data, fill size defaults, make the run folder and save its config -> (hyp, data, val, dir)."""
+    """Validate hyp and data, fill size defaults, make the run folder -> (hyp, data, val module, run folder)."""
     hyp = load_hyp(opt.hyp)
     opt.hyp = dict(hyp)  # saved in opt.yaml, so --resume finds the same values
     val = load_val_module()
