@@ -19,7 +19,7 @@ from utils.coco import coco_evaluate, save_json, yolo_to_coco_gt
 from utils.data_config import check_dataset
 from utils.dataset import create_dataloader
 from utils.errors import ConfigError, DatasetError, SlideYoloError
-from utils.evaluate import EvalConfig, EvalResult, evaluate, format_table
+from utils.evaluate import EvalConfig, EvalResult, evaluate, format_table, write_per_class_csv
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT, increment_path
 from utils.torch_utils import select_device
@@ -130,6 +130,8 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     result = evaluate(model_fn, dataloader, names, cfg, compute_loss=compute_loss, device=device, fp16=fp16)
     nc = 1 if single_cls else len(names)
     log.info(format_table(result, names, per_class=(verbose or (nc < 50 and not training)) and nc > 1))
+    if save_dir and (verbose or not training):
+        write_per_class_csv(result, names, Path(save_dir) / "per_class.csv")
     if not training:
         pre, inf, nms = result.times_ms
         log.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "

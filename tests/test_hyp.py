@@ -71,6 +71,28 @@ def test_out_of_range_names_file_key_and_range(tmp_path):
         load_hyp(write_hyp(tmp_path, lr0="fast"))
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("loss_norm", "median", r"'loss_norm' is 'median', allowed values: one of mean, pos, weighted"),
+    ("cls_weights", "sqrt", r"'cls_weights' is 'sqrt', allowed values: one of none, inverse, effective"),
+    ("cls_weights_beta", 1.0, r"'cls_weights_beta' is 1.0, allowed range: \(0, 1\)"),
+    ("cls_weights_values", [1.0, -2.0], r"'cls_weights_values\[1\]' is -2.0, allowed range: > 0"),
+    ("cls_weights_values", 3.0, r"'cls_weights_values' is 3.0, expected a list of numbers > 0"),
+    ("slide_mu", "median", r"'slide_mu' is 'median', allowed values: one of batch, ema"),
+    ("obj_loss_type", "focal", r"'obj_loss_type' is 'focal', allowed values: one of bce, gaussian_focal"),
+    ("box_l1", -0.1, r"'box_l1' is -0.1, allowed range: >= 0")])
+def test_phase2_loss_keys_are_validated(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=r"hyp\.yaml: " + message):
+        load_hyp(write_hyp(tmp_path, **{key: value}))
+
+
+def test_phase2_loss_keys_default_to_yolov5(tmp_path):
+    hyp = load_hyp(HYPS / "hyp.scratch-low.yaml")
+    assert (hyp["loss_norm"], hyp["cls_weights"], hyp["slide_mu"], hyp["obj_loss_type"], hyp["box_l1"]) == (
+        "mean", "none", "batch", "bce", 0.0)
+    assert hyp["cls_weights_values"] is None and hyp["cls_weights_beta"] == 0.999
+    assert load_hyp(write_hyp(tmp_path, cls_weights_values=[0.5, 2]))["cls_weights_values"] == [0.5, 2]
+
+
 def test_unknown_key_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"hyp\.yaml: unknown key\(s\) 'slide_raito'; allowed keys: lr0"):
         load_hyp(write_hyp(tmp_path, slide_raito=1.0))

@@ -11,11 +11,10 @@ import torch
 from models.yolo import DetectionModel
 from utils.errors import ConfigError
 from utils.hyp import load_hyp
-from utils.loss import (
-    ComputeLoss,
+from utils.loss import ComputeLoss, box_l1_loss, describe_loss
+from utils.loss_terms import (
     bce_elementwise,
     ce_elementwise,
-    describe_loss,
     focal_factor_bce,
     focal_factor_ce,
     slide_mu,
@@ -178,11 +177,13 @@ def deterministic_inputs() -> tuple[list[torch.Tensor], torch.Tensor]:
 @pytest.mark.parametrize("hyp_file, expected_total, expected_items", [
     # Golden values computed with upstream YOLOv5 v7.0 ComputeLoss (and its FocalLoss) on the same inputs.
     ("hyp.scratch-low.yaml", 12.886528968811035, [0.1405615657567978, 4.943144798278809, 1.35955810546875]),
-    ("hyp.focal.yaml", 5.865520000457764, [0.1405615657567978, 2.333667755126953, 0.4585306942462921]),
+    ("upstream focal", 5.865520000457764, [0.1405615657567978, 2.333667755126953, 0.4585306942462921]),
 ])
 def test_options_off_equal_yolov5(hyp_file, expected_total, expected_items):
     model = DetectionModel("yolov5n.yaml", nc=3)
-    model.hyp = {**load_hyp(f"data/hyps/{hyp_file}"), "label_smoothing": 0.05}
+    # "upstream focal": YOLOv5's FocalLoss is scratch-low with fl_gamma 1.5 and the default mean reduction
+    hyp = base_hyp(fl_gamma=1.5) if hyp_file == "upstream focal" else load_hyp(f"data/hyps/{hyp_file}")
+    model.hyp = {**hyp, "label_smoothing": 0.05}
     p, t = deterministic_inputs()
     total, items = ComputeLoss(model)(p, t)
     assert total.item() == pytest.approx(expected_total, rel=1e-5)
@@ -269,3 +270,147 @@ def test_describe_loss_names_the_options():
     line = describe_loss(base_hyp(cls_loss_type="ce", fl_gamma=1.5, slide_ratio=1.0))
     assert "cls loss: ce (softmax, mutually exclusive) + focal(gamma=1.5) + slide(ratio=1)" in line
     assert "obj loss: bce + focal(gamma=1.5, alpha=0.25) + slide(ratio=1)" in line
+
+
+# ---- Phase 2 keys: loss_norm, class weights, slide_mu ema, heatmap objectness, box L1
+
+NEW_KEYS_OFF = {"loss_norm": "mean", "cls_weights": "none", "slide_mu": "batch", "obj_loss_type": "bce", "box_l1": 0.0}
+
+
+def test_new_keys_off_are_bit_identical_to_the_baseline():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    p, t = deterministic_inputs()
+    for extra in ({}, {"slide_ratio": 1.0}, {"fl_gamma": 1.5}, {"cls_loss_type": "ce"}):
+        model.hyp = base_hyp(**extra)
+        reference = ComputeLoss(model)(p, t)
+        model.hyp = base_hyp(**extra, **NEW_KEYS_OFF)
+        total, items = ComputeLoss(model)(p, t)
+        assert torch.equal(total, reference[0]) and torch.equal(items, reference[1])
+
+
+def test_weighted_norm_without_weights_is_the_mean():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    p, t = deterministic_inputs()
+    model.hyp = base_hyp()
+    reference = ComputeLoss(model)(p, t)[1]
+    model.hyp = base_hyp(loss_norm="weighted")  # nothing reweights: sum(l) / n = mean
+    torch.testing.assert_close(ComputeLoss(model)(p, t)[1], reference)
+
+
+def test_loss_norm_by_hand():
+    p, targets, ciou = hand_example()
+    # focal gamma 2 at p = 0.5: factor 0.25 * alpha_t; four obj cells, one of them the positive (soft target ciou)
+    f_neg, f_pos = 0.25 * 0.75, 0.25 * (0.25 * ciou + 0.75 * (1 - ciou))
+    for norm, obj_div, cls_div in (("pos", 1.0, 1.0), ("weighted", 3 * f_neg + f_pos, 0.25 * (0.75 + 0.25))):
+        model = one_level_model(fl_gamma=2.0, fl_alpha=0.25, loss_norm=norm)
+        _, items = ComputeLoss(model)(p, targets)
+        obj = LN2 * (3 * f_neg + f_pos) / obj_div  # sum of focal x BCE, each BCE = ln 2 at logit 0
+        cls = LN2 * 0.25 * (0.75 + 0.25) / cls_div  # two class columns of the one positive
+        torch.testing.assert_close(items, torch.tensor([1 - ciou, 4 * obj, cls]))
+
+
+def test_class_weights_ce_weighted_equals_torch_weighted_cross_entropy():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = base_hyp(cls_loss_type="ce", cls_weights="inverse", cls_weights_values=[0.5, 1.0, 1.5],
+                         loss_norm="weighted")
+    loss = ComputeLoss(model)
+    logits, tcls = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 0, 1])
+    expected = torch.nn.functional.cross_entropy(logits, tcls, weight=torch.tensor([0.5, 1.0, 1.5])) / 3
+    torch.testing.assert_close(loss.class_loss(logits, tcls, torch.zeros(6), torch.tensor(0.5)), expected)
+
+
+def test_class_weights_scale_each_positive_by_its_class():
+    model = one_level_model(cls_weights="inverse", cls_weights_values=[0.5, 3.0])
+    p, targets, ciou = hand_example()  # the one target is class 1
+    _, items = ComputeLoss(model)(p, targets)
+    torch.testing.assert_close(items, torch.tensor([1 - ciou, 4 * LN2, 3.0 * LN2]))
+
+
+def test_class_weights_need_values_of_the_right_length():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = base_hyp(cls_weights="effective")
+    with pytest.raises(ConfigError, match="cls_weights_values"):
+        ComputeLoss(model)
+    model.hyp = base_hyp(cls_weights="effective", cls_weights_values=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="2 values, the model has 3 classes"):
+        ComputeLoss(model)
+
+
+def test_slide_mu_ema_follows_training_batches_only():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = base_hyp(slide_ratio=1.0, slide_mu="ema")
+    loss = ComputeLoss(model)
+    p, t = deterministic_inputs()
+    loss(p, t)  # predictions without grad (validation): the average stays untouched
+    assert loss.state_dict()["slide_mu"]["updates"] == 0
+    loss([x.clone().requires_grad_(True) for x in p], t)
+    state = loss.state_dict()["slide_mu"]
+    assert state["updates"] == 1 and all(0.0 < mu < 1.0 and mu != 0.5 for mu in state["mu"])
+    fresh = ComputeLoss(model)
+    fresh.load_state_dict(loss.state_dict())
+    assert fresh.state_dict() == loss.state_dict()
+
+
+def test_slide_mu_ema_equals_batch_mu_on_the_first_batch():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    p, t = deterministic_inputs()
+    leaves = [x.clone().requires_grad_(True) for x in p]
+    model.hyp = base_hyp(slide_ratio=1.0)
+    batch = ComputeLoss(model)(leaves, t)[1]
+    model.hyp = base_hyp(slide_ratio=1.0, slide_mu="ema")
+    ema = ComputeLoss(model)(leaves, t)[1]  # d = 0.999 (1 - e^(-1/2000)) ~ 5e-4: mu is almost the batch's
+    torch.testing.assert_close(ema, batch, rtol=2e-3, atol=1e-6)
+
+
+def test_box_l1_by_hand():
+    pxy, txy = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.25, 0.75]])
+    anchors = torch.tensor([[2.0, 1.0]])
+    pwh, twh = torch.tensor([[2.0, 2.0]]), torch.tensor([[4.0, 1.0]])
+    expected = 0.25 + 0.25 + abs(math.log(1.0) - math.log(2.0)) + abs(math.log(2.0) - math.log(1.0))
+    assert box_l1_loss(pxy, pwh, txy, twh, anchors).item() == pytest.approx(expected)
+    assert box_l1_loss(torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0, 2),
+                       torch.zeros(0, 2)).item() == 0.0
+
+
+def test_box_l1_adds_to_the_box_item():
+    p, targets, ciou = hand_example()
+    model = one_level_model(box_l1=2.0)
+    _, items = ComputeLoss(model)(p, targets)
+    # predicted offset (0.25, 0.5) against (0.5, 0.5), size 1x1 against 1x1 (sigmoid(0) * 2)^2 * anchor 1
+    torch.testing.assert_close(items[0], torch.tensor(1 - ciou + 2.0 * 0.25))
+
+
+def test_gaussian_focal_objectness_targets_and_value():
+    model = one_level_model(obj_loss_type="gaussian_focal")
+    p, targets, ciou = hand_example()
+    loss = ComputeLoss(model)
+    _, tbox, indices, _ = loss.build_targets(p, targets)
+    heat = loss.heatmap_targets(p[0].shape[:4], indices[0], tbox[0])
+    assert heat[0, 0, 0, 0] == 1.0 and (heat[0, 0].flatten()[1:] < 1.0).all()
+    _, items = loss(p, targets)
+    # logits 0: p = 0.5; positive (1 - p)^2 log p, negatives (1 - y)^4 p^2 log(1 - p); one positive cell
+    neg = sum((1 - float(y)) ** 4 * 0.25 * LN2 for y in heat[0, 0].flatten()[1:])
+    assert items[1].item() == pytest.approx(4 * (0.25 * LN2 + neg), rel=1e-4)
+
+
+@pytest.mark.parametrize("norm, weights, mu, obj, slide, gamma, kind", list(itertools.product(
+    ["mean", "pos", "weighted"], ["none", "effective"], ["batch", "ema"], ["bce", "gaussian_focal"], [0.0, 1.0],
+    [0.0, 1.5], ["bce", "ce"])))
+def test_every_new_key_combination_gives_finite_loss_and_gradients(norm, weights, mu, obj, slide, gamma, kind):
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = base_hyp(loss_norm=norm, cls_weights=weights, cls_weights_values=[0.6, 0.9, 1.5], slide_mu=mu,
+                         obj_loss_type=obj, slide_ratio=slide, fl_gamma=gamma, cls_loss_type=kind, box_l1=0.01)
+    p, t = deterministic_inputs()
+    leaves = [x.clone().requires_grad_(True) for x in p]
+    total, items = ComputeLoss(model)(leaves, t)
+    grads = torch.autograd.grad(total.sum(), leaves)
+    assert torch.isfinite(total).all() and torch.isfinite(items).all() and (items > 0).all()
+    assert all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_describe_loss_names_the_new_options():
+    line = describe_loss(base_hyp(slide_ratio=1.0, slide_mu="ema", obj_loss_type="gaussian_focal", box_l1=0.01,
+                                  cls_weights="effective", loss_norm="weighted", fl_gamma=1.5))
+    assert "box loss: CIoU + L1(gain=0.01)" in line and "obj loss: gaussian heatmap focal (CenterNet)" in line
+    assert "slide(ratio=1, mu=ema)" in line and "class weights(effective)" in line and "reduction: weighted" in line
+    assert "obj loss: gaussian heatmap focal (CenterNet) + slide" in line  # fl_gamma leaves the heatmap loss alone

@@ -221,3 +221,58 @@ def test_default_run_benchmark_prints_time_and_map(tiny_data, capsys):
     minutes, map50 = main(opt, overrides)
     out = capsys.readouterr().out
     assert 0 < minutes < 15 and 0 <= map50 < 0.5 and "target (< 15 min, mAP50 >= 0.5) NOT met" in out
+
+
+@pytest.mark.slow
+def test_centernet_hyp_trains_validates_and_exports_to_onnx(tiny_data, tmp_path, log_lines):
+    import onnxruntime as ort
+
+    import export as export_cli
+
+    results = _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / "hyp.centernet.yaml"), epochs=1,
+                   noplots=True)
+    assert len(results) == 7 and all(x == x for x in results)  # validated: finite P, R, mAP and val losses
+    assert any("obj loss: gaussian heatmap focal (CenterNet)" in m for m in log_lines)
+    assert (tmp_path / "exp" / "per_class.csv").read_text().startswith("class,images,instances")
+    best = tmp_path / "exp" / "weights" / "best.pt"
+    onnx_file = export_cli.run(weights=str(best), imgsz=(64, 64), include=("onnx",))["onnx"]
+    model = attempt_load(best)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)[0].numpy()
+    got = ort.InferenceSession(str(onnx_file)).run(None, {"images": x.numpy()})[0]
+    assert abs(got - expected).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_slide_ema_average_survives_resume(tiny_data, tmp_path):
+    hyp = {**yaml.safe_load((ROOT / "data" / "hyps" / "hyp.slide-ema.yaml").read_text())}
+    assert hyp["slide_mu"] == "ema"
+    _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / "hyp.slide-ema.yaml"), epochs=2, stop_after=1,
+         noplots=True, noval=True)
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    first = load_checkpoint(last)["loss_state"]["slide_mu"]
+    assert first["updates"] == 3 and first["mu"] != [0.5, 0.5, 0.5]  # 12 images / batch 4 = 3 batches
+    train.run(resume=str(last))
+    second = load_checkpoint(last)["loss_state"]["slide_mu"]
+    assert second["updates"] == 6  # continued from 3, not restarted
+
+
+@pytest.mark.slow
+def test_class_weights_are_computed_once_and_reused_on_resume(tiny_data, tmp_path, log_lines):
+    _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / "hyp.ce-balanced.yaml"), epochs=2, stop_after=1,
+         noplots=True, noval=True)
+    run_dir = tmp_path / "exp"
+    values = yaml.safe_load((run_dir / "hyp.yaml").read_text())["cls_weights_values"]
+    labels = [synth_line.split()[0] for f in sorted((Path(tiny_data).parent / "shapes" / "labels" / "train").glob(
+        "*.txt")) for synth_line in f.read_text().splitlines()]
+    counts = [labels.count(str(c)) for c in range(6)]
+    from utils.loss_terms import class_balance_weights
+
+    assert values == pytest.approx(class_balance_weights(counts, "effective", 0.999), abs=1e-5)
+    assert load_checkpoint(run_dir / "weights" / "last.pt")["hyp"]["cls_weights_values"] == values
+    assert sum(m.startswith("\x1b[34m\x1b[1mclass weights:") or "class weights:" in m for m in log_lines) == 1
+    log_lines.clear()
+    train.run(resume=str(run_dir / "weights" / "last.pt"))
+    assert not any("class weights:" in m for m in log_lines)  # reused from opt.yaml, not recomputed
+    assert load_checkpoint(run_dir / "weights" / "last.pt")["hyp"]["cls_weights_values"] == values

@@ -55,6 +55,7 @@ class EvalResult:
     seen: int = 0
     per_class: list[tuple[int, int, int, float, float, float, float]] = field(default_factory=list)
     instances: int = 0
+    class_instances: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # labels per class
     coco_json: list[dict] = field(default_factory=list)
 
 
@@ -165,7 +166,7 @@ def summarise(stats: _Stats, nc: int, names: dict[int, str], cfg: EvalConfig) ->
     tp, conf, pred_cls, target_cls = stats.arrays()
     result = EvalResult(seen=stats.seen, maps=np.zeros(nc))
     nt = np.bincount(target_cls.astype(int), minlength=nc)
-    result.instances = int(nt.sum())
+    result.instances, result.class_instances = int(nt.sum()), nt
     plots = cfg.plots and cfg.save_dir is not None
     if tp.shape[0] and tp.any():
         _, _, p, r, _, ap, ap_class = ap_per_class(tp, conf, pred_cls, target_cls, plot=plots,
@@ -191,3 +192,17 @@ def format_table(result: EvalResult, names: dict[int, str], per_class: bool) -> 
         for c, seen, n, p, r, ap50, ap in result.per_class:
             lines.append(fmt.format(names.get(c, str(c)), seen, n, p, r, ap50, ap))
     return "\n".join(lines)
+
+
+def write_per_class_csv(result: EvalResult, names: dict[int, str], path: Path) -> Path:
+    """per_class.csv: the 'all' row, then one row per class with labels (class, images, instances, P, R, mAP50,
+    mAP50-95), as val.py's table; a class with labels and no detection gets zeros."""
+    rows = ["class,images,instances,P,R,mAP50,mAP50-95",
+            f"all,{result.seen},{result.instances},{result.mp:.5f},{result.mr:.5f},{result.map50:.5f},{result.map:.5f}"]
+    found = {c: (seen, n, p, r, ap50, ap) for c, seen, n, p, r, ap50, ap in result.per_class}
+    for c, n in enumerate(result.class_instances):  # a class with labels but no detection: zeros
+        if c in found or n:
+            seen, n, p, r, ap50, ap = found.get(c, (result.seen, int(n), 0.0, 0.0, 0.0, 0.0))
+            rows.append(f"{names.get(c, str(c))},{seen},{n},{p:.5f},{r:.5f},{ap50:.5f},{ap:.5f}")
+    path.write_text("\n".join(rows) + "\n")
+    return path

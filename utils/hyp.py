@@ -1,7 +1,8 @@
 """Hyperparameter files: the schema of every key, loading and validation with errors that name file and key.
 
 A hyp file holds YOLOv5's keys (optimizer, loss gains, augmentation) plus this project's loss options:
-``slide_ratio`` (Slide Loss blend), ``fl_gamma`` / ``fl_alpha`` (Focal Loss) and ``cls_loss_type`` (bce | ce).
+``slide_ratio`` (Slide Loss blend), ``fl_gamma`` / ``fl_alpha`` (Focal Loss), ``cls_loss_type`` (bce | ce),
+``loss_norm``, ``cls_weights`` (class-balanced weights), ``slide_mu``, ``obj_loss_type`` and ``box_l1``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ class Key:
     default: Any = None
     required: bool = True
     integer: bool = False
+    sequence: bool = False  # True: a list of numbers in the range (or null)
 
     def allowed(self) -> str:
         """Human-readable allowed values, e.g. '[0, 1]', '> 0', 'one of bce, ce'."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.sequence:
+            return f"a list of numbers {Key(self.help, self.low, self.high, self.low_open, self.high_open).allowed()}"
         if self.low is not None and self.high is not None:
             return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         if self.low is not None:
@@ -86,9 +90,22 @@ SCHEMA: dict[str, Key] = {
                    low_open=True, high_open=True),
     "cls_loss_type": _o("class loss: bce (sigmoid, multi-label) or ce (softmax, mutually exclusive)", "bce",
                         choices=("bce", "ce")),
+    "loss_norm": _o("reduction of the obj and cls terms: mean (YOLOv5), pos (/ positives, RetinaNet) or weighted "
+                    "(/ sum of the weights)", "mean", choices=("mean", "pos", "weighted")),
+    "cls_weights": _o("per-class weights of the class term from the training labels: none, inverse (1/n_c) or "
+                      "effective (Cui et al. 2019)", "none", choices=("none", "inverse", "effective")),
+    "cls_weights_beta": _o("beta of the effective-number class weights", 0.999, 0, 1, low_open=True, high_open=True),
+    "cls_weights_values": _o("the class weights in use (written by train.py from the training labels)", None, 0,
+                             None, low_open=True, sequence=True),
+    "slide_mu": _o("Slide threshold mu per level: batch (the paper) or ema (moving average, kept on --resume)",
+                   "batch", choices=("batch", "ema")),
+    "obj_loss_type": _o("objectness loss: bce (YOLOv5) or gaussian_focal (CenterNet heatmap focal loss)", "bce",
+                        choices=("bce", "gaussian_focal")),
+    "box_l1": _o("gain of an L1 term on the positives' box regression (0 = off)", 0.0, 0),
 }
 
-LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "cls_loss_type")
+LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "cls_loss_type", "loss_norm", "cls_weights", "cls_weights_beta",
+             "slide_mu", "obj_loss_type", "box_l1")
 
 
 def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
@@ -100,6 +117,11 @@ def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
         return value
     if value is None and not key.required:
         return value
+    if key.sequence:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{where} is {value!r}, expected {key.allowed()}")
+        item = Key(key.help, key.low, key.high, key.low_open, key.high_open)
+        return [_check_value(f"{name}[{i}]", item, v, source) for i, v in enumerate(value)]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} is {value!r}, expected a number {key.allowed()}")
     if key.integer and value != int(value):

@@ -1,108 +1,86 @@
-"""YOLOv5 detection loss with switchable Slide, Focal and cross-entropy options.
+"""YOLOv5 detection loss with switchable Slide, Focal, cross-entropy, class-balanced and CenterNet-style options.
 
 Every term is an element-wise loss composed multiplicatively and reduced once (as mmdetection's
-``weight_reduce_loss``)::
+``weight_reduce_loss``); the terms and weights are defined, with their formulas and papers, in ``utils.loss_terms``
+and ``utils.heatmap``::
 
-    loss_elem = base(logits, targets) * focal_factor * slide_weight      then   mean over elements
+    term = reduce(base(logits, targets) * focal_factor * slide_weight * class_weight)
 
 - ``base``: BCE with logits (sigmoid, multi-label; ``cls_loss_type: bce``) or softmax cross-entropy over class
-  indices (mutually exclusive classes; ``cls_loss_type: ce``) for the class term; BCE for objectness.
-- ``focal_factor`` (``fl_gamma > 0``): Focal Loss, Lin et al. 2017, arXiv 1708.02002.
-- ``slide_weight`` (``slide_ratio > 0``): Slide Loss, Yu et al. 2022 (YOLO-FaceV2), arXiv 2208.02019.
+  indices (mutually exclusive classes; ``cls_loss_type: ce``) for the class term; for objectness BCE
+  (``obj_loss_type: bce``) or the penalty-reduced focal loss on Gaussian heatmap targets of CornerNet / CenterNet
+  (``obj_loss_type: gaussian_focal``; Law & Deng 2018, arXiv 1808.01244; Zhou et al. 2019, arXiv 1904.07850).
+- ``focal_factor`` (``fl_gamma > 0``, ``fl_alpha``): Focal Loss, Lin et al. 2017, arXiv 1708.02002. It applies to
+  the class term and the BCE objectness; the heatmap focal loss is already focal, so fl_gamma leaves it unchanged.
+- ``slide_weight`` (``slide_ratio > 0``): Slide Loss, Yu et al. 2022 (YOLO-FaceV2), arXiv 2208.02019, with the
+  threshold mu of each level from the batch (``slide_mu: batch``, the paper) or a moving average (``slide_mu: ema``).
+- ``class_weight`` (``cls_weights: inverse | effective``): per class of the target, Cui et al. 2019,
+  arXiv 1901.05555; the values (``cls_weights_values``) come from the training labels' class counts.
+- ``reduce`` (``loss_norm``): mean over elements (YOLOv5), / positives (RetinaNet) or / sum of weights (weighted
+  mean). The heatmap objectness keeps its own reduction, / positive cells, as in the papers.
+- ``box_l1 > 0`` adds an L1 term on the positives' box regression (CenterNet's offset and size L1, YOLOX's extra L1).
 
-With every option off (``slide_ratio: 0``, ``fl_gamma: 0``, ``cls_loss_type: bce``) the values equal YOLOv5's.
+With every option off (the defaults) the values equal YOLOv5's.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from utils.boxes import bbox_iou
 from utils.errors import ConfigError
+from utils.heatmap import draw_heatmap, gaussian_focal_elementwise
 from utils.hyp import validate_hyp
+from utils.loss_terms import (
+    SlideMuEMA,
+    bce_elementwise,
+    ce_elementwise,
+    focal_factor_bce,
+    focal_factor_ce,
+    reduce_loss,
+    slide_mu,
+    slide_weight,
+    smooth_bce_targets,
+)
 from utils.torch_utils import de_parallel
 
-SLIDE_MU_FLOOR = 0.2  # mu is never below this (the paper's lower bound on the IoU threshold)
-SLIDE_MU_EMPTY = 0.5  # mu for a level without matched targets
-SLIDE_BAND = 0.1  # width of the band below mu that gets the constant weight e^(1 - mu)
 
+def box_l1_loss(pxy: torch.Tensor, pwh: torch.Tensor, txy: torch.Tensor, twh: torch.Tensor,
+                anchors: torch.Tensor) -> torch.Tensor:
+    """L1 on the box regression of m positives, summed over 4 coordinates, mean over positives; all (m, 2).
 
-def slide_weight(x: torch.Tensor, mu: float | torch.Tensor, ratio: float = 1.0) -> torch.Tensor:
-    """Slide Loss weight (YOLO-FaceV2, arXiv 2208.02019, Eq. 4), blended by ratio; same shape as x.
-
-    w(x, mu) = 1            for x <= mu - 0.1
-             = e^(1 - mu)   for mu - 0.1 < x < mu
-             = e^(1 - x)    for x >= mu
-    with x a sample's IoU value and mu the mean IoU of the matched predictions at that level (floored at 0.2 by
-    the caller, see ``slide_mu``). Returned: 1 + ratio * (w - 1), so ratio 0 gives 1 and ratio 1 the paper's w.
-    No gradient flows through the weight.
+    |pxy - txy| + |log(pwh / anchor) - log(twh / anchor)|, with pxy, txy the centre offsets in the cell and pwh, twh
+    the predicted and target sizes, all in grid units (CenterNet's offset and size L1, Zhou et al. 2019; YOLOX's
+    extra L1 term, Ge et al. 2021, arXiv 2107.08430). Sizes are clamped at 1e-9 before the log.
     """
-    x = x.detach()
-    mu = torch.as_tensor(mu, dtype=x.dtype, device=x.device)
-    w = torch.where(x <= mu - SLIDE_BAND, torch.ones_like(x),
-                    torch.where(x < mu, torch.exp(1.0 - mu).expand_as(x), torch.exp(1.0 - x)))
-    return 1.0 + ratio * (w - 1.0)
-
-
-def slide_mu(iou: torch.Tensor) -> torch.Tensor:
-    """Slide threshold mu of one level: mean matched CIoU (detached), floored at 0.2; 0.5 when nothing matched."""
-    if iou.numel() == 0:
-        return torch.tensor(SLIDE_MU_EMPTY, device=iou.device)
-    return iou.detach().mean().clamp(min=SLIDE_MU_FLOOR)
-
-
-def focal_factor_bce(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
-    """Focal modulation of a sigmoid BCE (Lin et al. 2017, Eq. 5): alpha_t * (1 - p_t)^gamma, element-wise.
-
-    p = sigmoid(logits); p_t = t * p + (1 - t) * (1 - p); alpha_t = t * alpha + (1 - t) * (1 - alpha), for (soft)
-    targets t in [0, 1]. Shapes of logits and targets match; gradients flow through p_t, as in the paper.
-    """
-    p = torch.sigmoid(logits)
-    p_t = targets * p + (1 - targets) * (1 - p)
-    alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
-    return alpha_t * (1.0 - p_t) ** gamma
-
-
-def focal_factor_ce(logits: torch.Tensor, target_idx: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Focal modulation of softmax CE: (1 - p_t)^gamma, p_t = softmax(logits)[target]; (n, nc) -> (n,)."""
-    p_t = logits.softmax(-1).gather(1, target_idx.view(-1, 1)).squeeze(1)
-    return (1.0 - p_t) ** gamma
-
-
-def bce_elementwise(logits: torch.Tensor, targets: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
-    """Sigmoid binary cross-entropy per element: -(pw * t * log(p) + (1 - t) * log(1 - p)), p = sigmoid(logits)."""
-    pw = torch.tensor([pos_weight], device=logits.device, dtype=logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pw, reduction="none")
-
-
-def ce_elementwise(logits: torch.Tensor, target_idx: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Softmax cross-entropy per row: -sum_c q_c log softmax(logits)_c, q the (smoothed) one-hot; (n, nc) -> (n,).
-
-    Label smoothing is torch's: q = (1 - eps) * one_hot + eps / nc.
-    """
-    return F.cross_entropy(logits, target_idx, label_smoothing=label_smoothing, reduction="none")
-
-
-def smooth_bce_targets(eps: float = 0.0) -> tuple[float, float]:
-    """Positive and negative BCE targets with label smoothing eps: (1 - eps / 2, eps / 2)."""
-    return 1.0 - 0.5 * eps, 0.5 * eps
+    if pxy.shape[0] == 0:
+        return pxy.sum() * 0.0
+    eps = 1e-9
+    dwh = torch.log(pwh.clamp(min=eps) / anchors) - torch.log(twh.clamp(min=eps) / anchors)
+    return ((pxy - txy).abs().sum(1) + dwh.abs().sum(1)).mean()
 
 
 def describe_loss(hyp: dict) -> str:
-    """One line naming the active loss options, e.g. 'cls loss: ce + focal(gamma=1.5) + slide(ratio=1)'."""
+    """One line naming the active loss options, e.g. 'box loss: CIoU | obj loss: bce + slide(ratio=1) | ...'."""
     gamma, alpha, ratio = hyp.get("fl_gamma", 0.0), hyp.get("fl_alpha", 0.25), hyp.get("slide_ratio", 0.0)
-    kind = hyp.get("cls_loss_type", "bce")
+    kind, norm = hyp.get("cls_loss_type", "bce"), hyp.get("loss_norm", "mean")
+    heat = hyp.get("obj_loss_type", "bce") == "gaussian_focal"
+    box = ["CIoU"] + ([f"L1(gain={hyp['box_l1']:g})"] if hyp.get("box_l1", 0) > 0 else [])
     cls = ["ce (softmax, mutually exclusive)" if kind == "ce" else "bce (sigmoid, multi-label)"]
-    obj = ["bce"]
+    obj = ["gaussian heatmap focal (CenterNet)" if heat else "bce"]
     if gamma > 0:
         cls.append(f"focal(gamma={gamma:g})" if kind == "ce" else f"focal(gamma={gamma:g}, alpha={alpha:g})")
-        obj.append(f"focal(gamma={gamma:g}, alpha={alpha:g})")
+        if not heat:
+            obj.append(f"focal(gamma={gamma:g}, alpha={alpha:g})")
     if ratio > 0:
-        cls.append(f"slide(ratio={ratio:g})")
-        obj.append(f"slide(ratio={ratio:g})")
-    return f"box loss: CIoU | obj loss: {' + '.join(obj)} | cls loss: {' + '.join(cls)}"
+        mu = ", mu=ema" if hyp.get("slide_mu", "batch") == "ema" else ""
+        cls.append(f"slide(ratio={ratio:g}{mu})")
+        obj.append(f"slide(ratio={ratio:g}{mu})")
+    if hyp.get("cls_weights", "none") != "none":
+        cls.append(f"class weights({hyp['cls_weights']})")
+    norm_txt = "" if norm == "mean" else f" | reduction: {norm}"
+    return f"box loss: {' + '.join(box)} | obj loss: {' + '.join(obj)} | cls loss: {' + '.join(cls)}{norm_txt}"
 
 
 class ComputeLoss:
@@ -110,7 +88,9 @@ class ComputeLoss:
 
     Call: ``loss(p, targets)`` with p the training output (list of (bs, na, ny, nx, 5 + nc) logits) and targets
     (n, 6) = image index, class, cx, cy, w, h normalized. Returns ``(total * bs, tensor([box, obj, cls]).detach())``
-    where total = box_gain * mean(1 - CIoU) + obj_gain * sum_levels(balance_l * obj_l) + cls_gain * sum_levels(cls_l).
+    where total = box_gain * sum_levels(mean(1 - CIoU)) + box_l1 * sum_levels(L1) + obj_gain * sum_levels(balance_l *
+    obj_l) + cls_gain * sum_levels(cls_l). A call on predictions that need no gradient (validation) leaves the Slide
+    moving average alone.
     """
 
     def __init__(self, model: nn.Module, autobalance: bool = False):
@@ -131,70 +111,131 @@ class ComputeLoss:
         self.autobalance, self.gr = autobalance, 1.0
         self.cp, self.cn = smooth_bce_targets(h["label_smoothing"])
         self.kind, self.gamma, self.alpha = h["cls_loss_type"], h["fl_gamma"], h["fl_alpha"]
-        self.slide_ratio = h["slide_ratio"]
+        self.slide_ratio, self.norm = h["slide_ratio"], h["loss_norm"]
+        self.heatmap_obj = h["obj_loss_type"] == "gaussian_focal"
+        self.mu_ema = SlideMuEMA(self.nl) if h["slide_mu"] == "ema" else None
+        self.class_w = self._class_weights(h)
+
+    def _class_weights(self, h: dict) -> torch.Tensor | None:
+        """The per-class weight tensor (nc,) for cls_weights inverse/effective, else None."""
+        if h["cls_weights"] == "none":
+            return None
+        values = h.get("cls_weights_values")
+        if values is None:
+            raise ConfigError(f"hyp 'cls_weights': {h['cls_weights']} needs 'cls_weights_values' (one weight per "
+                              "class); train.py computes them from the training labels")
+        if len(values) != self.nc:
+            raise ConfigError(f"hyp 'cls_weights_values' has {len(values)} values, the model has {self.nc} classes")
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def state_dict(self) -> dict:
+        """Training state a checkpoint must keep (the Slide moving average); empty when there is none."""
+        return {"slide_mu": self.mu_ema.state_dict()} if self.mu_ema is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned (a checkpoint without it leaves the state fresh)."""
+        if self.mu_ema is not None and state and state.get("slide_mu"):
+            self.mu_ema.load_state_dict(state["slide_mu"])
 
     def __call__(self, p: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Total loss times batch size, and the detached (box, obj, cls) components."""
         dev = p[0].device
-        lbox, lobj, lcls = (torch.zeros(1, device=dev) for _ in range(3))
+        lbox, lobj, lcls, ll1 = (torch.zeros(1, device=dev) for _ in range(4))
         tcls, tbox, indices, anchors = self.build_targets(p, targets)
+        decay = self.mu_ema.step() if self.mu_ema is not None and p[0].requires_grad else None
         for i, pi in enumerate(p):
             b, a, gj, gi = indices[i]
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
             iou = torch.zeros(0, device=dev)
             if b.shape[0]:
                 pxy, pwh, _, pcls = pi[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
-                pbox = torch.cat((pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]), 1)
-                iou = bbox_iou(pbox, tbox[i], CIoU=True).squeeze(-1)
+                pxy, pwh = pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]
+                iou = bbox_iou(torch.cat((pxy, pwh), 1), tbox[i], CIoU=True).squeeze(-1)
                 lbox += (1.0 - iou).mean()
+                if self.hyp["box_l1"] > 0:
+                    ll1 += box_l1_loss(pxy, pwh, tbox[i][:, :2], tbox[i][:, 2:], anchors[i])
                 tobj[b, a, gj, gi] = ((1.0 - self.gr) + self.gr * iou.detach().clamp(0)).to(tobj.dtype)
-            mu = slide_mu(iou)
+            mu = self.level_mu(i, iou, decay)
             if b.shape[0] and self.nc > 1:
                 lcls += self.class_loss(pcls, tcls[i], iou.detach(), mu)
-            obji = self.obj_loss(pi[..., 4], tobj, mu)
+            obji = self.obj_loss(pi[..., 4], tobj, mu, indices[i], tbox[i])
             lobj += obji * self.balance[i]
             if self.autobalance:
                 self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
         if self.autobalance:
             self.balance = [x / self.balance[self.ssi] for x in self.balance]
-        lbox *= self.hyp["box"]
+        lbox = lbox * self.hyp["box"] + ll1 * self.hyp["box_l1"]
         lobj *= self.hyp["obj"]
         lcls *= self.hyp["cls"]
         bs = p[0].shape[0]
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
-    def obj_loss(self, logits: torch.Tensor, tobj: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """Objectness: mean over all cells of BCE x focal x slide(x = tobj, mu); logits and tobj (bs, na, ny, nx)."""
+    def level_mu(self, level: int, iou: torch.Tensor, decay: float | None) -> torch.Tensor:
+        """Slide threshold of a level: this batch's (slide_mu batch) or the moving average, updated when training."""
+        if self.mu_ema is None:
+            return slide_mu(iou)
+        if decay is not None:
+            self.mu_ema.update(level, iou, decay)
+        return self.mu_ema.value(level, iou.device)
+
+    def obj_loss(self, logits: torch.Tensor, tobj: torch.Tensor, mu: torch.Tensor, index: tuple,
+                 tbox: torch.Tensor) -> torch.Tensor:
+        """Objectness of one level; logits and tobj (bs, na, ny, nx), index and tbox the level's matches.
+
+        bce:             reduce(BCE(logits, tobj) x focal x slide(x = tobj, mu)) by loss_norm.
+        gaussian_focal:  sum(heatmap focal x slide) / positive cells, targets from ``heatmap_targets``.
+        """
+        w = slide_weight(tobj, mu, self.slide_ratio) if self.slide_ratio > 0 else None
+        if self.heatmap_obj:
+            heat = self.heatmap_targets(tobj.shape, index, tbox)
+            loss = gaussian_focal_elementwise(logits, heat)
+            loss = loss * w if w is not None else loss
+            return loss.sum() / max(int((heat == 1).sum()), 1)
         loss = bce_elementwise(logits, tobj, self.hyp["obj_pw"])
         if self.gamma > 0:
-            loss = loss * focal_factor_bce(logits, tobj, self.gamma, self.alpha)
-        if self.slide_ratio > 0:
-            loss = loss * slide_weight(tobj, mu, self.slide_ratio)
-        return loss.mean()
+            f = focal_factor_bce(logits, tobj, self.gamma, self.alpha)
+            w = f if w is None else w * f
+        loss = loss * w if w is not None else loss
+        return reduce_loss(loss, w, self.norm, index[0].shape[0])
+
+    @staticmethod
+    def heatmap_targets(shape: torch.Size, index: tuple, tbox: torch.Tensor) -> torch.Tensor:
+        """Gaussian heatmap (bs, na, ny, nx): 1 at the YOLOv5-assigned cells, a Gaussian around each object centre."""
+        b, a, gj, gi = index
+        centre = tbox[:, :2] + torch.stack((gi, gj), 1).to(tbox.dtype)
+        return draw_heatmap(tuple(shape), b, a, centre, tbox[:, 2:4], gj, gi)
 
     def class_loss(self, logits: torch.Tensor, tcls: torch.Tensor, iou: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """Class term of the positives: logits (n, nc), class indices (n,), their CIoU (n,) for the slide weight.
 
-        bce: mean over (n, nc) of BCE(logits, smoothed one-hot) x focal x slide.
-        ce:  mean over n of CE(logits, class) x (1 - p_t)^gamma x slide, divided by nc. The 1/nc puts the softmax
-             term on BCE's per-column scale: at initialisation (all logits equal) CE = ln(nc) per positive while
-             the BCE mean is about (ln(nc) + 0.6) / nc, so CE / nc is within a factor of 2 of BCE for nc = 3..80.
+        bce: reduce over (n, nc) of BCE(logits, smoothed one-hot) x focal x slide x class weight.
+        ce:  reduce over n of CE(logits, class) x (1 - p_t)^gamma x slide x class weight, divided by nc. The 1/nc
+             puts the softmax term on BCE's per-column scale: at initialisation (all logits equal) CE = ln(nc) per
+             positive while the BCE mean is about (ln(nc) + 0.6) / nc, so CE / nc is within a factor of 2 of BCE.
+        The class weight is that of each positive's target class (Cui et al. 2019 weight the whole loss of a sample
+        by its ground-truth class), so a rare class's examples count more in every column.
         """
+        n = tcls.shape[0]
+        w = slide_weight(iou, mu, self.slide_ratio) if self.slide_ratio > 0 else None
+        if self.class_w is not None:
+            cw = self.class_w[tcls].to(logits.dtype)
+            w = cw if w is None else w * cw
         if self.kind == "ce":
             loss = ce_elementwise(logits, tcls, self.hyp["label_smoothing"])
             if self.gamma > 0:
-                loss = loss * focal_factor_ce(logits, tcls, self.gamma)
-            if self.slide_ratio > 0:
-                loss = loss * slide_weight(iou, mu, self.slide_ratio)
-            return loss.mean() / self.nc
+                f = focal_factor_ce(logits, tcls, self.gamma)
+                w = f if w is None else w * f
+            loss = loss * w if w is not None else loss
+            return reduce_loss(loss, w, self.norm, n) / self.nc
         t = torch.full_like(logits, self.cn)
-        t[range(tcls.shape[0]), tcls] = self.cp
+        t[range(n), tcls] = self.cp
         loss = bce_elementwise(logits, t, self.hyp["cls_pw"])
+        w = w.unsqueeze(1) if w is not None else None
         if self.gamma > 0:
-            loss = loss * focal_factor_bce(logits, t, self.gamma, self.alpha)
-        if self.slide_ratio > 0:
-            loss = loss * slide_weight(iou, mu, self.slide_ratio).unsqueeze(1)
-        return loss.mean()
+            f = focal_factor_bce(logits, t, self.gamma, self.alpha)
+            w = f if w is None else w * f
+        loss = loss * w if w is not None else loss
+        return reduce_loss(loss, w, self.norm, n)
 
     def build_targets(self, p: list[torch.Tensor], targets: torch.Tensor):
         """Assign targets to anchors and cells (YOLOv5 rule).

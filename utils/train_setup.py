@@ -29,6 +29,7 @@ from utils.errors import ConfigError
 from utils.hyp import load_hyp
 from utils.log import colorstr, get_logger
 from utils.loss import ComputeLoss, describe_loss
+from utils.loss_terms import class_balance_weights
 from utils.optim import (
     AUTO,
     OptimizerPlan,
@@ -114,6 +115,24 @@ def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, bat
     return loader, dataset, val_loader
 
 
+def apply_class_weights(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, labels: list) -> None:
+    """cls_weights inverse/effective: per-class weights from the training labels' class counts, computed once.
+
+    The values go into hyp (hyp.yaml and the checkpoint), opt.hyp (opt.yaml, so --resume reuses them) and model.hyp
+    (the loss). Values already present (a resumed run, or given in the hyp file) are kept.
+    """
+    if hyp["cls_weights"] == "none" or hyp.get("cls_weights_values") is not None:
+        return
+    classes = np.concatenate([lb[:, 0] for lb in labels]).astype(int) if labels else np.zeros(0, int)
+    counts = np.bincount(classes, minlength=model.nc)[:model.nc]
+    values = [round(v, 6) for v in class_balance_weights(counts.tolist(), hyp["cls_weights"],
+                                                         hyp["cls_weights_beta"])]
+    get_logger().info(f"{colorstr('class weights:')} {hyp['cls_weights']} from {counts.sum()} boxes: " + ", ".join(
+        f"{model.names[c]} {n} -> {w:.3g}" for c, (n, w) in enumerate(zip(counts.tolist(), values))))
+    for h in (hyp, opt.hyp, model.hyp):
+        h["cls_weights_values"] = values
+
+
 def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.device) -> tuple:
     """Model (built or transferred, frozen layers, scaled hyp attached), checkpoint or None, imgsz, grid size."""
     nc, names = class_info(data, opt.single_cls)
@@ -194,6 +213,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
         get_logger().info(describe_loss(model.hyp))
     batch = opt.batch_size // env.world_size
     loader, dataset, val_loader = make_loaders(opt, data, hyp, imgsz, batch, grid, env)
+    apply_class_weights(opt, hyp, model, dataset.labels)
     if env.is_main and not opt.resume:
         prepare_anchors_and_plots(opt, hyp, model, dataset, imgsz, save_dir)
     plan = plan_run_optimizer(opt, hyp, len(loader), save_dir, env)

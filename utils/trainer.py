@@ -77,7 +77,8 @@ def validate(ctx: RunContext, state: TrainState, plots: bool = False, model: Any
     results, _, _ = ctx.val.run(ctx.data, batch_size=ctx.batch_size * 2, imgsz=ctx.imgsz, conf_thres=0.001,
                                 iou_thres=0.6, half=half, single_cls=ctx.opt.single_cls,
                                 model=model if model is not None else state.ema.ema, dataloader=ctx.val_loader,
-                                save_dir=ctx.save_dir, plots=plots, verbose=plots, compute_loss=state.compute_loss)
+                                save_dir=ctx.save_dir, plots=plots, verbose=plots or model is not None,
+                                compute_loss=state.compute_loss)
     return tuple(float(x) for x in results)
 
 
@@ -96,11 +97,13 @@ def _portable_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def make_checkpoint(state: TrainState, ctx: RunContext, epoch: int, best_fitness: float) -> dict:
-    """The checkpoint dict: FP32 model (with its class_act) and EMA copies, optimizer, epoch, fitness, opt, hyp."""
+    """The checkpoint dict: FP32 model (with its class_act) and EMA copies, optimizer, loss state (the Slide moving
+    average), epoch, fitness, opt, hyp."""
     return {"epoch": epoch, "best_fitness": best_fitness, "model": _portable_copy(de_parallel(state.model)),
             "ema": _portable_copy(state.ema.ema) if state.ema is not None else None,
             "updates": state.ema.updates if state.ema is not None else 0,
             "optimizer": state.optimizer.state_dict(), "last_opt_step": state.last_opt_step,
+            "loss_state": getattr(state.compute_loss, "state_dict", dict)(),
             "opt": vars(ctx.opt), "hyp": ctx.hyp, "date": datetime.now().isoformat()}
 
 
@@ -129,6 +132,8 @@ def restore_state(ckpt: dict, state: TrainState, scheduler: LambdaLR, weights: s
         state.ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
         state.ema.updates = int(ckpt.get("updates") or 0)
     state.last_opt_step = int(ckpt.get("last_opt_step", -1))
+    if hasattr(state.compute_loss, "load_state_dict"):
+        state.compute_loss.load_state_dict(ckpt.get("loss_state") or {})
     scheduler.last_epoch = start_epoch  # the next step() yields the factor of start_epoch + 1
     get_logger().info(f"Resuming training from {weights} at epoch {start_epoch} of {epochs}")
     return start_epoch, float(ckpt.get("best_fitness") or 0.0)

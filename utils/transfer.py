@@ -66,13 +66,15 @@ def freeze_layers(model: nn.Module, freeze: list[int] | tuple[int, ...]) -> list
 
 
 def scale_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int, label_smoothing: float = 0.0) -> dict:
-    """YOLOv5's gain scaling: box *= 3/nl, cls *= nc/80 * 3/nl, obj *= (imgsz/640)^2 * 3/nl; sets label_smoothing.
+    """YOLOv5's gain scaling: box (and box_l1) *= 3/nl, cls *= nc/80 * 3/nl, obj *= (imgsz/640)^2 * 3/nl; sets
+    label_smoothing.
 
     The hyp files are tuned for 3 levels, 80 classes and 640 pixels. Returns a new dict.
     """
     h = dict(hyp)
     per_level = 3 / nl
     h["box"] = hyp["box"] * per_level
+    h["box_l1"] = hyp.get("box_l1", 0.0) * per_level
     h["cls"] = hyp["cls"] * nc / 80 * per_level
     h["obj"] = hyp["obj"] * (imgsz / 640) ** 2 * per_level
     h["label_smoothing"] = label_smoothing

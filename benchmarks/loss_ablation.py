@@ -1,0 +1,118 @@
+"""Loss ablation: one ordinary train.py run per hyp file and seed, resumable, with mean, spread and paired differences.
+
+Usage (from the project root):
+    python benchmarks/loss_ablation.py --hyps hyp.scratch-low.yaml hyp.slide.yaml --seeds 0 1 2 \
+        --project runs/ablation/shapes
+    python benchmarks/loss_ablation.py --data ../shared/data/facemask/facemask.yaml \
+        --hyps hyp.scratch-low.yaml hyp.focal.yaml --seeds 0 1 2 3 4 --project runs/ablation/facemask \
+        --weights ../shared/weights/yolov5n_v6.1_coco80.pt --optimizer auto --epochs 12 --imgsz 320
+
+Every other option goes to train.py unchanged. Runs go to DIR/<hyp stem>/seed<k>. A finished run is skipped, an
+interrupted one continues with ``train.py --resume``, so killing and restarting the command loses at most the epoch in
+progress. Writes DIR/ablation.csv (one row per run), DIR/ablation.md (mean ± std per hyp file, the first hyp file as
+the reference for differences paired by seed) and DIR/ablation.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tqdm import tqdm  # noqa: E402
+
+from utils.ablation import (  # noqa: E402
+    DONE_FILE,
+    AblationRun,
+    markdown_table,
+    plan_runs,
+    plot_ablation,
+    read_run_metrics,
+    write_csv,
+)
+from utils.hyp import load_hyp  # noqa: E402
+
+
+def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """The ablation's own options, and the rest for train.py."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data/shapes.yaml", help="dataset.yaml for every run")
+    p.add_argument("--hyps", nargs="+", required=True, help="hyp files; the first is the reference")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
+    p.add_argument("--project", required=True, help="folder of the ablation (runs and tables)")
+    return p.parse_known_args(argv)
+
+
+def train_command(run: AblationRun, data: str, extra: list[str]) -> list[str]:
+    """The train.py command of a run: resume its last.pt when there is one, else start it afresh."""
+    train = [sys.executable, str(ROOT / "train.py")]
+    if run.last_pt.is_file():
+        return [*train, "--resume", str(run.last_pt)]
+    return [*train, "--data", data, "--hyp", run.hyp, "--seed", str(run.seed), "--project",
+            str(run.folder.parent), "--name", run.folder.name, "--exist-ok", *extra]
+
+
+def execute(run: AblationRun, data: str, extra: list[str]) -> dict:
+    """Run (or resume) one train.py run to the end; log to its train.log; return and record its row."""
+    if not run.last_pt.is_file() and run.folder.exists():
+        shutil.rmtree(run.folder)  # started but no epoch finished: nothing worth keeping
+    run.folder.mkdir(parents=True, exist_ok=True)
+    spent_file = run.folder / "ablation_wall_s.txt"
+    spent = float(spent_file.read_text()) if spent_file.is_file() else 0.0
+    cmd = train_command(run, data, extra)
+    t0 = time.time()
+    try:
+        with (run.folder / "train.log").open("a") as log:
+            log.write(f"\n$ {' '.join(cmd)}\n")
+            log.flush()
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        spent_file.write_text(f"{spent + time.time() - t0:.1f}")
+    if rc != 0:
+        raise SystemExit(f"loss_ablation: {run.name} seed {run.seed} failed (exit {rc}); see {run.folder}/train.log")
+    row = {"hyp": run.name, "seed": run.seed, **read_run_metrics(run.folder),
+           "wall_s": float(spent_file.read_text())}
+    (run.folder / DONE_FILE).write_text(json.dumps(row, indent=1))
+    return row
+
+
+def write_outputs(rows: list[dict], project: Path) -> None:
+    """ablation.csv, ablation.md and ablation.png from the finished runs."""
+    write_csv(rows, project / "ablation.csv")
+    (project / "ablation.md").write_text(markdown_table(rows))
+    plot_ablation(rows, project / "ablation.png")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run what is missing, then write the three outputs; returns the rows."""
+    opt, extra = parse_opt(argv)
+    for h in opt.hyps:
+        load_hyp(h)  # a bad hyp file fails here, before hours of other runs
+    project = Path(opt.project)
+    runs = plan_runs(opt.hyps, opt.seeds, project)
+    rows = []
+    bar = tqdm(runs, desc="ablation", unit="run", file=sys.stdout)
+    for run in bar:
+        t0 = time.time()
+        row = run.done()
+        status = "done before" if row else "trained"
+        row = row or execute(run, opt.data, extra)
+        rows.append(row)
+        write_outputs(rows, project)
+        bar.write(f"{run.name} seed {run.seed}: {status}, mAP50 {row['mAP50']:.3f}, mAP50-95 {row['mAP50-95']:.3f} "
+                  f"({time.time() - t0:.0f} s)")
+    print(f"\n{markdown_table(rows)}\nResults: {project / 'ablation.md'}, ablation.csv, ablation.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

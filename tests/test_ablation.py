@@ -1,0 +1,102 @@
+"""benchmarks/loss_ablation.py end to end on tiny data, and the summary statistics of utils/ablation.py by hand."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from utils import synth
+from utils.ablation import AblationRun, markdown_table, paired_difference, summarise
+
+
+def load_runner():
+    """The benchmark script as a module."""
+    spec = importlib.util.spec_from_file_location("loss_ablation", ROOT / "benchmarks" / "loss_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(hyp: str, seed: int, map50: float, rare: float) -> dict:
+    """A finished run's row as the runner records it (two classes, 'b' the rarer)."""
+    return {"hyp": hyp, "seed": seed, "P": 0.5, "R": 0.5, "mAP50": map50, "mAP50-95": map50 / 2, "epochs": 3,
+            "wall_s": 10.0, "classes": {"a": {"AP50": 2 * map50 - rare, "instances": 50},
+                                        "b": {"AP50": rare, "instances": 5}}}
+
+
+def test_paired_differences_cancel_what_seeds_share():
+    rows = [row("base", 0, 0.50, 0.1), row("base", 1, 0.60, 0.3), row("new", 0, 0.52, 0.2), row("new", 1, 0.62, 0.4)]
+    assert paired_difference(rows, "new", "base", "mAP50", ["a", "b"]) == pytest.approx([0.02, 0.02])
+    s = {x["hyp"]: x for x in summarise(rows)}
+    assert s["base"]["mAP50"][1] == pytest.approx(0.0707, abs=1e-4)  # raw spread over seeds: 0.07
+    assert s["new"]["d_mAP50"] == pytest.approx((0.02, 0.0))  # paired: exactly +0.02 each time
+    assert s["new"]["rare"][0] == pytest.approx(0.3) and s["base"]["d_mAP50"] is None
+    table = markdown_table(rows)
+    assert "| new | 2 | **0.570 ± 0.071**" in table and "+0.020 ± 0.000" in table and "reference" in table
+    assert "AP50 b (rarest)" in table
+
+
+def test_within_noise_is_said():
+    rows = [row("base", s, 0.5, 0.1) for s in range(3)] + [row("new", s, 0.5 + d, 0.1)
+                                                          for s, d in enumerate((0.03, -0.02, 0.0))]
+    assert "(noise)" in markdown_table(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    """12 train / 4 val generated images at 96 px and their data YAML."""
+    root = tmp_path_factory.mktemp("abl") / "shapes"
+    synth.generate(root, seed=5, n_train=12, n_val=4, imgsz=96)
+    f = root.parent / "tiny.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                 "names": dict(enumerate(synth.CLASS_NAMES))}))
+    return str(f)
+
+
+@pytest.mark.slow
+def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
+    runner = load_runner()
+    project = tmp_path / "abl"
+    argv = ["--data", tiny_data, "--hyps", "hyp.scratch-low.yaml", "hyp.slide.yaml", "--seeds", "0",
+            "--project", str(project), "--epochs", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0",
+            "--noplots"]
+    rows = runner.main(argv)
+    assert [r["hyp"] for r in rows] == ["hyp.scratch-low", "hyp.slide"]
+    with (project / "ablation.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 and {"hyp", "seed", "P", "R", "mAP50", "mAP50-95", "epochs", "wall_s"} <= set(table[0])
+    assert table[0]["epochs"] == "1" and float(table[0]["wall_s"]) > 0
+    assert "| hyp.slide | 1 |" in (project / "ablation.md").read_text()
+    assert (project / "ablation.png").stat().st_size > 1000
+    done = project / "hyp.slide" / "seed0" / "ablation_done.json"
+    recorded = json.loads(done.read_text())
+    log = project / "hyp.slide" / "seed0" / "train.log"
+    size = log.stat().st_size
+    again = runner.main(argv)  # everything finished: nothing is trained again
+    assert log.stat().st_size == size and again[1]["mAP50"] == recorded["mAP50"]
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
+    runner = load_runner()
+    run = AblationRun("hyp.slide.yaml", 3, tmp_path)
+    fresh = runner.train_command(run, "data.yaml", ["--epochs", "5"])
+    assert fresh[-2:] == ["--epochs", "5"] and "--resume" not in fresh and fresh[fresh.index("--seed") + 1] == "3"
+    run.last_pt.parent.mkdir(parents=True)
+    run.last_pt.write_bytes(b"checkpoint")
+    assert runner.train_command(run, "data.yaml", ["--epochs", "5"])[-2:] == ["--resume", str(run.last_pt)]
+
+
+def test_a_bad_hyp_file_fails_before_any_run(tmp_path):
+    runner = load_runner()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss_norm: median\n")
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        runner.main(["--hyps", "hyp.scratch-low.yaml", str(bad), "--seeds", "0", "--project", str(tmp_path / "p")])
+    assert not (tmp_path / "p").exists()

@@ -1,0 +1,199 @@
+"""Loss ablations: one ordinary train.py run per (hyp file, seed), resumable, summarised with mean, spread and
+differences paired by seed.
+
+``benchmarks/loss_ablation.py`` is the command line; this module holds the pieces: the run plan and each run's
+state on disk (``AblationRun``), reading a finished run's metrics, ``ablation.csv`` / ``ablation.md`` /
+``ablation.png``. Seeds move every recipe together (the same images are augmented the same way), so the difference
+of a recipe from the first one, paired by seed, is far less noisy than the difference of their means.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_COLUMNS = ("hyp", "seed", "P", "R", "mAP50", "mAP50-95")
+DONE_FILE = "ablation_done.json"  # written into a run folder once its train.py run has finished
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    """One (hyp file, seed) run and its folder DIR/<hyp stem>/seed<k>."""
+
+    hyp: str
+    seed: int
+    project: Path
+
+    @property
+    def name(self) -> str:
+        """The hyp file's stem, e.g. 'hyp.slide'."""
+        return Path(self.hyp).stem
+
+    @property
+    def folder(self) -> Path:
+        """The train.py run folder."""
+        return self.project / self.name / f"seed{self.seed}"
+
+    @property
+    def last_pt(self) -> Path:
+        """The run's last checkpoint (present once an epoch has finished)."""
+        return self.folder / "weights" / "last.pt"
+
+    def done(self) -> dict | None:
+        """The finished run's row (from its done file), or None if it has not finished."""
+        f = self.folder / DONE_FILE
+        return json.loads(f.read_text()) if f.is_file() else None
+
+
+def plan_runs(hyps: list[str], seeds: list[int], project: Path) -> list[AblationRun]:
+    """Every (hyp, seed) pair, seeds inner, in the order given (the first hyp is the reference)."""
+    return [AblationRun(h, s, project) for h in hyps for s in seeds]
+
+
+def read_run_metrics(folder: Path) -> dict:
+    """P, R, mAP50, mAP50-95 (the 'all' row) and AP50 per class of a finished run's per_class.csv, plus epochs."""
+    f = folder / "per_class.csv"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: missing; the run did not finish its final validation")
+    with f.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    overall = next(r for r in rows if r["class"] == "all")
+    out = {"P": float(overall["P"]), "R": float(overall["R"]), "mAP50": float(overall["mAP50"]),
+           "mAP50-95": float(overall["mAP50-95"])}
+    out["classes"] = {r["class"]: {"AP50": float(r["mAP50"]), "instances": int(r["instances"])}
+                      for r in rows if r["class"] != "all"}
+    results = folder / "results.csv"
+    out["epochs"] = max(0, sum(1 for _ in results.open()) - 1) if results.is_file() else 0
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def class_order(rows: list[dict]) -> list[str]:
+    """Class names from most to fewest validation instances (the last is the rarest)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        for c, v in r["classes"].items():
+            counts[c] = max(counts.get(c, 0), v["instances"])
+    return sorted(counts, key=lambda c: -counts[c])
+
+
+def minority_ap50(row: dict, order: list[str]) -> float:
+    """Mean AP50 over every class but the most frequent one."""
+    rest = order[1:] or order
+    return statistics.fmean(row["classes"].get(c, {"AP50": 0.0})["AP50"] for c in rest)
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """ablation.csv: one row per run, with AP50 of every class, epochs and wall seconds."""
+    order = class_order(rows)
+    cols = [*BASE_COLUMNS, *(f"AP50 {c}" for c in order), "epochs", "wall_s"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            aps = [f"{r['classes'].get(c, {'AP50': 0.0})['AP50']:.4f}" for c in order]
+            w.writerow([r["hyp"], r["seed"], *(f"{r[k]:.4f}" for k in BASE_COLUMNS[2:]), *aps, r["epochs"],
+                        f"{r['wall_s']:.0f}"])
+    return path
+
+
+def metric(row: dict, key: str, order: list[str]) -> float:
+    """One figure of a run: an overall metric, 'rare' (rarest class AP50) or 'minority' (minority-class AP50)."""
+    if key in ("rare", "minority") and not order:
+        return 0.0
+    if key == "rare":
+        return row["classes"].get(order[-1], {"AP50": 0.0})["AP50"]
+    if key == "minority":
+        return minority_ap50(row, order)
+    return row[key]
+
+
+def paired_difference(rows: list[dict], hyp: str, ref: str, key: str, order: list[str]) -> list[float]:
+    """hyp minus ref, per seed that both have finished."""
+    a = {r["seed"]: metric(r, key, order) for r in rows if r["hyp"] == hyp}
+    b = {r["seed"]: metric(r, key, order) for r in rows if r["hyp"] == ref}
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per hyp (first-seen order): n, mean and std of each figure, and the paired differences from the first hyp."""
+    order = class_order(rows)
+    hyps = list(dict.fromkeys(r["hyp"] for r in rows))
+    out = []
+    for h in hyps:
+        mine = [r for r in rows if r["hyp"] == h]
+        s = {"hyp": h, "n": len(mine)}
+        for key in ("mAP50", "mAP50-95", "P", "R", "rare", "minority"):
+            s[key] = mean_std([metric(r, key, order) for r in mine])
+            s["d_" + key] = mean_std(paired_difference(rows, h, hyps[0], key, order)) if h != hyps[0] else None
+        s["wall_s"] = statistics.fmean(r["wall_s"] for r in mine)
+        out.append(s)
+    return out
+
+
+def _fmt(ms: tuple[float, float], bold: bool = False) -> str:
+    """'0.512 +- 0.013', bold when asked."""
+    text = f"{ms[0]:.3f} ± {ms[1]:.3f}"
+    return f"**{text}**" if bold else text
+
+
+def _fmt_diff(d: tuple[float, float] | None, n: int) -> str:
+    """Paired difference 'mean +- std', with '(noise)' when |mean| < 2 standard errors."""
+    if d is None:
+        return "reference"
+    if n < 2:
+        return f"{d[0]:+.3f} (1 seed)"
+    noise = abs(d[0]) < 2 * d[1] / math.sqrt(n)
+    return f"{d[0]:+.3f} ± {d[1]:.3f}" + (" (noise)" if noise else "")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """ablation.md: mean ± std per hyp (best in bold), rarest-class and minority AP50, paired differences."""
+    order = class_order(rows)
+    summary = summarise(rows)
+    keys = ("mAP50", "mAP50-95", "P", "R", "rare", "minority")
+    best = {k: max(s[k][0] for s in summary) for k in keys}
+    rare = order[-1] if order else "-"
+    head = (f"| hyp | seeds | mAP50 | mAP50-95 | P | R | AP50 {rare} (rarest) | minority AP50 | Δ mAP50 paired | "
+            f"Δ {rare} paired | Δ minority paired | wall s/run |")
+    lines = [head, "|" + "---|" * 2 + "---:|" * 10]
+    for s in summary:
+        n_pairs = s["n"]
+        cells = [_fmt(s[k], bold=len(summary) > 1 and s[k][0] == best[k]) for k in keys]
+        diffs = [_fmt_diff(s["d_" + k], n_pairs) for k in ("mAP50", "rare", "minority")]
+        lines.append(f"| {s['hyp']} | {s['n']} | " + " | ".join(cells + diffs) + f" | {s['wall_s']:.0f} |")
+    note = (f"\nMean ± sample std over seeds. Δ: difference from {summary[0]['hyp'] if summary else '-'} paired by "
+            "seed, mean ± std; '(noise)' when its mean is within 2 standard errors of 0. Minority AP50: mean over "
+            f"every class but the most frequent ({order[0] if order else '-'}). Classes by validation instances: "
+            + ", ".join(order) + ".\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def plot_ablation(rows: list[dict], path: Path) -> Path:
+    """ablation.png: mAP50 and rarest-class AP50 per hyp, mean with std error bars and each seed as a dot."""
+    from utils.plots import _pyplot, _save
+
+    order = class_order(rows)
+    summary = summarise(rows)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.4 * len(summary) + 3) * 2, 4.5), tight_layout=True)
+    for ax, key, title in zip(axes, ("mAP50", "rare"), ("mAP50", f"AP50 {order[-1] if order else ''} (rarest)")):
+        x = list(range(len(summary)))
+        ax.bar(x, [s[key][0] for s in summary], yerr=[s[key][1] for s in summary], capsize=4, alpha=0.6)
+        for i, s in enumerate(summary):
+            pts = [metric(r, key, order) for r in rows if r["hyp"] == s["hyp"]]
+            ax.plot([i] * len(pts), pts, "k.", markersize=6)
+        ax.set_xticks(x, [s["hyp"] for s in summary], rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+    return _save(plt, fig, path, dpi=120)
