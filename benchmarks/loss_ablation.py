@@ -61,7 +61,22 @@ def train_command(run: AblationRun, data: str, extra: list[str]) -> list[str]:
 
 
 def execute(run: AblationRun, data: str, extra: list[str]) -> dict:
-    """Run (or resume) one train.py run to the end; log to its train.log; return and record its row."""
+    """Run (or resume) one train.py run to the end; log to its train.log; return and record its row.
+
+    A run whose train.py finished (per_class.csv is written by its last step, the validation of best.pt) while the
+    ablation itself was stopped is recorded without training again.
+    """
+    if not (run.folder / "per_class.csv").is_file():
+        train(run, data, extra)
+    spent_file = run.folder / "ablation_wall_s.txt"
+    row = {"hyp": run.name, "seed": run.seed, **read_run_metrics(run.folder),
+           "wall_s": float(spent_file.read_text()) if spent_file.is_file() else 0.0}
+    (run.folder / DONE_FILE).write_text(json.dumps(row, indent=1))
+    return row
+
+
+def train(run: AblationRun, data: str, extra: list[str]) -> None:
+    """One train.py process for the run (fresh, or --resume of its last.pt); seconds spent add up in the folder."""
     if not run.last_pt.is_file() and run.folder.exists():
         shutil.rmtree(run.folder)  # started but no epoch finished: nothing worth keeping
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -73,16 +88,11 @@ def execute(run: AblationRun, data: str, extra: list[str]) -> dict:
         with (run.folder / "train.log").open("a") as log:
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
         spent_file.write_text(f"{spent + time.time() - t0:.1f}")
     if rc != 0:
         raise SystemExit(f"loss_ablation: {run.name} seed {run.seed} failed (exit {rc}); see {run.folder}/train.log")
-    row = {"hyp": run.name, "seed": run.seed, **read_run_metrics(run.folder),
-           "wall_s": float(spent_file.read_text())}
-    (run.folder / DONE_FILE).write_text(json.dumps(row, indent=1))
-    return row
 
 
 def write_outputs(rows: list[dict], project: Path) -> None:

@@ -100,3 +100,11 @@ def test_a_bad_hyp_file_fails_before_any_run(tmp_path):
     with pytest.raises(ConfigError, match="bad.yaml"):
         runner.main(["--hyps", "hyp.scratch-low.yaml", str(bad), "--seeds", "0", "--project", str(tmp_path / "p")])
     assert not (tmp_path / "p").exists()
+
+
+def test_plan_runs_every_recipe_at_each_seed_first(tmp_path):
+    from utils.ablation import plan_runs
+
+    runs = plan_runs(["hyp.a.yaml", "hyp.b.yaml"], [0, 1], tmp_path)
+    assert [(r.name, r.seed) for r in runs] == [("hyp.a", 0), ("hyp.b", 0), ("hyp.a", 1), ("hyp.b", 1)]
+    assert runs[1].folder == tmp_path / "hyp.b" / "seed0"

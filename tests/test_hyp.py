@@ -77,6 +77,7 @@ def test_out_of_range_names_file_key_and_range(tmp_path):
     ("cls_weights_beta", 1.0, r"'cls_weights_beta' is 1.0, allowed range: \(0, 1\)"),
     ("cls_weights_values", [1.0, -2.0], r"'cls_weights_values\[1\]' is -2.0, allowed range: > 0"),
     ("cls_weights_values", 3.0, r"'cls_weights_values' is 3.0, expected a list of numbers > 0"),
+    ("fl_type", "varifocal", r"'fl_type' is 'varifocal', allowed values: one of focal, quality"),
     ("slide_mu", "median", r"'slide_mu' is 'median', allowed values: one of batch, ema"),
     ("obj_loss_type", "focal", r"'obj_loss_type' is 'focal', allowed values: one of bce, gaussian_focal"),
     ("box_l1", -0.1, r"'box_l1' is -0.1, allowed range: >= 0")])

@@ -414,3 +414,26 @@ def test_describe_loss_names_the_new_options():
     assert "box loss: CIoU + L1(gain=0.01)" in line and "obj loss: gaussian heatmap focal (CenterNet)" in line
     assert "slide(ratio=1, mu=ema)" in line and "class weights(effective)" in line and "reduction: weighted" in line
     assert "obj loss: gaussian heatmap focal (CenterNet) + slide" in line  # fl_gamma leaves the heatmap loss alone
+
+
+def test_quality_focal_loss_by_hand():
+    model = one_level_model(fl_gamma=2.0, fl_type="quality")
+    p, targets, ciou = hand_example()
+    _, items = ComputeLoss(model)(p, targets)
+    # p = 0.5 everywhere: |t - p|^2 = 0.25 for the three background cells and both class columns (t = 0 or 1),
+    # (ciou - 0.5)^2 for the positive's objectness (soft target ciou); each BCE = ln 2
+    obj = LN2 * (3 * 0.25 + (ciou - 0.5) ** 2) / 4
+    torch.testing.assert_close(items, torch.tensor([1 - ciou, 4 * obj, LN2 * 0.25]))
+
+
+@pytest.mark.parametrize("norm, kind, slide", list(itertools.product(["mean", "pos", "weighted"], ["bce", "ce"],
+                                                                      [0.0, 1.0])))
+def test_quality_focal_composes_with_every_norm(norm, kind, slide):
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = base_hyp(fl_gamma=2.0, fl_type="quality", loss_norm=norm, cls_loss_type=kind, slide_ratio=slide)
+    p, t = deterministic_inputs()
+    leaves = [x.clone().requires_grad_(True) for x in p]
+    total, items = ComputeLoss(model)(leaves, t)
+    grads = torch.autograd.grad(total.sum(), leaves)
+    assert torch.isfinite(total).all() and (items > 0).all() and all(torch.isfinite(g).all() for g in grads)
+    assert "quality focal(gamma=2)" in describe_loss(model.hyp)

@@ -80,3 +80,24 @@ def test_slide_mu_ema_state_round_trip_and_level_check():
     assert other.state_dict() == ema.state_dict() and other.updates == 5
     with pytest.raises(ValueError, match="3 levels, the model has 4"):
         SlideMuEMA(nl=4).load_state_dict(ema.state_dict())
+
+
+def test_quality_focal_factor_by_hand_and_its_zero_at_the_target():
+    from utils.loss_terms import focal_factor_quality
+
+    logits = torch.tensor([0.0, 0.0, math.log(0.6 / 0.4)])  # p = 0.5, 0.5, 0.6
+    targets = torch.tensor([1.0, 0.2, 0.6])
+    expected = torch.tensor([0.5 ** 2, 0.3 ** 2, 0.0])
+    torch.testing.assert_close(focal_factor_quality(logits, targets, 2.0), expected, atol=1e-7, rtol=1e-6)
+
+
+def test_quality_focal_bce_is_minimal_at_the_soft_target_where_retinanet_focal_is_not():
+    from utils.loss_terms import bce_elementwise, focal_factor_bce, focal_factor_quality
+
+    t = torch.full((999,), 0.6)
+    p = torch.linspace(0.001, 0.999, 999)
+    logits = torch.log(p / (1 - p))
+    quality = bce_elementwise(logits, t) * focal_factor_quality(logits, t, 2.0)
+    retina = bce_elementwise(logits, t) * focal_factor_bce(logits, t, 2.0, 0.25)
+    assert abs(p[quality.argmin()].item() - 0.6) < 0.002  # QFL keeps the IoU target as the optimum
+    assert abs(p[retina.argmin()].item() - 0.6) > 0.05  # RetinaNet's factor moves it away from a soft target

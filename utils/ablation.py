@@ -50,8 +50,9 @@ class AblationRun:
 
 
 def plan_runs(hyps: list[str], seeds: list[int], project: Path) -> list[AblationRun]:
-    """Every (hyp, seed) pair, seeds inner, in the order given (the first hyp is the reference)."""
-    return [AblationRun(h, s, project) for h in hyps for s in seeds]
+    """Every (hyp, seed) pair, hyps inner: an ablation stopped part-way has every recipe at its first seeds, so
+    paired differences are available early. The first hyp is the reference."""
+    return [AblationRun(h, s, project) for s in seeds for h in hyps]
 
 
 def read_run_metrics(folder: Path) -> dict:

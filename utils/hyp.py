@@ -90,6 +90,9 @@ SCHEMA: dict[str, Key] = {
                    low_open=True, high_open=True),
     "cls_loss_type": _o("class loss: bce (sigmoid, multi-label) or ce (softmax, mutually exclusive)", "bce",
                         choices=("bce", "ce")),
+    "fl_type": _o("focal modulation when fl_gamma > 0: focal (RetinaNet, alpha_t (1 - p_t)^gamma) or quality "
+                  "(GFL's |t - p|^gamma, for the IoU-valued objectness targets)", "focal",
+                  choices=("focal", "quality")),
     "loss_norm": _o("reduction of the obj and cls terms: mean (YOLOv5), pos (/ positives, RetinaNet) or weighted "
                     "(/ sum of the weights)", "mean", choices=("mean", "pos", "weighted")),
     "cls_weights": _o("per-class weights of the class term from the training labels: none, inverse (1/n_c) or "
@@ -104,8 +107,8 @@ SCHEMA: dict[str, Key] = {
     "box_l1": _o("gain of an L1 term on the positives' box regression (0 = off)", 0.0, 0),
 }
 
-LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "cls_loss_type", "loss_norm", "cls_weights", "cls_weights_beta",
-             "slide_mu", "obj_loss_type", "box_l1")
+LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "fl_type", "cls_loss_type", "loss_norm", "cls_weights",
+             "cls_weights_beta", "slide_mu", "obj_loss_type", "box_l1")
 
 
 def _check_value(name: str, key: Key, value: Any, source: str) -> Any:

@@ -10,8 +10,10 @@ and ``utils.heatmap``::
   indices (mutually exclusive classes; ``cls_loss_type: ce``) for the class term; for objectness BCE
   (``obj_loss_type: bce``) or the penalty-reduced focal loss on Gaussian heatmap targets of CornerNet / CenterNet
   (``obj_loss_type: gaussian_focal``; Law & Deng 2018, arXiv 1808.01244; Zhou et al. 2019, arXiv 1904.07850).
-- ``focal_factor`` (``fl_gamma > 0``, ``fl_alpha``): Focal Loss, Lin et al. 2017, arXiv 1708.02002. It applies to
-  the class term and the BCE objectness; the heatmap focal loss is already focal, so fl_gamma leaves it unchanged.
+- ``focal_factor`` (``fl_gamma > 0``): Focal Loss, Lin et al. 2017, arXiv 1708.02002 (``fl_type: focal``, with
+  ``fl_alpha``), or Quality Focal Loss, Li et al. 2020, arXiv 2006.04388 (``fl_type: quality``, for soft targets).
+  It applies to the class term and the BCE objectness; the heatmap focal loss is already focal, so fl_gamma leaves
+  it unchanged.
 - ``slide_weight`` (``slide_ratio > 0``): Slide Loss, Yu et al. 2022 (YOLO-FaceV2), arXiv 2208.02019, with the
   threshold mu of each level from the batch (``slide_mu: batch``, the paper) or a moving average (``slide_mu: ema``).
 - ``class_weight`` (``cls_weights: inverse | effective``): per class of the target, Cui et al. 2019,
@@ -38,6 +40,7 @@ from utils.loss_terms import (
     ce_elementwise,
     focal_factor_bce,
     focal_factor_ce,
+    focal_factor_quality,
     reduce_loss,
     slide_mu,
     slide_weight,
@@ -70,9 +73,11 @@ def describe_loss(hyp: dict) -> str:
     cls = ["ce (softmax, mutually exclusive)" if kind == "ce" else "bce (sigmoid, multi-label)"]
     obj = ["gaussian heatmap focal (CenterNet)" if heat else "bce"]
     if gamma > 0:
-        cls.append(f"focal(gamma={gamma:g})" if kind == "ce" else f"focal(gamma={gamma:g}, alpha={alpha:g})")
+        quality = hyp.get("fl_type", "focal") == "quality"
+        sig = f"quality focal(gamma={gamma:g})" if quality else f"focal(gamma={gamma:g}, alpha={alpha:g})"
+        cls.append(f"focal(gamma={gamma:g})" if kind == "ce" else sig)
         if not heat:
-            obj.append(f"focal(gamma={gamma:g}, alpha={alpha:g})")
+            obj.append(sig)
     if ratio > 0:
         mu = ", mu=ema" if hyp.get("slide_mu", "batch") == "ema" else ""
         cls.append(f"slide(ratio={ratio:g}{mu})")
@@ -193,10 +198,16 @@ class ComputeLoss:
             return loss.sum() / max(int((heat == 1).sum()), 1)
         loss = bce_elementwise(logits, tobj, self.hyp["obj_pw"])
         if self.gamma > 0:
-            f = focal_factor_bce(logits, tobj, self.gamma, self.alpha)
+            f = self.focal_factor(logits, tobj)
             w = f if w is None else w * f
         loss = loss * w if w is not None else loss
         return reduce_loss(loss, w, self.norm, index[0].shape[0])
+
+    def focal_factor(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The sigmoid focal factor of fl_type: RetinaNet's alpha_t (1 - p_t)^gamma or GFL's |t - p|^gamma."""
+        if self.hyp["fl_type"] == "quality":
+            return focal_factor_quality(logits, targets, self.gamma)
+        return focal_factor_bce(logits, targets, self.gamma, self.alpha)
 
     @staticmethod
     def heatmap_targets(shape: torch.Size, index: tuple, tbox: torch.Tensor) -> torch.Tensor:
@@ -232,7 +243,7 @@ class ComputeLoss:
         loss = bce_elementwise(logits, t, self.hyp["cls_pw"])
         w = w.unsqueeze(1) if w is not None else None
         if self.gamma > 0:
-            f = focal_factor_bce(logits, t, self.gamma, self.alpha)
+            f = self.focal_factor(logits, t)
             w = f if w is None else w * f
         loss = loss * w if w is not None else loss
         return reduce_loss(loss, w, self.norm, n)

@@ -3,7 +3,8 @@
 ``utils.loss.ComputeLoss`` composes them as ``reduce(base * focal_factor * slide_weight * class_weight)``:
 
 - ``bce_elementwise`` / ``ce_elementwise``: sigmoid BCE (multi-label) and softmax cross-entropy (exclusive classes).
-- ``focal_factor_bce`` / ``focal_factor_ce``: Focal Loss, Lin et al. 2017 (RetinaNet), arXiv 1708.02002.
+- ``focal_factor_bce`` / ``focal_factor_ce``: Focal Loss, Lin et al. 2017 (RetinaNet), arXiv 1708.02002;
+  ``focal_factor_quality``: Quality Focal Loss for soft targets, Li et al. 2020 (GFL), arXiv 2006.04388.
 - ``slide_weight`` with ``slide_mu`` or ``SlideMuEMA``: Slide Loss, Yu et al. 2022 (YOLO-FaceV2), arXiv 2208.02019.
 - ``class_balance_weights``: class-balanced weights, Cui et al. 2019, arXiv 1901.05555.
 - ``reduce_loss``: the ``loss_norm`` rule (mean | pos | weighted) that turns a weighted element-wise loss into a scalar.
@@ -56,6 +57,16 @@ def focal_factor_bce(logits: torch.Tensor, targets: torch.Tensor, gamma: float, 
     p_t = targets * p + (1 - targets) * (1 - p)
     alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
     return alpha_t * (1.0 - p_t) ** gamma
+
+
+def focal_factor_quality(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Quality Focal Loss modulation (Li et al. 2020, Generalized Focal Loss, arXiv 2006.04388, Eq. 5): |t - p|^gamma.
+
+    p = sigmoid(logits), t the (soft) target in [0, 1], element-wise. For the IoU-valued objectness targets of YOLOv5
+    it vanishes where the prediction equals its target, which the RetinaNet factor alpha_t (1 - p_t)^gamma does not
+    do for 0 < t < 1; for hard targets it is (1 - p_t)^gamma without alpha. Gradients flow through p, as in the paper.
+    """
+    return (targets - torch.sigmoid(logits)).abs().pow(gamma)
 
 
 def focal_factor_ce(logits: torch.Tensor, target_idx: torch.Tensor, gamma: float) -> torch.Tensor:
