@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 leaves = [x.clone().requires_grad_(True) for x in p]
                 comp = term_of(loss, leaves, targets, k)
                 g = torch.autograd.grad(comp, leaves, allow_unused=True)
-                vals[k] += float(comp) / len(batches)
+                vals[k] += float(comp.detach()) / len(batches)
                 grads[k] += sum(float(x.abs().sum()) for x in g if x is not None) / len(batches)
         rows.append({"hyp": Path(h).stem, "values": vals, "grads": grads})
     print_table(rows)

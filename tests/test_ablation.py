@@ -108,3 +108,14 @@ def test_plan_runs_every_recipe_at_each_seed_first(tmp_path):
     runs = plan_runs(["hyp.a.yaml", "hyp.b.yaml"], [0, 1], tmp_path)
     assert [(r.name, r.seed) for r in runs] == [("hyp.a", 0), ("hyp.b", 0), ("hyp.a", 1), ("hyp.b", 1)]
     assert runs[1].folder == tmp_path / "hyp.b" / "seed0"
+
+
+def test_loss_scale_prints_ratios_to_the_first_hyp(tiny_data, capsys):
+    spec = importlib.util.spec_from_file_location("loss_scale", ROOT / "benchmarks" / "loss_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--data", tiny_data, "--hyps", "hyp.scratch-low.yaml", "hyp.focal.yaml", "hyp.ce-balanced.yaml",
+                        "--imgsz", "64", "--batch-size", "4", "--batches", "1"])
+    base, focal = rows[0], rows[1]
+    assert base["grads"][1] > 0 and focal["values"][0] == pytest.approx(base["values"][0])  # same box term
+    assert "x ref" in capsys.readouterr().out

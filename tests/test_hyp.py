@@ -28,13 +28,26 @@ def test_yolov5_values_and_option_files():
     med = load_hyp(HYPS / "hyp.scratch-med.yaml")
     assert (med["lrf"], med["cls"], med["obj"], med["scale"], med["mixup"]) == (0.1, 0.3, 0.7, 0.9, 0.1)
     assert load_hyp(HYPS / "hyp.scratch-high.yaml")["copy_paste"] == 0.1
-    assert load_hyp(HYPS / "hyp.slide.yaml")["slide_ratio"] == 1.0
-    assert load_hyp(HYPS / "hyp.focal.yaml")["fl_gamma"] == 1.5
-    assert load_hyp(HYPS / "hyp.ce.yaml")["cls_loss_type"] == "ce"
-    combined = load_hyp(HYPS / "hyp.slide-focal-ce.yaml")
-    assert (combined["slide_ratio"], combined["fl_gamma"], combined["cls_loss_type"]) == (1.0, 1.5, "ce")
-    assert {k: v for k, v in combined.items() if k not in ("slide_ratio", "fl_gamma", "cls_loss_type")} == {
-        k: v for k, v in low.items() if k not in ("slide_ratio", "fl_gamma", "cls_loss_type")}  # else scratch-low
+
+
+RECIPES = {  # every loss recipe is scratch-low with exactly these changes
+    "slide": {"slide_ratio": 1.0},
+    "slide-ema": {"slide_ratio": 1.0, "slide_mu": "ema"},
+    "focal": {"fl_gamma": 1.5, "loss_norm": "weighted", "obj": 0.022, "cls": 0.17},
+    "ce": {"cls_loss_type": "ce"},
+    "ce-balanced": {"cls_loss_type": "ce", "cls_weights": "effective", "loss_norm": "weighted"},
+    "centernet": {"obj_loss_type": "gaussian_focal", "obj": 0.0066},
+    "box-l1": {"box_l1": 0.003},
+    "slide-focal-ce": {"slide_ratio": 1.0, "fl_gamma": 1.5, "cls_loss_type": "ce", "loss_norm": "weighted",
+                       "obj": 0.022, "cls": 0.28},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_loss_recipes_change_only_their_keys(name):
+    low = load_hyp(HYPS / "hyp.scratch-low.yaml")
+    recipe = load_hyp(HYPS / f"hyp.{name}.yaml")
+    assert {k: v for k, v in recipe.items() if low[k] != v} == RECIPES[name]
 
 
 def test_bare_name_resolves_in_data_hyps():

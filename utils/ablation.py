@@ -137,14 +137,15 @@ def summarise(rows: list[dict]) -> list[dict]:
         for key in ("mAP50", "mAP50-95", "P", "R", "rare", "minority"):
             s[key] = mean_std([metric(r, key, order) for r in mine])
             s["d_" + key] = mean_std(paired_difference(rows, h, hyps[0], key, order)) if h != hyps[0] else None
+        s["pairs"] = len(paired_difference(rows, h, hyps[0], "mAP50", order))
         s["wall_s"] = statistics.fmean(r["wall_s"] for r in mine)
         out.append(s)
     return out
 
 
-def _fmt(ms: tuple[float, float], bold: bool = False) -> str:
-    """'0.512 +- 0.013', bold when asked."""
-    text = f"{ms[0]:.3f} ± {ms[1]:.3f}"
+def _fmt(ms: tuple[float, float], n: int, bold: bool = False) -> str:
+    """'0.512 ± 0.013' (the value alone for one seed), bold when asked."""
+    text = f"{ms[0]:.3f} ± {ms[1]:.3f}" if n > 1 else f"{ms[0]:.3f}"
     return f"**{text}**" if bold else text
 
 
@@ -169,8 +170,8 @@ def markdown_table(rows: list[dict]) -> str:
             f"Δ {rare} paired | Δ minority paired | wall s/run |")
     lines = [head, "|" + "---|" * 2 + "---:|" * 10]
     for s in summary:
-        n_pairs = s["n"]
-        cells = [_fmt(s[k], bold=len(summary) > 1 and s[k][0] == best[k]) for k in keys]
+        n_pairs = s["pairs"]
+        cells = [_fmt(s[k], s["n"], bold=len(summary) > 1 and s[k][0] == best[k]) for k in keys]
         diffs = [_fmt_diff(s["d_" + k], n_pairs) for k in ("mAP50", "rare", "minority")]
         lines.append(f"| {s['hyp']} | {s['n']} | " + " | ".join(cells + diffs) + f" | {s['wall_s']:.0f} |")
     note = (f"\nMean ± sample std over seeds. Δ: difference from {summary[0]['hyp'] if summary else '-'} paired by "
