@@ -276,3 +276,18 @@ def test_class_weights_are_computed_once_and_reused_on_resume(tiny_data, tmp_pat
     train.run(resume=str(run_dir / "weights" / "last.pt"))
     assert not any("class weights:" in m for m in log_lines)  # reused from opt.yaml, not recomputed
     assert load_checkpoint(run_dir / "weights" / "last.pt")["hyp"]["cls_weights_values"] == values
+
+
+@pytest.mark.slow
+def test_tensorboard_event_file_has_the_results_scalars_and_images(tiny_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _run(tiny_data, tmp_path, epochs=2)
+    events = EventAccumulator(str(tmp_path / "exp"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert {"train/box_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/obj_loss", "x/lr0"} <= set(
+        tags["scalars"])
+    assert [e.step for e in events.Scalars("train/box_loss")] == [0, 1]
+    rows = read_results(tmp_path / "exp" / "results.csv")
+    assert events.Scalars("train/box_loss")[1].value == pytest.approx(rows[1]["train/box_loss"], rel=1e-5)
+    assert {"results", "confusion_matrix"} <= set(tags["images"])  # PR curves need detections, absent here

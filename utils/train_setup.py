@@ -42,6 +42,7 @@ from utils.optim import (
     warmup_iterations,
 )
 from utils.paths import increment_path
+from utils.run_logger import TensorBoardLogger
 from utils.torch_utils import training_memory_format
 from utils.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
 from utils.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
@@ -220,12 +221,14 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     state, scheduler = make_state(opt, plan, model, len(loader), device, env)
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
-    ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader)
+    ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
+                     tb=TensorBoardLogger(save_dir) if env.is_main else None)
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=device.type == "cuda", multi_scale=opt.multi_scale,
                       env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
                       memory_format=training_memory_format(device))
     get_logger().info(f"Image sizes {imgsz} train, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
-                      f"workers\nLogging results to {colorstr('bold', str(save_dir))}\nStarting training for "
+                      f"workers\nLogging results to {colorstr('bold', str(save_dir))} (TensorBoard: tensorboard "
+                      f"--logdir {save_dir.parent})\nStarting training for "
                       f"{opt.epochs} epochs...")
     results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
     if opt.weights_hash:

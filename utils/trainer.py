@@ -46,6 +46,7 @@ class RunContext:
     batch_size: int  # per process
     val: ModuleType | None = None
     val_loader: Any = None
+    tb: Any = None  # utils.run_logger.TensorBoardLogger of the main process, or None
 
     @property
     def weights_dir(self) -> Path:
@@ -150,6 +151,8 @@ def end_epoch(state: TrainState, ctx: RunContext, epoch: int, mloss: torch.Tenso
     stop = stopper(epoch, fi)
     best_fitness = max(best_fitness, fi)
     append_results(ctx.save_dir / "results.csv", epoch, mloss.tolist(), results, lrs)
+    if ctx.tb is not None:
+        ctx.tb.epoch(epoch, mloss.tolist(), results, lrs)
     if not ctx.opt.nosave or final:
         save_epoch(state, ctx, epoch, best_fitness, is_best=fi == best_fitness)
     return results, best_fitness, stop
@@ -189,6 +192,9 @@ def finish(state: TrainState, ctx: RunContext) -> tuple:
         from utils.plots import plot_results
 
         plot_results(ctx.save_dir / "results.csv")
+    if ctx.tb is not None:
+        ctx.tb.images(ctx.opt.epochs - 1)
+        ctx.tb.close()
     get_logger().info(f"Results saved to {ctx.save_dir}")
     return results
 
