@@ -50,6 +50,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
     p.add_argument("--optimizer", type=str, choices=OPTIMIZERS + (AUTO,), default=None,
                    help="optimizer (SGD; auto on the built-in data: AdamW for short runs)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")

@@ -291,3 +291,15 @@ def test_tensorboard_event_file_has_the_results_scalars_and_images(tiny_data, tm
     rows = read_results(tmp_path / "exp" / "results.csv")
     assert events.Scalars("train/box_loss")[1].value == pytest.approx(rows[1]["train/box_loss"], rel=1e-5)
     assert {"results", "confusion_matrix"} <= set(tags["images"])  # PR curves need detections, absent here
+
+
+@pytest.mark.slow
+def test_image_weights_trains_and_reweights_each_epoch(tiny_data, tmp_path, monkeypatch):
+    from utils import trainer
+
+    seen = []
+    original = trainer.update_sampler
+    monkeypatch.setattr(trainer, "update_sampler", lambda *a: seen.append(original(*a)) or seen[-1])
+    _run(tiny_data, tmp_path, epochs=2, image_weights=True, noplots=True)
+    assert len(seen) == 2 and all(len(w) == 12 and (w > 0).any() for w in seen)
+    assert yaml.safe_load((tmp_path / "exp" / "opt.yaml").read_text())["image_weights"] is True

@@ -51,6 +51,7 @@ from utils.augment import (
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.errors import ConfigError, DatasetError, LabelError
 from utils.log import get_logger
+from utils.sampling import weighted_sampler
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
 CACHE_VERSION = 1
@@ -451,11 +452,15 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                       hyp: dict | None = None, augment: bool = False, cache: str | bool | None = None,
                       pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8, prefix: str = "",
                       shuffle: bool = False, seed: int = 0, nc: int | None = None,
-                      names: dict | list | None = None) -> tuple[DataLoader, LoadImagesAndLabels]:
+                      names: dict | list | None = None, image_weights: bool = False
+                      ) -> tuple[DataLoader, LoadImagesAndLabels]:
     """Build the dataset and its DataLoader (DistributedSampler when rank != -1); returns (loader, dataset).
 
-    Workers persist across epochs (no per-epoch process start-up).
+    Workers persist across epochs (no per-epoch process start-up). image_weights: draw images with replacement by
+    weights that ``utils.sampling.update_sampler`` sets each epoch (single process only).
     """
+    if image_weights and rank != -1:
+        raise ConfigError("--image-weights is not supported with DDP (one process per device); train without it")
     if rect and shuffle:
         get_logger().warning(f"{prefix}WARNING: rect batches need a fixed order, shuffle disabled")
         shuffle = False
@@ -463,9 +468,11 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                                   single_cls=single_cls, stride=stride, pad=pad, prefix=prefix, nc=nc, names=names)
     batch_size = min(batch_size, len(dataset))
     nw = min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, workers)
-    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
+    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    if image_weights:
+        sampler = weighted_sampler(len(dataset), generator)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
                         sampler=sampler, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
                         collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker, generator=generator)

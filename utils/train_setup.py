@@ -106,7 +106,7 @@ def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, bat
         loader, dataset = create_dataloader(data["train"], imgsz, batch, grid, opt.single_cls, hyp=hyp, augment=True,
                                             cache=opt.cache, rect=opt.rect, rank=env.rank, workers=opt.workers,
                                             prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc,
-                                            names=names)
+                                            names=names, image_weights=getattr(opt, "image_weights", False))
     val_loader = None
     if env.is_main:
         val_loader, _ = create_dataloader(data["val"], imgsz, batch * 2, grid, opt.single_cls, hyp=hyp,

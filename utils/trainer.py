@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import WeightedRandomSampler
 
 from utils.checkpoint import attempt_load, save_checkpoint, strip_optimizer
 from utils.dist import DistEnv, broadcast_object
@@ -27,6 +28,7 @@ from utils.errors import CheckpointError
 from utils.log import get_logger
 from utils.metrics import fitness
 from utils.results import append_results
+from utils.sampling import update_sampler
 from utils.torch_utils import de_parallel
 
 ZERO_RESULTS = (0.0,) * 7  # P, R, mAP50, mAP50-95, val box, obj, cls
@@ -47,6 +49,7 @@ class RunContext:
     val: ModuleType | None = None
     val_loader: Any = None
     tb: Any = None  # utils.run_logger.TensorBoardLogger of the main process, or None
+    maps: Any = None  # per-class mAP50-95 of the last validation (for --image-weights)
 
     @property
     def weights_dir(self) -> Path:
@@ -75,11 +78,12 @@ def validate(ctx: RunContext, state: TrainState, plots: bool = False, model: Any
         get_logger().warning("val.py is not available: validation skipped, metrics recorded as 0")
         return ZERO_RESULTS
     half = model is not None and ctx.device.type == "cuda"
-    results, _, _ = ctx.val.run(ctx.data, batch_size=ctx.batch_size * 2, imgsz=ctx.imgsz, conf_thres=0.001,
+    results, maps, _ = ctx.val.run(ctx.data, batch_size=ctx.batch_size * 2, imgsz=ctx.imgsz, conf_thres=0.001,
                                 iou_thres=0.6, half=half, single_cls=ctx.opt.single_cls,
                                 model=model if model is not None else state.ema.ema, dataloader=ctx.val_loader,
                                 save_dir=ctx.save_dir, plots=plots, verbose=plots or model is not None,
                                 compute_loss=state.compute_loss)
+    ctx.maps = maps
     return tuple(float(x) for x in results)
 
 
@@ -165,6 +169,7 @@ def fit(state: TrainState, scheduler: LambdaLR, loader: Any, ctx: RunContext, cf
     results, epoch, t0 = ZERO_RESULTS, start_epoch - 1, time.time()
     stop_after = getattr(ctx.opt, "stop_after", None)
     for epoch in range(start_epoch, ctx.opt.epochs):
+        resample(loader, ctx)
         mloss = train_one_epoch(state, loader, epoch, cfg)
         lrs = [g["lr"] for g in state.optimizer.param_groups]
         scheduler.step()
@@ -176,6 +181,14 @@ def fit(state: TrainState, scheduler: LambdaLR, loader: Any, ctx: RunContext, cf
             break
     get_logger().info(f"\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
     return results, best_fitness, epoch
+
+
+def resample(loader: Any, ctx: RunContext) -> None:
+    """--image-weights: the next epoch's image weights from the class frequencies and the last class mAPs."""
+    if getattr(ctx.opt, "image_weights", False) and isinstance(getattr(loader, "sampler", None),
+                                                                WeightedRandomSampler):
+        nc = 1 if ctx.opt.single_cls else ctx.data["nc"]
+        update_sampler(loader.sampler, loader.dataset.labels, nc, ctx.maps)
 
 
 def finish(state: TrainState, ctx: RunContext) -> tuple:
