@@ -250,3 +250,36 @@ def test_coco128_real_images(logs):
     assert (ds.batch_shapes % 32 == 0).all() and ds.batch_shapes.max() == 672
     imgs, targets, _, _ = next(iter(loader))
     assert imgs.shape[0] == 32 and targets.shape[1] == 6
+
+
+def test_truncated_jpeg_warning_names_the_file_and_what_is_done(tmp_path):
+    from utils.dataset import verify_pair
+
+    im_file = tmp_path / "images" / "cut.jpg"
+    im_file.parent.mkdir()
+    cv2.imwrite(str(im_file), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    im_file.write_bytes(im_file.read_bytes()[:-200])
+    lb_file = tmp_path / "labels" / "cut.txt"
+    lb_file.parent.mkdir()
+    lb_file.write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")
+    out = verify_pair((str(im_file), str(lb_file)))
+    assert out["status"] == "ok"  # kept for training
+    assert out["msg"].startswith(f"{im_file}: truncated JPEG") and "left unchanged" in out["msg"]
+    assert f"{lb_file}: 1 duplicate rows dropped" in out["msg"]  # both notes survive
+
+
+def test_two_txt_lists_over_one_labels_folder_keep_their_own_cache(tmp_path, logs):
+    for name in ("a.png", "b.png", "c.png"):
+        add_image(tmp_path, name, box_row(0), split="all")
+    (tmp_path / "train.txt").write_text("images/all/a.png\nimages/all/b.png\n")
+    (tmp_path / "val.txt").write_text("images/all/c.png\n")
+    train = LoadImagesAndLabels(tmp_path / "train.txt", 64, 2)
+    val = LoadImagesAndLabels(tmp_path / "val.txt", 64, 2)
+    assert (len(train), len(val)) == (2, 1)
+    assert (tmp_path / "train.cache").is_file() and (tmp_path / "val.cache").is_file()
+    assert not (tmp_path / "labels" / "all.cache").exists()
+    logs.clear()
+    LoadImagesAndLabels(tmp_path / "train.txt", 64, 2)
+    LoadImagesAndLabels(tmp_path / "val.txt", 64, 2)
+    assert not any("New cache created" in m for m in logs)  # each reuses its own, nothing rewritten
+    assert sum("Using cache" in m for m in logs) == 2

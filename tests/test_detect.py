@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import OFFICIAL_WEIGHTS, SHARED, needs_shared
+from conftest import OFFICIAL_WEIGHTS, ROOT, SHARED, needs_shared
 
 import detect
 from models.backend import DetectMultiBackend
@@ -155,3 +156,9 @@ def test_official_static_onnx_matches_pt_on_same_input(official_onnx):
         x = torch.from_numpy(im).float().div(255)[None]
         a, b = (non_max_suppression(backend(x), 0.25, 0.45)[0] for backend in (pt, ort))
         assert a.shape == b.shape and (a - b).abs().max() < 1e-2
+
+
+def test_default_source_is_the_shipped_demo_images(tiny_weights, tmp_path):
+    assert Path(detect.parse_opt([]).source) == ROOT / "data" / "images"
+    out = detect.run(weights=tiny_weights, project=tmp_path, imgsz=(320, 320))  # no source given
+    assert sorted(p.name for p in out["save_dir"].glob("*.jpg")) == ["shapes1.jpg", "shapes2.jpg"]

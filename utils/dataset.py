@@ -14,8 +14,9 @@ Label checks (each problem is reported once per file, naming the file and, for r
   data YAML and the labels disagree and no training on them is meaningful;
 - duplicate rows: dropped with a warning.
 
-Scan results are stored in ``labels/<split>.cache`` and reused while the image and label files (list, sizes and
-modification times) are unchanged. Read-only folders are never written to (the cache is then skipped with a warning).
+Scan results are stored in ``labels/<split>.cache`` (beside the list for a ``.txt`` image list) and reused while the
+image and label files (list, sizes and modification times) are unchanged. Read-only folders are never written to
+(the cache is then skipped with a warning).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def verify_image(im_file: str) -> tuple[tuple[int, int], str]:
         with open(im_file, "rb") as f:
             f.seek(-2, 2)
             if f.read() != b"\xff\xd9":
-                warning = "truncated JPEG (no end marker); it may decode with grey areas"
+                warning = ("truncated JPEG (no end marker): used as it is, the missing part decodes grey; the file is "
+                           "left unchanged (re-save it to repair)")
     return shape, warning
 
 
@@ -175,8 +177,10 @@ def verify_pair(args: tuple[str, str]) -> dict[str, Any]:
     except (ValueError, OSError) as e:
         reason = str(e) if str(e).startswith(lb_file) else f"{im_file}: {e}"
         return {**out, "status": "corrupt", "labels": None, "msg": f"{reason} (image skipped)"}
+    notes = [f"{im_file}: {out['msg']}"] if out["msg"] else []
     if out["ndup"]:
-        out["msg"] = f"{lb_file}: {out['ndup']} duplicate rows dropped"
+        notes.append(f"{lb_file}: {out['ndup']} duplicate rows dropped")
+    out["msg"] = "; ".join(notes)
     out["status"] = "ok" if len(out["labels"]) else "background"
     return out
 
@@ -217,9 +221,18 @@ def save_cache(cache_path: Path, cache: dict, prefix: str = "") -> None:
     get_logger().info(f"{prefix}New cache created: {cache_path}")
 
 
-def scan_dataset(im_files: list[str], label_files: list[str], prefix: str = "") -> tuple[dict, Path]:
+def cache_path_for(source: str | Path | list | None, label_files: list[str]) -> Path:
+    """Where a split's scan is cached: beside a .txt image list (train.txt -> train.cache), so two lists over one
+    labels folder keep their own; else labels/<split>.cache beside the split's label folder."""
+    if isinstance(source, (str, Path)) and Path(source).suffix == ".txt":
+        return Path(source).with_suffix(".cache")
+    return Path(label_files[0]).parent.with_suffix(".cache")
+
+
+def scan_dataset(im_files: list[str], label_files: list[str], prefix: str = "",
+                 source: str | Path | list | None = None) -> tuple[dict, Path]:
     """Verify every image/label pair (or reuse the .cache); log warnings and the summary; return (cache, path)."""
-    cache_path = Path(label_files[0]).parent.with_suffix(".cache")
+    cache_path = cache_path_for(source, label_files)
     digest = files_hash(im_files + label_files)
     cache = load_cache(cache_path, digest)
     if cache is None:
@@ -293,7 +306,7 @@ class LoadImagesAndLabels(Dataset):
         im_files = list_image_files(path, prefix)
         if not im_files:
             raise DatasetError(f"{prefix}{path}: no images found (supported: {', '.join(sorted(IMG_FORMATS))})")
-        cache_data, _ = scan_dataset(im_files, img2label_paths(im_files), prefix)
+        cache_data, _ = scan_dataset(im_files, img2label_paths(im_files), prefix, source=path)
         self.im_files = [f for f in im_files if f in cache_data["entries"]]
         if not self.im_files:
             raise DatasetError(f"{prefix}{path}: no usable images ({len(im_files)} found, all corrupt; "
