@@ -1,0 +1,76 @@
+"""torch.hub entry points, offline: ``torch.hub.load('.', 'custom', path='best.pt', source='local')``.
+
+    model = torch.hub.load(".", "custom", path="runs/train/exp/weights/best.pt", source="local")  # .pt/.onnx/...
+    model = torch.hub.load(".", "yolov5n", pretrained=False, classes=3, source="local")          # untrained
+    results = model(["data/images/shapes1.jpg", rgb_array, pil_image], size=320)
+    results.print(); results.pandas().xyxy[0]; results.save(); results.crop()
+
+Nothing is ever downloaded: ``pretrained=True`` looks for ``<name>.pt`` in the working folder and the project root.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:  # torch.hub imports this file from its folder
+    sys.path.insert(0, str(ROOT))
+
+dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
+
+
+def custom(path: str | Path = "yolov5s.pt", autoshape: bool = True, device: str = "cpu", _verbose: bool = True):
+    """A model from a local weights file (.pt, .torchscript, .onnx), wrapped to take images (autoshape)."""
+    from models.backend import DetectMultiBackend
+    from utils.autoshape import AutoShape
+
+    backend = DetectMultiBackend(path, device=device)
+    return AutoShape(backend) if autoshape else backend
+
+
+def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device: str):
+    """A YOLOv5 model by name: the local <name>.pt when pretrained, else an untrained one from models/<name>.yaml."""
+    from models.yolo import DetectionModel
+    from utils.autoshape import AutoShape
+    from utils.errors import CheckpointError
+
+    if pretrained:
+        found = [p for p in (Path.cwd() / f"{name}.pt", ROOT / f"{name}.pt") if p.is_file()]
+        if not found:
+            raise CheckpointError(f"{name}.pt: not found in {Path.cwd()} or {ROOT}; this project never downloads "
+                                  f"weights: copy the file there, or use 'custom' with path=...")
+        return custom(found[0], autoshape, device)
+    model = DetectionModel(ROOT / "models" / f"{name}.yaml", ch=channels, nc=classes).to(device)
+    model.names = {i: f"class{i}" for i in range(classes)}
+    return AutoShape(model) if autoshape else model
+
+
+def yolov5n(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+            device: str = "cpu"):
+    """YOLOv5-nano."""
+    return _create("yolov5n", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+            device: str = "cpu"):
+    """YOLOv5-small."""
+    return _create("yolov5s", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5m(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+            device: str = "cpu"):
+    """YOLOv5-medium."""
+    return _create("yolov5m", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5l(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+            device: str = "cpu"):
+    """YOLOv5-large."""
+    return _create("yolov5l", pretrained, channels, classes, autoshape, device)
+
+
+def yolov5x(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+            device: str = "cpu"):
+    """YOLOv5-xlarge."""
+    return _create("yolov5x", pretrained, channels, classes, autoshape, device)

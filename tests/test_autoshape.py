@@ -1,0 +1,117 @@
+"""torch.hub and the Python API: images of every kind in, result tables out, for .pt, .onnx and softmax models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from PIL import Image
+
+from models.yolo import DetectionModel
+from utils.autoshape import AutoShape, Detections
+from utils.checkpoint import save_checkpoint
+from utils.errors import CheckpointError, ConfigError
+
+DEMO = [ROOT / "data" / "images" / "shapes1.jpg", ROOT / "data" / "images" / "shapes2.jpg"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A random 3-class yolov5n checkpoint, and its ce (softmax) twin."""
+    folder = tmp_path_factory.mktemp("hub")
+    out = {}
+    for kind in ("bce", "ce"):
+        torch.manual_seed(0)
+        model = DetectionModel("yolov5n.yaml", nc=3)
+        model.names = {0: "circle", 1: "square", 2: "star"}
+        model.hyp = {"cls_loss_type": kind}
+        out[kind] = save_checkpoint({"model": model}, folder / f"{kind}.pt")
+    return out
+
+
+def low_threshold(model: AutoShape) -> AutoShape:
+    """An untrained model scores low: keep its 20 best boxes so the tables are not empty."""
+    model.conf, model.max_det = 0.0001, 20
+    return model
+
+
+def test_hub_load_untrained_model_by_name_offline():
+    model = torch.hub.load(str(ROOT), "yolov5n", pretrained=False, classes=3, source="local")
+    assert isinstance(model, AutoShape) and model.names == {0: "class0", 1: "class1", 2: "class2"}
+    results = low_threshold(model)(str(DEMO[0]), size=320)
+    assert isinstance(results, Detections) and len(results) == 1 and results.xyxy[0].shape[1] == 6
+
+
+def test_pretrained_without_a_local_file_names_it():
+    with pytest.raises(CheckpointError, match=r"yolov5x\.pt: not found .* never downloads"):
+        torch.hub.load(str(ROOT), "yolov5x", source="local")
+
+
+def test_custom_takes_paths_arrays_pil_and_lists(weights):
+    model = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local"))
+    rgb = np.asarray(Image.open(DEMO[1]).convert("RGB"))
+    results = model([str(DEMO[0]), rgb, Image.open(DEMO[1]), DEMO[0]], size=320)
+    assert len(results) == 4 and results.files == ["shapes1.jpg", "image1.jpg", "shapes2.jpg", "shapes1.jpg"]
+    torch.testing.assert_close(results.xyxy[1], results.xyxy[2])  # the same picture as array and as PIL image
+    torch.testing.assert_close(results.xyxy[0], results.xyxy[3])  # str and Path
+    h, w = rgb.shape[:2]
+    boxes = results.xyxy[1]
+    assert boxes.shape == (20, 6) and (boxes[:, [0, 2]] <= w).all() and (boxes[:, [1, 3]] <= h).all()
+    assert ((results.xywhn[1][:, :4] >= 0) & (results.xywhn[1][:, :4] <= 1)).all()
+    torch.testing.assert_close(results.xyxyn[1][:, 0] * w, boxes[:, 0])
+
+
+def test_pandas_print_save_and_crop(weights, tmp_path, capsys):
+    model = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local"))
+    model.max_det = 3
+    results = model(str(DEMO[0]), size=320)
+    frame = results.pandas().xyxy[0]
+    assert list(frame.columns) == ["xmin", "ymin", "xmax", "ymax", "confidence", "class", "name"]
+    assert len(frame) == 3 and set(frame["name"]) <= {"circle", "square", "star"}
+    assert list(results.pandas().xywhn[0].columns)[:4] == ["xcenter", "ycenter", "width", "height"]
+    results.print()
+    out = capsys.readouterr().out
+    assert out.startswith("image 1/1: 320x320 ") and "Speed:" in out
+    folder = results.save(save_dir=tmp_path / "exp")
+    assert (folder / "shapes1.jpg").is_file()
+    crops = results.crop(save_dir=tmp_path / "exp")
+    assert len(crops) == 3 and all(c["file"].is_file() and c["im"].ndim == 3 for c in crops)
+
+
+def test_settings_classes_and_softmax_models(weights):
+    model = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["ce"]), source="local"))
+    assert model.class_act == "softmax"
+    model.classes = [2]
+    det = model(str(DEMO[0]), size=320).xyxy[0]
+    assert len(det) and (det[:, 5] == 2).all()
+
+
+def test_onnx_file_gives_the_same_detections_as_its_pt(weights, tmp_path):
+    import export as export_cli
+
+    onnx_file = export_cli.run(weights=str(weights["bce"]), imgsz=(320, 320), include=("onnx",))["onnx"]
+    pt = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local"))
+    ox = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(onnx_file), source="local"))
+    a, b = pt(str(DEMO[0]), size=320).xyxy[0], ox(str(DEMO[0]), size=320).xyxy[0]
+    assert a.shape == b.shape and (a - b).abs().max() < 1e-2
+
+
+def test_tensor_input_gives_raw_predictions(weights):
+    model = torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local")
+    y = model(torch.zeros(1, 3, 64, 64))
+    assert y.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 8)
+
+
+def test_bad_inputs_are_named(weights, tmp_path):
+    model = torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local")
+    with pytest.raises(ConfigError, match="never downloads"):
+        model("https://ultralytics.com/images/zidane.jpg")
+    with pytest.raises(ConfigError, match=r"missing\.jpg: file not found"):
+        model(str(tmp_path / "missing.jpg"))
+    with pytest.raises(ConfigError, match="input 0: expected an HWC image array"):
+        model(np.zeros((4, 4, 4, 4)))
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"broken\.pt: cannot be read"):
+        torch.hub.load(str(ROOT), "custom", path=str(bad), source="local")
