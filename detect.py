@@ -36,7 +36,7 @@ from utils.nms import non_max_suppression
 from utils.paths import ROOT, increment_path
 from utils.sources import load_source
 
-DEFAULT_WEIGHTS = "yolov5s.pt"  # YOLOv5's default name; never downloaded, so it must exist locally
+DEFAULT_WEIGHTS = str(ROOT / "runs/train/exp/weights/best.pt")  # what `python train.py` leaves; never downloaded
 DEFAULT_SOURCE = ROOT / "data" / "images"
 
 

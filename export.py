@@ -23,7 +23,10 @@ from utils.checkpoint import attempt_load
 from utils.errors import ConfigError, SlideYoloError
 from utils.export import check_half, export_onnx, export_torchscript, file_size_mb, onnx_parity_detail
 from utils.log import colorstr, get_logger
+from utils.paths import ROOT
 from utils.torch_utils import select_device
+
+DEFAULT_WEIGHTS = ROOT / "runs" / "train" / "exp" / "weights" / "best.pt"  # what `python train.py` leaves
 
 FORMATS = ("torchscript", "onnx")
 
@@ -31,7 +34,7 @@ FORMATS = ("torchscript", "onnx")
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options (YOLOv5 names and defaults)."""
     parser = argparse.ArgumentParser(description="Export a .pt model to TorchScript / ONNX")
-    parser.add_argument("--weights", type=str, default="yolov5s.pt", help="model.pt path")
+    parser.add_argument("--weights", type=str, default=str(DEFAULT_WEIGHTS), help="model.pt path")
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the example input")
     parser.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
@@ -45,9 +48,9 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return opt
 
 
-def run(weights: str = "yolov5s.pt", imgsz: Sequence[int] = (640, 640), batch_size: int = 1, device: str = "cpu",
-        include: Sequence[str] = ("torchscript",), half: bool = False, dynamic: bool = False, simplify: bool = False,
-        opset: int = 17) -> dict[str, Path]:
+def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), batch_size: int = 1,
+        device: str = "cpu", include: Sequence[str] = ("torchscript",), half: bool = False, dynamic: bool = False,
+        simplify: bool = False, opset: int = 17) -> dict[str, Path]:
     """Export weights to each format in include; returns {format: exported file}."""
     log, t0 = get_logger(), time.time()
     weights = Path(weights)

@@ -52,7 +52,8 @@ def counts(det: torch.Tensor) -> dict[int, int]:
 def test_parse_opt_defaults():
     opt = detect.parse_opt([])
     assert opt.imgsz == [640, 640] and opt.conf_thres == 0.25 and opt.iou_thres == 0.45 and opt.max_det == 1000
-    assert opt.line_thickness == 3 and opt.vid_stride == 1 and opt.name == "exp" and opt.weights == "yolov5s.pt"
+    assert opt.line_thickness == 3 and opt.vid_stride == 1 and opt.name == "exp"
+    assert Path(opt.weights) == ROOT / "runs" / "train" / "exp" / "weights" / "best.pt"  # what train.py leaves
     assert opt.project.endswith("runs/detect") and opt.classes is None
     opt = detect.parse_opt(["--imgsz", "320", "480", "--classes", "0", "2", "--save-txt", "--hide-conf"])
     assert opt.imgsz == [320, 480] and opt.classes == [0, 2] and opt.save_txt and opt.hide_conf

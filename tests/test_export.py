@@ -137,6 +137,7 @@ def test_export_cli_defaults_and_errors(tmp_path, checkpoint):
     opt = export_cli.parse_opt([])
     assert opt.include == ["torchscript"] and opt.imgsz == [640, 640] and opt.batch_size == 1
     assert opt.device == "cpu" and not opt.dynamic and not opt.half
+    assert opt.weights.endswith("runs/train/exp/weights/best.pt")  # the default run's, as val.py and detect.py
     weights = checkpoint
     with pytest.raises(ConfigError, match="CUDA"):
         export_cli.run(weights=weights, imgsz=[64], half=True)
@@ -144,6 +145,12 @@ def test_export_cli_defaults_and_errors(tmp_path, checkpoint):
         export_cli.run(weights=weights, imgsz=[70])
     with pytest.raises(CheckpointError, match="missing.pt"):
         export_cli.run(weights=tmp_path / "missing.pt", imgsz=[64])
+    broken = (("empty.pt", b""), ("text.pt", b"not a checkpoint"), ("cut.pt", checkpoint.read_bytes()[:500]))
+    for name, content in broken:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError, match=rf"{name}: cannot be read as a PyTorch checkpoint"):
+            export_cli.run(weights=bad, imgsz=[64])
 
 
 def test_export_cli_error_is_one_line(tmp_path):
