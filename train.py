@@ -22,6 +22,7 @@ import yaml
 from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
+from utils.hyp import load_hyp
 from utils.optim import AUTO, OPTIMIZERS
 from utils.paths import ROOT
 from utils.torch_utils import select_device
@@ -64,6 +65,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters for x complete trials")
+    p.add_argument("--evolve-storage", default="", help="Optuna storage URL for --evolve (default: SQLite file in "
+                   "the run folder; postgresql://... to share one study between machines)")
+    p.add_argument("--resume-evolve", "--resume_evolve", default=None, help="continue the search of a runs/evolve "
+                   "folder")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP rank (set by old launchers)")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt after N epochs
     p.add_argument("--weights-hash", action="store_true", help=argparse.SUPPRESS)  # tests: log a parameter hash
@@ -98,6 +104,8 @@ def resolve_resume(opt: argparse.Namespace) -> argparse.Namespace:
 def main(opt: argparse.Namespace) -> tuple:
     """Resolve --resume and the device, join DDP when launched by torchrun, train; returns the final results."""
     env = dist.dist_env(opt.local_rank)
+    if opt.evolve or opt.resume_evolve:
+        return run_evolve(opt, env)
     if opt.resume:
         opt = resolve_resume(opt)
     device = select_device(opt.device)
@@ -108,6 +116,23 @@ def main(opt: argparse.Namespace) -> tuple:
         return run_training(opt, device, env)
     finally:
         dist.cleanup()
+
+
+def run_evolve(opt: argparse.Namespace, env: dist.DistEnv):
+    """--evolve: an Optuna search of single-process training runs (utils/evolve.py); returns the study."""
+    from utils import evolve
+    from utils.data_config import check_dataset
+
+    if env.distributed:
+        raise ConfigError("--evolve runs single-process trials; to search on several machines, start one "
+                          "'train.py --evolve' per machine with the same --evolve-storage URL instead of torchrun")
+    if opt.resume:
+        raise ConfigError("--evolve and --resume do not combine; use --resume-evolve DIR to continue a search")
+    load_hyp(opt.hyp)  # a bad hyp file is named before anything starts
+    data = check_dataset(opt.data)
+    opt = evolve.prepare(opt, 1 if opt.single_cls else data["nc"])
+    device = select_device(opt.device)
+    return evolve.evolve(opt, lambda trial_opt: run_training(trial_opt, device, env))
 
 
 def run(**kwargs) -> tuple:

@@ -1,0 +1,126 @@
+"""train.py --evolve: the Optuna search, its outputs, resuming after a kill, and several processes on one study."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT
+
+import train
+from utils import synth
+from utils.errors import ConfigError
+from utils.evolve import SEARCH_SPACE, fitness, search_space, start_params, suggest
+from utils.hyp import load_hyp
+
+TINY = ["--epochs", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    """8 train / 4 val generated images at 96 px and their data YAML."""
+    root = tmp_path_factory.mktemp("evo") / "shapes"
+    synth.generate(root, seed=7, n_train=8, n_val=4, imgsz=96)
+    f = root.parent / "tiny.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                 "names": dict(enumerate(synth.CLASS_NAMES))}))
+    return str(f)
+
+
+def complete_trials(url: str) -> list:
+    """The complete trials of the 'evolve' study in an Optuna storage."""
+    study = optuna.load_study(study_name="evolve", storage=url)
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def csv_trials(folder) -> list[int]:
+    """Trial numbers listed in a run folder's evolve.csv."""
+    with (folder / "evolve.csv").open() as f:
+        return [int(r["trial"]) for r in csv.DictReader(f)]
+
+
+def test_search_space_covers_yolov5_and_loss_keys():
+    assert {"lr0", "momentum", "mosaic", "slide_ratio", "fl_gamma", "cls_loss_type", "loss_norm"} <= set(SEARCH_SPACE)
+    assert SEARCH_SPACE["slide_ratio"] == (0.0, 1.0) and SEARCH_SPACE["fl_gamma"] == (0.0, 2.0)
+    assert "cls_loss_type" not in search_space(1) and "cls_loss_type" in search_space(3)
+    hyp = load_hyp("hyp.focal.yaml")
+    start = start_params(hyp, search_space(3))
+    assert start["obj"] == 0.022 and start["loss_norm"] == "weighted" and start["fl_gamma"] == 1.5
+    trial = optuna.trial.FixedTrial({"lr0": 0.003, "loss_norm": "pos"})
+    assert suggest(trial, "lr0", SEARCH_SPACE["lr0"]) == 0.003
+    assert suggest(trial, "loss_norm", SEARCH_SPACE["loss_norm"]) == "pos"
+    assert fitness((0.5, 0.5, 0.6, 0.4)) == pytest.approx(0.1 * 0.6 + 0.9 * 0.4)
+
+
+@pytest.mark.slow
+def test_evolve_writes_outputs_and_resumes_an_interrupted_trial(tiny_data, tmp_path):
+    project = tmp_path / "train"
+    study = train.main(train.parse_opt(["--data", tiny_data, "--evolve", "2", "--project", str(project), *TINY]))
+    folder = tmp_path / "evolve" / "exp"
+    assert {"evolve.csv", "hyp_evolve.yaml", "evolve.png", "evolve.db", "evolve_opt.yaml"} <= {
+        p.name for p in folder.iterdir()}
+    assert csv_trials(folder) == [0, 1] and len(study.trials) == 2
+    assert load_hyp(folder / "hyp_evolve.yaml")["lr0"] > 0  # a valid hyp file
+    url = f"sqlite:///{folder / 'evolve.db'}"
+    orphan = optuna.load_study(study_name="evolve", storage=url).ask()  # as if killed mid-trial: left RUNNING
+    train.main(train.parse_opt(["--resume-evolve", str(folder), "--evolve", "3", *TINY]))
+    states = {t.number: t.state for t in optuna.load_study(study_name="evolve", storage=url).trials}
+    assert states[orphan.number] == optuna.trial.TrialState.FAIL  # not counted
+    assert len(complete_trials(url)) == 3 and csv_trials(folder) == sorted(t.number for t in complete_trials(url))
+
+
+def run_two_processes(tiny_data: str, tmp_path, url: str) -> list:
+    """Two train.py --evolve processes sharing one storage; returns their folders."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "train.py", "--data", tiny_data, "--evolve", "2", "--evolve-storage",
+                               url, "--project", str(tmp_path / "evolve"), "--name", name, *TINY], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    return [tmp_path / "evolve" / "a", tmp_path / "evolve" / "b"]
+
+
+def check_shared_study(url: str, folders: list) -> None:
+    """Every trial is recorded once, under one number, and both processes' tables list every complete trial."""
+    done = complete_trials(url)
+    numbers = [t.number for t in done]
+    assert len(done) >= 2 and len(numbers) == len(set(numbers))
+    study = optuna.load_study(study_name="evolve", storage=url)
+    assert len({t._trial_id for t in study.trials}) == len(study.trials)
+    last = max(folders, key=lambda f: (f / "evolve.csv").stat().st_mtime)
+    assert csv_trials(last) == sorted(numbers)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_sqlite_study(tiny_data, tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    check_shared_study(url, run_two_processes(tiny_data, tmp_path, url))
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_postgresql_study(tiny_data, tmp_path):
+    url = os.environ.get("EVOLVE_TEST_POSTGRES_URL")
+    if not url:  # .ci/run starts a local PostgreSQL server and sets the URL, so CI always runs this test
+        pytest.fail("EVOLVE_TEST_POSTGRES_URL is not set: start PostgreSQL as .ci/run does (see the README)")
+    if "evolve" in optuna.get_all_study_names(url):  # left by an earlier run of this test
+        optuna.delete_study(study_name="evolve", storage=url)
+    check_shared_study(url, run_two_processes(tiny_data, tmp_path, url))
+
+
+def test_bad_hyp_and_unreachable_storage_are_clear_errors(tiny_data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**load_hyp("hyp.scratch-low.yaml"), "slide_ratio": 3}))
+    with pytest.raises(ConfigError, match=r"bad\.yaml: 'slide_ratio' is 3"):
+        train.main(train.parse_opt(["--data", tiny_data, "--evolve", "1", "--hyp", str(bad),
+                                    "--project", str(tmp_path / "train"), *TINY]))
+    with pytest.raises(ConfigError, match=r"--evolve-storage postgresql://nobody@127\.0\.0\.1:1/none: cannot open"):
+        train.main(train.parse_opt(["--data", tiny_data, "--evolve", "1", "--evolve-storage",
+                                    "postgresql://nobody@127.0.0.1:1/none", "--project", str(tmp_path / "t"), *TINY]))
+    with pytest.raises(ConfigError, match="no evolve_opt.yaml"):
+        train.main(train.parse_opt(["--resume-evolve", str(tmp_path), *TINY]))

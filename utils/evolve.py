@@ -1,0 +1,190 @@
+"""Hyperparameter search (``train.py --evolve N``) on Optuna, in a storage that outlives the process.
+
+Each trial is one ordinary training run (``--noval --nosave --noplots``, as upstream's evolve) with hyp values the
+sampler proposes; its fitness is YOLOv5's 0.1 mAP50 + 0.9 mAP50-95 of the final validation. The sampler is Optuna's
+TPE (multivariate, seeded): it handles the mix of continuous keys (YOLOv5's and ours) and categorical ones
+(``cls_loss_type``, ``loss_norm``, ...) in one model and is sample-efficient at the tens of trials a detector search
+affords; the first trial is the hyp file itself. The study lives in an SQLite file in the run folder by default or
+in any Optuna RDB URL (``--evolve-storage postgresql://...``), so several processes or machines can share one
+study. Only complete trials count toward N; a trial of a killed process is failed and queued again on
+``--resume-evolve``, so none is lost or counted twice. After every trial the run folder gets evolve.csv (every
+complete trial of the study), hyp_evolve.yaml (the best) and evolve.png (one panel per searched key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from utils.errors import ConfigError
+from utils.hyp import load_hyp, validate_hyp
+from utils.log import get_logger
+
+# YOLOv5's evolve ranges (train.py `meta`), obj on a log scale down to 0.001 so that the weighted-focal and
+# heatmap recipes (obj 0.022, 0.0066) are inside the space, plus this project's loss keys.
+SEARCH_SPACE: dict[str, tuple] = {
+    "lr0": (1e-5, 1e-1, "log"), "lrf": (0.01, 1.0), "momentum": (0.6, 0.98), "weight_decay": (0.0, 0.001),
+    "warmup_epochs": (0.0, 5.0), "warmup_momentum": (0.0, 0.95), "warmup_bias_lr": (0.0, 0.2),
+    "box": (0.02, 0.2), "cls": (0.2, 4.0), "cls_pw": (0.5, 2.0), "obj": (0.001, 4.0, "log"), "obj_pw": (0.5, 2.0),
+    "anchor_t": (2.0, 8.0), "hsv_h": (0.0, 0.1), "hsv_s": (0.0, 0.9), "hsv_v": (0.0, 0.9), "degrees": (0.0, 45.0),
+    "translate": (0.0, 0.9), "scale": (0.0, 0.9), "shear": (0.0, 10.0), "perspective": (0.0, 0.001),
+    "flipud": (0.0, 1.0), "fliplr": (0.0, 1.0), "mosaic": (0.0, 1.0), "mixup": (0.0, 1.0),
+    "slide_ratio": (0.0, 1.0), "fl_gamma": (0.0, 2.0), "fl_alpha": (0.05, 0.95),
+    "cls_loss_type": ("bce", "ce"), "loss_norm": ("mean", "pos", "weighted"),
+    "cls_weights": ("none", "inverse", "effective"), "slide_mu": ("batch", "ema"),
+}
+STUDY_NAME = "evolve"
+
+
+def search_space(nc: int) -> dict[str, tuple]:
+    """The keys searched for a dataset of nc classes (no softmax CE or class weights for one class)."""
+    skip = {"cls_loss_type", "cls_weights"} if nc < 2 else set()
+    return {k: v for k, v in SEARCH_SPACE.items() if k not in skip}
+
+
+def suggest(trial: Any, name: str, spec: tuple) -> Any:
+    """One value from an Optuna trial: a category (strings) or a float in [low, high] (log scale if marked)."""
+    if isinstance(spec[0], str):
+        return trial.suggest_categorical(name, list(spec))
+    return trial.suggest_float(name, spec[0], spec[1], log=len(spec) > 2 and spec[2] == "log")
+
+
+def start_params(hyp: dict, space: dict[str, tuple]) -> dict:
+    """The hyp file's values as the first trial, clipped into the search ranges."""
+    out = {}
+    for k, spec in space.items():
+        v = hyp[k]
+        out[k] = v if isinstance(spec[0], str) else min(max(float(v), spec[0]), spec[1])
+    return out
+
+
+def fitness(results: tuple) -> float:
+    """YOLOv5's fitness: 0.1 mAP50 + 0.9 mAP50-95 of (P, R, mAP50, mAP50-95, ...)."""
+    return 0.1 * float(results[2]) + 0.9 * float(results[3])
+
+
+def open_study(storage_url: str, seed: int, resume: bool):
+    """The study in storage (created if new); on resume, trials left running by a killed process fail and requeue."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = optuna.storages.RDBStorage(storage_url)
+    except (SQLAlchemyError, ValueError, ImportError) as e:
+        raise ConfigError(f"--evolve-storage {storage_url}: cannot open the Optuna storage ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0]})") from e
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    study = optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME, direction="maximize",
+                                load_if_exists=True)
+    if resume:
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(t.params)
+            get_logger().info(f"evolve: trial {t.number} was interrupted; queued again")
+    return study
+
+
+def write_outputs(study: Any, save_dir: Path, base_hyp: dict) -> None:
+    """evolve.csv, hyp_evolve.yaml and evolve.png from every complete trial of the study."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        return
+    keys = sorted({k for t in done for k in t.params})
+    metrics = ("P", "R", "mAP50", "mAP50-95")
+    lines = [",".join(["trial", "fitness", *metrics, *keys])]
+    for t in sorted(done, key=lambda t: t.number):
+        vals = [t.user_attrs.get(m, "") for m in metrics] + [t.params.get(k, "") for k in keys]
+        lines.append(",".join(str(x) for x in [t.number, f"{t.value:.5f}", *vals]))
+    (save_dir / "evolve.csv").write_text("\n".join(lines) + "\n")
+    best = max(done, key=lambda t: t.value)
+    hyp = validate_hyp({**base_hyp, **best.params}, source="evolve")
+    header = f"# Best of {len(done)} trials: trial {best.number}, fitness {best.value:.5f}\n"
+    (save_dir / "hyp_evolve.yaml").write_text(header + yaml.safe_dump(hyp, sort_keys=False))
+    plot_evolve(done, keys, save_dir / "evolve.png")
+
+
+def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
+    """One panel per searched key: its value against fitness for every trial, the best in red."""
+    from utils.plots import _pyplot, _save
+
+    plt = _pyplot()
+    cols = 6
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), tight_layout=True, squeeze=False)
+    best = max(trials, key=lambda t: t.value)
+    for ax, k in zip(axes.ravel(), keys):
+        xs = [t.params[k] for t in trials if k in t.params]
+        ys = [t.value for t in trials if k in t.params]
+        ax.scatter(xs, ys, s=12, c="tab:blue", alpha=0.7)
+        ax.scatter([best.params.get(k)], [best.value], s=40, c="red", marker="+")
+        ax.set_title(k, fontsize=9)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    return _save(plt, fig, path, dpi=110)
+
+
+def prepare(opt: argparse.Namespace, nc: int) -> argparse.Namespace:
+    """The search's options and folder: a new runs/evolve/exp{N}, or the folder of --resume-evolve with its saved
+    options (a new --evolve N still wins); evolve_opt.yaml records them."""
+    from utils.paths import increment_path
+
+    if opt.resume_evolve:
+        folder = Path(opt.resume_evolve)
+        saved = folder / "evolve_opt.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume-evolve {folder}: no evolve_opt.yaml there; pass a runs/evolve/exp* folder")
+        given_n = opt.evolve
+        opt = argparse.Namespace(**{**vars(opt), **yaml.safe_load(saved.read_text()), "resume_evolve": str(folder)})
+        opt.evolve = given_n or opt.evolve
+    else:
+        project = Path(opt.project).parent / "evolve" if Path(opt.project).name == "train" else Path(opt.project)
+        folder = increment_path(project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    opt.save_dir, opt.nc = str(folder), nc
+    keep = {k: v for k, v in vars(opt).items() if k not in ("stop_after", "weights_hash", "resume_evolve")}
+    (folder / "evolve_opt.yaml").write_text(yaml.safe_dump(keep, sort_keys=False))
+    return opt
+
+
+def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tuple]) -> Any:
+    """Run trials until the study holds opt.evolve complete ones; train_fn(opt) trains one run and returns results."""
+    import optuna
+
+    save_dir = Path(opt.save_dir)
+    base = load_hyp(opt.hyp)
+    nc = int(opt.nc)
+    space = search_space(nc)
+    url = opt.evolve_storage or f"sqlite:///{(save_dir / 'evolve.db').resolve()}"
+    study = open_study(url, opt.seed, resume=bool(opt.resume_evolve))
+    if not study.trials:
+        study.enqueue_trial(start_params(base, space))
+
+    def objective(trial: Any) -> float:
+        hyp = validate_hyp({**base, **{k: suggest(trial, k, s) for k, s in space.items()}}, source="evolve")
+        run = copy.copy(opt)
+        run.hyp, run.evolve, run.name = hyp, None, f"trial{trial.number}"
+        run.project, run.exist_ok, run.noval, run.nosave, run.noplots = str(save_dir / "trials"), True, True, True, True
+        results = train_fn(run)
+        for m, v in zip(("P", "R", "mAP50", "mAP50-95"), results):
+            trial.set_user_attr(m, float(v))
+        return fitness(results)
+
+    def after(study_: Any, trial: Any) -> None:
+        write_outputs(study_, save_dir, base)
+        value = f"fitness {trial.value:.4f}" if trial.value is not None else str(trial.state.name).lower()
+        get_logger().info(f"evolve: trial {trial.number} {value}; best so far {study_.best_value:.4f}")
+
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    if len(study.get_trials(deepcopy=False, states=complete)) < opt.evolve:
+        stop = optuna.study.MaxTrialsCallback(opt.evolve, states=complete)
+        study.optimize(objective, callbacks=[stop, after], gc_after_trial=True, show_progress_bar=False)
+    write_outputs(study, save_dir, base)
+    get_logger().info(f"evolve: {len(study.trials)} trials in the study; best fitness {study.best_value:.5f}; "
+                      f"results in {save_dir} (evolve.csv, hyp_evolve.yaml, evolve.png)")
+    return study
