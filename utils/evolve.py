@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ SEARCH_SPACE: dict[str, tuple] = {
     "cls_weights": ("none", "inverse", "effective"), "slide_mu": ("batch", "ema"),
 }
 STUDY_NAME = "evolve"
+STORAGE_ATTEMPTS = 5
 
 
 def search_space(nc: int) -> dict[str, tuple]:
@@ -73,14 +75,18 @@ def open_study(storage_url: str, seed: int, resume: bool):
     from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = optuna.storages.RDBStorage(storage_url)
-    except (SQLAlchemyError, ValueError, ImportError) as e:
-        raise ConfigError(f"--evolve-storage {storage_url}: cannot open the Optuna storage ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0]})") from e
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
-    study = optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME, direction="maximize",
-                                load_if_exists=True)
+    for attempt in range(STORAGE_ATTEMPTS):  # processes started together race to create the tables: retry
+        try:
+            storage = optuna.storages.RDBStorage(storage_url)
+            study = optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME,
+                                        direction="maximize", load_if_exists=True)
+            break
+        except (SQLAlchemyError, ValueError, ImportError) as e:
+            if attempt + 1 == STORAGE_ATTEMPTS or not isinstance(e, SQLAlchemyError) or "connect" in str(e):
+                raise ConfigError(f"--evolve-storage {storage_url}: cannot open the Optuna storage "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            time.sleep(0.5 * (attempt + 1))
     if resume:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
