@@ -27,3 +27,17 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+def tiny_shapes_yaml(folder: Path, seed: int, n_train: int, n_val: int) -> str:
+    """Generate a small built-in shapes set at 96 px in folder/shapes; return the path of its data YAML."""
+    import yaml
+
+    from utils import synth
+
+    root = folder / "shapes"
+    synth.generate(root, seed=seed, n_train=n_train, n_val=n_val, imgsz=96)
+    f = folder / "tiny.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                 "names": dict(enumerate(synth.CLASS_NAMES))}))
+    return str(f)

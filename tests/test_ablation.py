@@ -7,10 +7,8 @@ import importlib.util
 import json
 
 import pytest
-import yaml
-from conftest import ROOT
+from conftest import ROOT, tiny_shapes_yaml
 
-from utils import synth
 from utils.ablation import AblationRun, markdown_table, paired_difference, summarise
 
 
@@ -50,12 +48,7 @@ def test_within_noise_is_said():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
     """12 train / 4 val generated images at 96 px and their data YAML."""
-    root = tmp_path_factory.mktemp("abl") / "shapes"
-    synth.generate(root, seed=5, n_train=12, n_val=4, imgsz=96)
-    f = root.parent / "tiny.yaml"
-    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                 "names": dict(enumerate(synth.CLASS_NAMES))}))
-    return str(f)
+    return tiny_shapes_yaml(tmp_path_factory.mktemp("abl"), seed=5, n_train=12, n_val=4)
 
 
 @pytest.mark.slow

@@ -10,10 +10,9 @@ import sys
 import optuna
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, tiny_shapes_yaml
 
 import train
-from utils import synth
 from utils.errors import ConfigError
 from utils.evolve import SEARCH_SPACE, fitness, search_space, start_params, suggest
 from utils.hyp import load_hyp
@@ -24,12 +23,7 @@ TINY = ["--epochs", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0"]
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
     """8 train / 4 val generated images at 96 px and their data YAML."""
-    root = tmp_path_factory.mktemp("evo") / "shapes"
-    synth.generate(root, seed=7, n_train=8, n_val=4, imgsz=96)
-    f = root.parent / "tiny.yaml"
-    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                 "names": dict(enumerate(synth.CLASS_NAMES))}))
-    return str(f)
+    return tiny_shapes_yaml(tmp_path_factory.mktemp("evo"), seed=7, n_train=8, n_val=4)
 
 
 def complete_trials(url: str) -> list:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared
+from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, tiny_shapes_yaml
 
 import train
-from utils import synth, train_setup
+from utils import train_setup
 from utils.checkpoint import attempt_load, load_checkpoint
 from utils.engine import TrainingDivergedError
 from utils.errors import CheckpointError
@@ -26,13 +26,8 @@ TINY = {"imgsz": 64, "batch_size": 4, "workers": 0, "seed": 0}
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
-    """12 train / 4 val images of the shapes generator at 96 px, and a data YAML pointing at them."""
-    root = tmp_path_factory.mktemp("tiny") / "shapes"
-    synth.generate(root, seed=3, n_train=12, n_val=4, imgsz=96)
-    f = root.parent / "tiny.yaml"
-    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                 "names": dict(enumerate(synth.CLASS_NAMES))}))
-    return str(f)
+    """12 train / 4 val generated images at 96 px and their data YAML."""
+    return tiny_shapes_yaml(tmp_path_factory.mktemp("tiny"), seed=3, n_train=12, n_val=4)
 
 
 @pytest.fixture
