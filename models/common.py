@@ -191,6 +191,54 @@ class C3Ghost(C3):
         self.m = nn.Sequential(*(GhostBottleneck(c_, c_) for _ in range(n)))
 
 
+class TransformerLayer(nn.Module):
+    """Transformer encoder layer without layer norm (Dosovitskiy et al. 2020, ViT, as in YOLOv5's C3TR): q/k/v
+    projections into torch's ``nn.MultiheadAttention``, then a two-layer linear feed-forward; both residual."""
+
+    def __init__(self, c: int, num_heads: int):
+        super().__init__()
+        self.q = nn.Linear(c, c, bias=False)
+        self.k = nn.Linear(c, c, bias=False)
+        self.v = nn.Linear(c, c, bias=False)
+        self.ma = nn.MultiheadAttention(embed_dim=c, num_heads=num_heads)
+        self.fc1 = nn.Linear(c, c, bias=False)
+        self.fc2 = nn.Linear(c, c, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (sequence, batch, c) -> same shape."""
+        x = x + self.ma(self.q(x), self.k(x), self.v(x), need_weights=False)[0]
+        return x + self.fc2(self.fc1(x))
+
+
+class TransformerBlock(nn.Module):
+    """A feature map as a sequence of its cells: optional 1x1 Conv to c2, a learnt linear position embedding, then
+    num_layers TransformerLayers; (b, c1, h, w) -> (b, c2, h, w)."""
+
+    def __init__(self, c1: int, c2: int, num_heads: int, num_layers: int):
+        super().__init__()
+        self.conv = Conv(c1, c2) if c1 != c2 else None
+        self.linear = nn.Linear(c2, c2)
+        self.tr = nn.Sequential(*(TransformerLayer(c2, num_heads) for _ in range(num_layers)))
+        self.c2 = c2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend over the h * w cells of each image."""
+        if self.conv is not None:
+            x = self.conv(x)
+        b, _, h, w = x.shape
+        seq = x.flatten(2).permute(2, 0, 1)  # (h * w, b, c2)
+        return self.tr(seq + self.linear(seq)).permute(1, 2, 0).reshape(b, self.c2, h, w)
+
+
+class C3TR(C3):
+    """C3 whose bottleneck stack is a TransformerBlock with 4 heads and n layers."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
+        super().__init__(c1, c2, n, shortcut, g, e)
+        c_ = int(c2 * e)
+        self.m = TransformerBlock(c_, c_, 4, n)
+
+
 class Concat(nn.Module):
     """Concatenate a list of tensors along dimension d."""
 

@@ -201,15 +201,17 @@ def _check_anchor_order(m: Detect) -> None:
 
 
 def load_model_yaml(cfg: str | Path) -> dict:
-    """Read a model YAML by path, or by bare name from models/ (e.g. 'yolov5s.yaml'); ConfigError when absent."""
+    """Read a model YAML by path, or by bare name from models/ or models/hub/ (e.g. 'yolov5s.yaml',
+    'yolov5s-ghost.yaml'); ConfigError when absent."""
     p = Path(cfg)
     if not p.suffix:
         p = p.with_suffix(".yaml")
     if not p.exists():
-        alt = Path(__file__).parent / p.name
-        if not alt.exists():
-            raise ConfigError(f"model config {cfg}: file not found (also looked in {Path(__file__).parent})")
-        p = alt
+        here = Path(__file__).parent
+        found = [d / p.name for d in (here, here / "hub") if (d / p.name).exists()]
+        if not found:
+            raise ConfigError(f"model config {cfg}: file not found (also looked in {here} and {here / 'hub'})")
+        p = found[0]
     try:
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -223,7 +225,7 @@ def load_model_yaml(cfg: str | Path) -> dict:
 
 MODULES = {
     name: getattr(common, name)
-    for name in ("Conv", "DWConv", "Bottleneck", "BottleneckCSP", "C3", "C3Ghost", "SPP", "SPPF", "Focus",
+    for name in ("Conv", "DWConv", "Bottleneck", "BottleneckCSP", "C3", "C3Ghost", "C3TR", "SPP", "SPPF", "Focus",
                  "GhostConv", "GhostBottleneck", "Concat", "Contract", "Expand")
 }
 MODULES["Detect"] = Detect
@@ -280,13 +282,13 @@ def parse_model(d: dict, ch: list[int], verbose: bool = True) -> tuple[nn.Sequen
         m = _resolve_module(m)
         args = [_resolve_arg(a, {"nc": nc, "anchors": anchors, "None": None}) for a in args]
         n = n_ = max(round(n * gd), 1) if n > 1 else n
-        if m in {Conv, common.DWConv, common.Bottleneck, BottleneckCSP, C3, C3Ghost, SPP, SPPF, common.Focus,
-                 common.GhostConv, common.GhostBottleneck, nn.ConvTranspose2d}:
+        if m in {Conv, common.DWConv, common.Bottleneck, BottleneckCSP, C3, C3Ghost, common.C3TR, SPP, SPPF,
+                 common.Focus, common.GhostConv, common.GhostBottleneck, nn.ConvTranspose2d}:
             c1, c2 = ch[f], args[0]
             if c2 != no:
                 c2 = make_divisible(c2 * gw, 8)
             args = [c1, c2, *args[1:]]
-            if m in {BottleneckCSP, C3, C3Ghost}:
+            if m in {BottleneckCSP, C3, C3Ghost, common.C3TR}:
                 args.insert(2, n)
                 n = 1
         elif m is nn.BatchNorm2d:

@@ -19,6 +19,45 @@ def test_parameter_counts_equal_official(size):
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[size]
 
 
+ZOO_PARAMS = {"yolov5n6.yaml": 3_246_940, "yolov5s6.yaml": 12_626_620, "yolov5m6.yaml": 35_731_932,
+              "yolov5l6.yaml": 76_770_172, "yolov5x6.yaml": 140_794_780, "yolov5s-ghost.yaml": 3_897_605,
+              "yolov5s-transformer.yaml": 7_235_645}
+
+
+@pytest.mark.parametrize("cfg", list(ZOO_PARAMS))
+def test_p6_and_hub_parameter_counts_equal_official(cfg):
+    model = DetectionModel(cfg)  # bare names resolve in models/ and models/hub/
+    assert sum(p.numel() for p in model.parameters()) == ZOO_PARAMS[cfg]
+
+
+def test_p6_model_has_four_levels_and_the_five_level_loss_balance():
+    from utils.hyp import load_hyp
+    from utils.loss import ComputeLoss
+
+    model = DetectionModel("yolov5n6.yaml", nc=3)
+    assert model.stride.tolist() == [8.0, 16.0, 32.0, 64.0] and model.model[-1].nl == 4
+    model.hyp = load_hyp("hyp.scratch-low.yaml")
+    loss = ComputeLoss(model)
+    p = model(torch.rand(1, 3, 128, 128))
+    total, items = loss(p, torch.tensor([[0, 1, 0.5, 0.5, 0.5, 0.4]]))
+    assert loss.balance[:4] == [4.0, 1.0, 0.25, 0.06] and torch.isfinite(total).all() and (items > 0).all()
+
+
+def test_transformer_block_keeps_shape_and_exports_to_onnx(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from utils.export import export_onnx
+
+    model = DetectionModel("yolov5s-transformer.yaml", nc=2).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)[0].numpy()
+    f = export_onnx(model, x, tmp_path / "tr.onnx")
+    got = ort.InferenceSession(str(f)).run(None, {"images": x.numpy()})[0]
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3
+
+
 def test_model_alias_and_strides():
     model = Model("yolov5n.yaml", nc=3)
     assert Model is DetectionModel

@@ -298,3 +298,17 @@ def test_image_weights_trains_and_reweights_each_epoch(tiny_data, tmp_path, monk
     _run(tiny_data, tmp_path, epochs=2, image_weights=True, noplots=True)
     assert len(seen) == 2 and all(len(w) == 12 and (w > 0).any() for w in seen)
     assert yaml.safe_load((tmp_path / "exp" / "opt.yaml").read_text())["image_weights"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg, imgsz", [("yolov5n6.yaml", 128), ("yolov5s-ghost.yaml", 64)])
+def test_p6_and_hub_models_train_validate_export_and_detect(tiny_data, tmp_path, cfg, imgsz):
+    import detect
+    import export as export_cli
+
+    results = _run(tiny_data, tmp_path, cfg=cfg, epochs=1, noplots=True, imgsz=imgsz, batch_size=2)
+    assert len(results) == 7 and all(x == x for x in results)
+    best = tmp_path / "exp" / "weights" / "best.pt"
+    onnx_file = export_cli.run(weights=str(best), imgsz=(imgsz, imgsz), include=("onnx",))["onnx"]
+    out = detect.run(weights=onnx_file, source=ROOT / "data" / "images", imgsz=(imgsz, imgsz), project=tmp_path / "d")
+    assert len(out["predictions"]) == 2
