@@ -239,6 +239,70 @@ class C3TR(C3):
         self.m = TransformerBlock(c_, c_, 4, n)
 
 
+class ShuffleStem(nn.Module):
+    """ShuffleNetV2 stem (Ma et al. 2018): 3x3 stride-2 Conv with ReLU, then 3x3 stride-2 max-pool (stride 4)."""
+
+    def __init__(self, c1: int, c2: int):
+        super().__init__()
+        self.conv = Conv(c1, c2, 3, 2, act=nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem features at 1/4 resolution."""
+        return self.pool(self.conv(x))
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2 unit, torchvision's ``shufflenetv2.InvertedResidual``: stride 1 splits the channels and runs
+    1x1 -> depth-wise 3x3 -> 1x1 on one half; stride 2 runs both halves; then a channel shuffle with 2 groups."""
+
+    def __init__(self, c1: int, c2: int, s: int = 1):
+        super().__init__()
+        from torchvision.models.shufflenetv2 import InvertedResidual
+
+        if s == 1 and c1 != c2:
+            raise ValueError(f"ShuffleBlock stride 1 keeps the channels: got {c1} -> {c2}")
+        self.block = InvertedResidual(c1, c2, s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One unit."""
+        return self.block(x)
+
+
+class MobileStem(nn.Module):
+    """MobileNetV3 stem (Howard et al. 2019): 3x3 stride-2 Conv with hard-swish."""
+
+    def __init__(self, c1: int, c2: int):
+        super().__init__()
+        self.conv = Conv(c1, c2, 3, 2, act=nn.Hardswish())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem features at 1/2 resolution."""
+        return self.conv(x)
+
+
+class MobileNetV3Block(nn.Module):
+    """MobileNetV3 bottleneck, torchvision's ``mobilenetv3.InvertedResidual``: 1x1 expansion to e channels, k x k
+    depth-wise conv (stride s), optional squeeze-excitation (se), 1x1 projection; ReLU ('RE') or hard-swish ('HS');
+    residual when the stride is 1 and the channels stay. BatchNorm as torchvision (eps 0.001, momentum 0.01)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3, e: int = 16, se: bool = False, act: str = "RE", s: int = 1):
+        super().__init__()
+        from functools import partial
+
+        from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
+
+        cnf = InvertedResidualConfig(c1, k, e, c2, bool(se), act, s, 1, 1.0)
+        self.block = InvertedResidual(cnf, partial(nn.BatchNorm2d, eps=0.001, momentum=0.01))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One bottleneck."""
+        return self.block(x)
+
+
+LIGHT_BLOCKS = (ShuffleStem, ShuffleBlock, MobileStem, MobileNetV3Block)  # channel args are absolute (not scaled)
+
+
 class Concat(nn.Module):
     """Concatenate a list of tensors along dimension d."""
 

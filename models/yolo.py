@@ -156,11 +156,19 @@ class DetectionModel(nn.Module):
         return x
 
     def fuse(self) -> DetectionModel:
-        """Fold every Conv's BatchNorm into its convolution (for inference); returns self."""
+        """Fold every BatchNorm into the convolution before it (for inference); returns self.
+
+        Conv modules fold their own bn; in any nn.Sequential (torchvision's blocks) a Conv2d directly followed by a
+        BatchNorm2d is folded the same way and the BatchNorm replaced by Identity.
+        """
         for m in self.model.modules():
             if isinstance(m, common.Conv) and isinstance(m.bn, nn.BatchNorm2d):
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
                 m.bn = nn.Identity()
+            elif isinstance(m, nn.Sequential):
+                for j in range(len(m) - 1):
+                    if isinstance(m[j], nn.Conv2d) and isinstance(m[j + 1], nn.BatchNorm2d):
+                        m[j], m[j + 1] = fuse_conv_and_bn(m[j], m[j + 1]), nn.Identity()
         return self
 
     def info(self, verbose: bool = False, imgsz: int = 640) -> tuple[int, int, float]:
@@ -226,7 +234,8 @@ def load_model_yaml(cfg: str | Path) -> dict:
 MODULES = {
     name: getattr(common, name)
     for name in ("Conv", "DWConv", "Bottleneck", "BottleneckCSP", "C3", "C3Ghost", "C3TR", "SPP", "SPPF", "Focus",
-                 "GhostConv", "GhostBottleneck", "Concat", "Contract", "Expand")
+                 "GhostConv", "GhostBottleneck", "Concat", "Contract", "Expand", "ShuffleStem", "ShuffleBlock",
+                 "MobileStem", "MobileNetV3Block")
 }
 MODULES["Detect"] = Detect
 
@@ -281,8 +290,13 @@ def parse_model(d: dict, ch: list[int], verbose: bool = True) -> tuple[nn.Sequen
     for i, (f, n, m, args) in enumerate(d["backbone"] + d["head"]):
         m = _resolve_module(m)
         args = [_resolve_arg(a, {"nc": nc, "anchors": anchors, "None": None}) for a in args]
+        n_repeats = n
         n = n_ = max(round(n * gd), 1) if n > 1 else n
-        if m in {Conv, common.DWConv, common.Bottleneck, BottleneckCSP, C3, C3Ghost, common.C3TR, SPP, SPPF,
+        if m in common.LIGHT_BLOCKS:  # light backbones keep their papers' channels and repeats
+            c1, c2, n = ch[f], args[0], n_repeats
+            n_ = n
+            args = [c1, *args]
+        elif m in {Conv, common.DWConv, common.Bottleneck, BottleneckCSP, C3, C3Ghost, common.C3TR, SPP, SPPF,
                  common.Focus, common.GhostConv, common.GhostBottleneck, nn.ConvTranspose2d}:
             c1, c2 = ch[f], args[0]
             if c2 != no:

@@ -58,6 +58,38 @@ def test_transformer_block_keeps_shape_and_exports_to_onnx(tmp_path):
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3
 
 
+LIGHT_PARAMS = {"yolov5-shufflenetv2.yaml": 1_645_473, "yolov5-mobilenetv3s.yaml": 1_663_069}
+
+
+@pytest.mark.parametrize("cfg", list(LIGHT_PARAMS))
+def test_light_backbones_build_fuse_and_export(cfg, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from utils.export import export_onnx
+
+    model = DetectionModel(cfg).eval()
+    assert sum(p.numel() for p in model.parameters()) == LIGHT_PARAMS[cfg]  # as built here, at nc=80
+    assert model.stride.tolist() == [8.0, 16.0, 32.0]
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)[0]
+        model.fuse()
+        fused = model(x)[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # torchvision's BNs folded too
+    torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-3)
+    f = export_onnx(model, x, tmp_path / "light.onnx")
+    got = ort.InferenceSession(str(f)).run(None, {"images": x.numpy()})[0]
+    assert np.abs(got - fused.numpy()).max() < 1e-3
+
+
+def test_shuffle_block_refuses_a_channel_change_at_stride_one():
+    from models.common import ShuffleBlock
+
+    with pytest.raises(ValueError, match="stride 1 keeps the channels"):
+        ShuffleBlock(48, 96, 1)
+
+
 def test_model_alias_and_strides():
     model = Model("yolov5n.yaml", nc=3)
     assert Model is DetectionModel
