@@ -112,3 +112,17 @@ def test_loss_scale_prints_ratios_to_the_first_hyp(tiny_data, capsys):
     base, focal = rows[0], rows[1]
     assert base["grads"][1] > 0 and focal["values"][0] == pytest.approx(base["values"][0])  # same box term
     assert "x ref" in capsys.readouterr().out
+
+
+def test_model_zoo_table_with_a_short_training(tiny_data, tmp_path):
+    spec = importlib.util.spec_from_file_location("model_zoo", ROOT / "benchmarks" / "model_zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["yolov5n.yaml", "yolov5-mobilenetv3s.yaml", "--sizes", "64", "--warmup", "1", "--runs", "2",
+            "--epochs", "1", "--data", tiny_data, "--imgsz", "64", "--project", str(tmp_path / "zoo")]
+    rows = module.main(argv)
+    assert [r["model"] for r in rows] == ["yolov5n", "yolov5-mobilenetv3s"]
+    assert rows[0]["params"] == 1_872_157 and all(r["onnxruntime ms 64"] > 0 and 0 <= r["mAP50"] <= 1 for r in rows)
+    assert "| yolov5-mobilenetv3s | 1,663,069 |" in (tmp_path / "zoo" / "model_zoo.md").read_text()
+    again = module.main(argv)  # the training runs are read back, not repeated
+    assert again[1]["mAP50"] == rows[1]["mAP50"]
