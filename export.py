@@ -21,14 +21,22 @@ import torch
 
 from utils.checkpoint import attempt_load
 from utils.errors import ConfigError, SlideYoloError
-from utils.export import check_half, export_onnx, export_torchscript, file_size_mb, onnx_parity_detail
+from utils.export import (
+    check_half,
+    export_onnx,
+    export_openvino,
+    export_torchscript,
+    file_size_mb,
+    onnx_parity_detail,
+    openvino_parity,
+)
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT
 from utils.torch_utils import select_device
 
 DEFAULT_WEIGHTS = ROOT / "runs" / "train" / "exp" / "weights" / "best.pt"  # what `python train.py` leaves
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "openvino")
 
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -80,6 +88,12 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
         d = onnx_parity_detail(model, files["onnx"], im)
         log.info(f"{colorstr('ONNX:')} onnxruntime vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
                  f"scores {d['scores']:.3g}")
+    if "openvino" in include:
+        if half:
+            raise ConfigError("--include openvino: the IR is exported in FP32; export it without --half")
+        files["openvino"] = _timed("OpenVINO", export_openvino, model, im, weights, dynamic=dynamic)
+        log.info(f"{colorstr('OpenVINO:')} vs PyTorch max abs difference: "
+                 f"{openvino_parity(model, files['openvino'], im):.3g}")
     _summary(files, weights, imgsz, time.time() - t0)
     return files
 

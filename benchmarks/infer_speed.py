@@ -1,4 +1,4 @@
-"""CPU inference speed of one model in PyTorch eager, TorchScript and onnxruntime: median ms per image.
+"""CPU inference speed of one model in PyTorch eager, TorchScript, onnxruntime and OpenVINO: median ms per image.
 
 Usage:
     python benchmarks/infer_speed.py                          # randomly initialised yolov5n at 640, 2 threads
@@ -69,6 +69,18 @@ def build_model(weights: Optional[str], cfg: str) -> torch.nn.Module:
     return DetectionModel(cfg).fuse().eval()
 
 
+def openvino_compiled(model: torch.nn.Module, im: torch.Tensor, folder: Path, threads: int):
+    """The model exported to OpenVINO and compiled for the CPU with threads, or None without the package."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    from utils.export import export_openvino
+
+    xml = next(export_openvino(model, im, folder / "m.pt").glob("*.xml"))
+    return ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads})
+
+
 def run(weights: Optional[str] = None, cfg: str = "yolov5n.yaml", imgsz: int = 640, threads: int = 2,
         warmup: int = 5, runs: int = 30) -> dict[str, float]:
     """Time the three backends; returns {backend: median ms} and prints a markdown table."""
@@ -88,9 +100,12 @@ def run(weights: Optional[str] = None, cfg: str = "yolov5n.yaml", imgsz: int = 6
         sess = ort.InferenceSession(str(export_onnx(model, im, Path(tmp) / "m.onnx")), so,
                                     providers=["CPUExecutionProvider"])
         x = im.numpy()
+        ov_model = openvino_compiled(model, im, Path(tmp), threads)
         with export_mode(model), torch.inference_mode():
             cases = {"PyTorch eager": lambda: model(im), "TorchScript": lambda: ts(im),
                      "onnxruntime": lambda: sess.run(None, {"images": x})}
+            if ov_model is not None:
+                cases["OpenVINO"] = lambda: ov_model(x)
             times = time_ms(cases, warmup, runs)
     result = {k: statistics.median(v) for k, v in times.items()}
     name = Path(weights).name if weights else f"{Path(cfg).stem} (random init)"

@@ -1,4 +1,5 @@
-"""DetectMultiBackend: one inference call for PyTorch (.pt), TorchScript (.torchscript) and ONNX (.onnx) weights.
+"""DetectMultiBackend: one inference call for PyTorch (.pt), TorchScript (.torchscript), ONNX (.onnx) and OpenVINO
+(``*_openvino_model/`` folders, run by the ``openvino`` package on the CPU) weights.
 
 Every backend takes a float tensor (bs, 3, h, w) in [0, 1] and returns the decoded prediction (bs, N, 5 + nc) as a
 float32 tensor on the backend's device: xywh in input pixels, objectness, class scores (sigmoid or softmax, see
@@ -25,7 +26,17 @@ from utils.export import onnx_session
 from utils.log import get_logger
 from utils.torch_utils import select_device
 
-SUPPORTED_SUFFIXES = (".pt", ".torchscript", ".onnx")
+SUPPORTED_SUFFIXES = (".pt", ".torchscript", ".onnx")  # and OpenVINO: a *_openvino_model folder or its .xml
+
+
+def openvino_xml(w: Path) -> Optional[Path]:
+    """The IR file of an OpenVINO export: w itself (.xml) or the one .xml inside a ``*_openvino_model`` folder."""
+    if w.suffix.lower() == ".xml":
+        return w
+    if w.is_dir():
+        found = sorted(w.glob("*.xml"))
+        return found[0] if found else None
+    return None
 
 
 def _parse_value(text: Union[str, bytes]) -> Any:
@@ -62,13 +73,14 @@ def _normalize_metadata(meta: dict, nc_hint: Optional[int] = None) -> dict:
 
 
 class DetectMultiBackend(nn.Module):
-    """Load .pt / .torchscript / .onnx weights and run them with one call: ``backend(im) -> y (bs, N, 5 + nc)``.
+    """Load .pt / .torchscript / .onnx / OpenVINO weights and run them with one call: ``backend(im) -> y``.
 
-    Attributes: ``pt``, ``jit``, ``onnx`` (which backend), ``stride`` (int, the largest model stride), ``names``
-    (dict int -> str), ``nc``, ``class_act`` ('sigmoid' | 'softmax'), ``imgsz`` ([h, w] the file was exported at, None
-    for .pt), ``batch`` (exported batch size; 1 for .pt), ``dynamic`` (True when any input size is accepted: .pt, or
-    ONNX exported with dynamic axes), ``fp16``, ``device``. TorchScript traces are treated as fixed-size (``dynamic``
-    False). ``input_size(imgsz)`` gives the [h, w] to feed; ``warmup(shape)`` runs zeros through once.
+    Attributes: ``pt``, ``jit``, ``onnx``, ``openvino`` (which backend), ``stride`` (int, the largest model stride),
+    ``names`` (dict int -> str), ``nc``, ``class_act`` ('sigmoid' | 'softmax'), ``imgsz`` ([h, w] the file was
+    exported at, None for .pt), ``batch`` (exported batch size; 1 for .pt), ``dynamic`` (True when any input size is
+    accepted: .pt, or ONNX / OpenVINO exported with dynamic axes), ``fp16``, ``device``. TorchScript traces are treated
+    as fixed-size (``dynamic`` False). ``input_size(imgsz)`` gives the [h, w] to feed; ``warmup(shape)`` runs zeros
+    through once.
     """
 
     def __init__(self, weights: Union[str, Path], device: Union[str, torch.device] = "cpu", fp16: bool = False,
@@ -76,22 +88,27 @@ class DetectMultiBackend(nn.Module):
         super().__init__()
         w = Path(weights)
         suffix = w.suffix.lower()
-        if suffix not in SUPPORTED_SUFFIXES:
+        xml = openvino_xml(w)
+        if xml is None and suffix not in SUPPORTED_SUFFIXES:
             raise CheckpointError(f"weights {w}: unsupported format '{suffix or w.name}' "
-                                  f"(supported suffixes: {', '.join(SUPPORTED_SUFFIXES)})")
-        if not w.is_file():
+                                  f"(supported suffixes: {', '.join(SUPPORTED_SUFFIXES)}, or an OpenVINO "
+                                  "*_openvino_model folder)")
+        if not (xml or w).is_file():
             raise CheckpointError(f"weights {w}: file not found (this project never downloads weights; "
-                                  "pass the path of a local .pt, .torchscript or .onnx file)")
+                                  "pass the path of a local .pt, .torchscript, .onnx file or OpenVINO folder)")
         self.device = select_device(device)
         if fp16 and self.device.type != "cuda":
             raise ConfigError(f"weights {w}: FP16 (--half) inference needs a CUDA device, got '{self.device}'")
         self.weights, self.fp16 = w, fp16
         self.pt, self.jit, self.onnx = suffix == ".pt", suffix == ".torchscript", suffix == ".onnx"
+        self.openvino = xml is not None
         self.model, self.session = None, None
         if self.pt:
             meta = self._load_pt(w, fuse)
         elif self.jit:
             meta = self._load_torchscript(w)
+        elif self.openvino:
+            meta = self._load_openvino(xml)
         else:
             meta = self._load_onnx(w)
         for k, v in meta.items():
@@ -142,8 +159,35 @@ class DetectMultiBackend(nn.Module):
             meta["imgsz"], meta["batch"] = [int(inp.shape[2]), int(inp.shape[3])], int(inp.shape[0])
         return meta
 
+    def _load_openvino(self, xml: Path) -> dict:
+        """Compile an OpenVINO IR for the CPU; metadata from metadata.yaml beside it (else the IR's rt_info)."""
+        import openvino as ov
+        import yaml
+
+        try:
+            model = ov.Core().read_model(str(xml))
+            self.session = ov.Core().compile_model(model, "CPU")
+        except Exception as e:  # missing .bin, not an IR
+            raise CheckpointError(f"weights {xml}: cannot be read by OpenVINO ({type(e).__name__}: {e})") from e
+        meta_file = xml.parent / "metadata.yaml"
+        raw = yaml.safe_load(meta_file.read_text()) if meta_file.is_file() else {}
+        if not raw and model.has_rt_info("model_info"):
+            raw = {k: _parse_value(v.astype(str)) for k, v in model.get_rt_info("model_info").items()}
+        shape = model.inputs[0].get_partial_shape()
+        meta = _normalize_metadata(raw or {}, None)
+        meta["dynamic"] = not shape.is_static
+        if shape.is_static:
+            dims = [d.get_length() for d in shape]
+            meta["imgsz"], meta["batch"] = [dims[2], dims[3]], dims[0]
+        self.input_fp16 = False
+        return meta
+
     def forward(self, im: torch.Tensor) -> torch.Tensor:
         """Run inference on im (bs, 3, h, w) float in [0, 1]; returns y (bs, N, 5 + nc) float32 on self.device."""
+        if self.openvino:
+            self._check_fixed_size(im)
+            y = self.session(im.detach().cpu().float().numpy())[0]
+            return torch.from_numpy(y).float().to(self.device)
         if self.onnx:
             return self._forward_onnx(im)
         im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
@@ -153,12 +197,16 @@ class DetectMultiBackend(nn.Module):
             y = y[0]
         return y.float()
 
-    def _forward_onnx(self, im: torch.Tensor) -> torch.Tensor:
-        """onnxruntime inference; a wrong input size on a fixed-size export raises ConfigError."""
+    def _check_fixed_size(self, im: torch.Tensor) -> None:
+        """ConfigError when a fixed-size export gets another input shape."""
         if not self.dynamic and tuple(im.shape) != (self.batch, 3, *self.imgsz):
             raise ConfigError(f"weights {self.weights}: exported for the fixed input shape "
                               f"{(self.batch, 3, *self.imgsz)}, got {tuple(im.shape)}; feed that shape "
                               f"(--imgsz {' '.join(map(str, self.imgsz))}) or re-export with --dynamic")
+
+    def _forward_onnx(self, im: torch.Tensor) -> torch.Tensor:
+        """onnxruntime inference; a wrong input size on a fixed-size export raises ConfigError."""
+        self._check_fixed_size(im)
         x = im.detach().cpu().numpy().astype("float16" if self.input_fp16 else "float32")
         y = self.session.run(self.output_names, {self.input_name: x})[0]
         return torch.from_numpy(y).float().to(self.device)

@@ -9,10 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import ROOT, tiny_shapes_yaml
 
 import export as export_cli
 from models.yolo import DetectionModel
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import attempt_load, save_checkpoint
 from utils.errors import CheckpointError, ConfigError
 from utils.export import (
     check_onnx_parity,
@@ -164,5 +165,45 @@ def test_benchmark_script_runs(capsys):
 
     assert parse_opt([]).threads == 2 and parse_opt([]).imgsz == 640
     result = run(imgsz=64, threads=1, warmup=0, runs=1)
-    assert set(result) == {"PyTorch eager", "TorchScript", "onnxruntime"}
-    assert "| onnxruntime |" in capsys.readouterr().out
+    assert set(result) == {"PyTorch eager", "TorchScript", "onnxruntime", "OpenVINO"}
+    out = capsys.readouterr().out
+    assert "| onnxruntime |" in out and "| OpenVINO |" in out
+
+
+@pytest.mark.parametrize("kind", ["bce", "ce"])
+def test_openvino_export_parity_metadata_and_backend(tmp_path, kind):
+    from models.backend import DetectMultiBackend
+
+    model = tiny_model(ce=kind == "ce")
+    weights = save_checkpoint({"model": model}, tmp_path / f"{kind}.pt")
+    files = export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"])
+    folder = files["openvino"]
+    assert folder.name == f"{kind}_openvino_model" and (folder / f"{kind}.xml").is_file()
+    assert (folder / f"{kind}.bin").is_file() and (folder / "metadata.yaml").is_file()
+    backend = DetectMultiBackend(folder)
+    assert backend.openvino and backend.class_act == ("softmax" if kind == "ce" else "sigmoid")
+    assert backend.imgsz == [64, 64] and not backend.dynamic and backend.names == model.names
+    x = torch.rand(1, 3, 64, 64)
+    ref = attempt_load(weights)
+    with torch.no_grad():
+        expected = ref(x)[0]
+    got = backend(x)
+    assert (got - expected).abs().max() < 1e-3
+    if kind == "ce":
+        torch.testing.assert_close(got[..., 5:].sum(-1), torch.ones(got.shape[:2]), atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="fixed input shape"):
+        backend(torch.rand(1, 3, 96, 96))
+
+
+def test_openvino_folder_runs_in_detect_and_val(tmp_path):
+    import detect
+    import val
+
+    model = DetectionModel("yolov5n.yaml", nc=6)  # the six classes of the built-in data
+    weights = save_checkpoint({"model": model}, tmp_path / "m.pt")
+    folder = export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"])["openvino"]
+    out = detect.run(weights=folder, source=ROOT / "data" / "images", imgsz=(64, 64), project=tmp_path / "d")
+    assert len(out["predictions"]) == 2
+    data = tiny_shapes_yaml(tmp_path, seed=2, n_train=2, n_val=2)
+    results, _, _ = val.run(data=data, weights=str(folder), imgsz=64, batch_size=1, project=tmp_path / "v")
+    assert len(results) == 7

@@ -105,6 +105,41 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Union[str, Path], opse
     return file
 
 
+def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path], dynamic: bool = False) -> Path:
+    """Export to an OpenVINO IR folder ``<stem>_openvino_model/`` (``<stem>.xml`` + ``.bin`` + ``metadata.yaml``).
+
+    The graph goes through ONNX (the same graph as ``export_onnx``: decoded boxes, softmax inside for ce models) and
+    ``openvino.convert_model``; the metadata (stride, names, class_act, imgsz, dynamic, nc, batch) is written both into
+    the IR's rt_info and into metadata.yaml, which ``DetectMultiBackend`` reads. Weights are stored in FP32.
+    """
+    import openvino as ov
+    import yaml
+
+    weights = Path(weights)
+    folder = weights.with_name(f"{weights.stem}_openvino_model")
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_file = export_onnx(model, im.float(), folder / f"{weights.stem}.onnx", dynamic=dynamic)
+    ov_model = ov.convert_model(str(onnx_file))
+    meta = export_metadata(model, im, dynamic)
+    for key, value in meta.items():
+        ov_model.set_rt_info(json.dumps(value), ["model_info", key])
+    xml = folder / f"{weights.stem}.xml"
+    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    onnx_file.unlink()
+    (folder / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return folder
+
+
+def openvino_parity(model: nn.Module, folder: Union[str, Path], im: torch.Tensor) -> float:
+    """Max absolute difference between the PyTorch output and the OpenVINO output of an exported folder on im."""
+    from models.backend import DetectMultiBackend
+
+    y_ov = DetectMultiBackend(folder)(im.float().cpu()).numpy()
+    with export_mode(model), torch.no_grad():
+        y_pt = model(im).float().cpu().numpy()
+    return float(np.abs(y_ov - y_pt).max())
+
+
 def _simplify(proto, file: Path):
     """Simplify an ONNX graph with onnxslim when installed; warn and return it unchanged otherwise."""
     try:
