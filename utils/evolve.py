@@ -34,9 +34,10 @@ SEARCH_SPACE: dict[str, tuple] = {
     "anchor_t": (2.0, 8.0), "hsv_h": (0.0, 0.1), "hsv_s": (0.0, 0.9), "hsv_v": (0.0, 0.9), "degrees": (0.0, 45.0),
     "translate": (0.0, 0.9), "scale": (0.0, 0.9), "shear": (0.0, 10.0), "perspective": (0.0, 0.001),
     "flipud": (0.0, 1.0), "fliplr": (0.0, 1.0), "mosaic": (0.0, 1.0), "mixup": (0.0, 1.0),
-    "slide_ratio": (0.0, 1.0), "fl_gamma": (0.0, 2.0), "fl_alpha": (0.05, 0.95),
-    "cls_loss_type": ("bce", "ce"), "loss_norm": ("mean", "pos", "weighted"),
+    "slide_ratio": (0.0, 1.0), "fl_gamma": (0.0, 2.0), "fl_alpha": (0.05, 0.95), "box_l1": (0.0, 0.02),
+    "cls_loss_type": ("bce", "ce"), "loss_norm": ("mean", "pos", "weighted"), "fl_type": ("focal", "quality"),
     "cls_weights": ("none", "inverse", "effective"), "slide_mu": ("batch", "ema"),
+    "obj_loss_type": ("bce", "gaussian_focal"),
 }
 STUDY_NAME = "evolve"
 STORAGE_ATTEMPTS = 5
