@@ -183,11 +183,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot_ablation(rows: list[dict], path: Path) -> Path:
     """ablation.png: mAP50 and rarest-class AP50 per hyp, mean with std error bars and each seed as a dot."""
-    from utils.plots import _pyplot, _save
+    from utils.plots import pyplot_agg, save_figure
 
     order = class_order(rows)
     summary = summarise(rows)
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.4 * len(summary) + 3) * 2, 4.5), tight_layout=True)
     for ax, key, title in zip(axes, ("mAP50", "rare"), ("mAP50", f"AP50 {order[-1] if order else ''} (rarest)")):
         x = list(range(len(summary)))
@@ -198,4 +198,4 @@ def plot_ablation(rows: list[dict], path: Path) -> Path:
         ax.set_xticks(x, [s["hyp"] for s in summary], rotation=30, ha="right", fontsize=8)
         ax.set_title(title)
         ax.set_ylim(0, 1)
-    return _save(plt, fig, path, dpi=120)
+    return save_figure(plt, fig, path, dpi=120)

@@ -119,9 +119,9 @@ def write_outputs(study: Any, save_dir: Path, base_hyp: dict) -> None:
 
 def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
     """One panel per searched key: its value against fitness for every trial, the best in red."""
-    from utils.plots import _pyplot, _save
+    from utils.plots import pyplot_agg, save_figure
 
-    plt = _pyplot()
+    plt = pyplot_agg()
     cols = 6
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), tight_layout=True, squeeze=False)
@@ -134,7 +134,7 @@ def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
         ax.set_title(k, fontsize=9)
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")
-    return _save(plt, fig, path, dpi=110)
+    return save_figure(plt, fig, path, dpi=110)
 
 
 def prepare(opt: argparse.Namespace, nc: int) -> argparse.Namespace:

@@ -24,7 +24,7 @@ Names = Union[Sequence[str], dict, None]
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def _pyplot():
+def pyplot_agg():
     """Return matplotlib.pyplot with the Agg backend selected (safe for headless runs and threads)."""
     import matplotlib
 
@@ -162,7 +162,7 @@ def output_to_target(output: Sequence[torch.Tensor], max_det: int = 300) -> np.n
 def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_path: Union[str, Path] = "PR_curve.png",
                   names: Names = None) -> Path:
     """Precision-recall curves: px (1000,) recall grid, py (c, 1000) precision per class, ap (c, t) -> PNG."""
-    plt = _pyplot()
+    plt = pyplot_agg()
     py = np.asarray(py).reshape(-1, len(px))
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
     per_class = names is not None and 0 < len(names) < 21
@@ -176,7 +176,7 @@ def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_path: Uni
     ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1), title="Precision-Recall Curve")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    return _save(plt, fig, save_path)
+    return save_figure(plt, fig, save_path)
 
 
 def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: Union[str, Path] = "mc_curve.png", names: Names = None,
@@ -184,7 +184,7 @@ def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: Union[str, Path] = 
     """Metric-confidence curves: px (1000,) confidence grid, py (c, 1000) per class; the mean is smoothed -> PNG."""
     from utils.metrics import smooth
 
-    plt = _pyplot()
+    plt = pyplot_agg()
     py = np.asarray(py).reshape(-1, len(px))
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
     per_class = names is not None and 0 < len(names) < 21
@@ -200,10 +200,10 @@ def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: Union[str, Path] = 
     ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=f"{ylabel}-Confidence Curve")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    return _save(plt, fig, save_path)
+    return save_figure(plt, fig, save_path)
 
 
-def _save(plt, fig, path: Union[str, Path], dpi: int = 250) -> Path:
+def save_figure(plt, fig, path: Union[str, Path], dpi: int = 250) -> Path:
     """Save and close a figure; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def plot_confusion_matrix(matrix: np.ndarray, save_path: Union[str, Path], names
     """Seaborn heatmap of an (nc + 1, nc + 1) matrix, rows predicted, columns true, last index background -> PNG."""
     import seaborn as sn
 
-    plt = _pyplot()
+    plt = pyplot_agg()
     nc = matrix.shape[0] - 1
     array = matrix / (matrix.sum(0, keepdims=True) + 1e-9) if normalize else matrix.astype(float)
     array = np.where(array < 0.005, np.nan, array)  # leave near-zero cells blank
@@ -229,7 +229,7 @@ def plot_confusion_matrix(matrix: np.ndarray, save_path: Union[str, Path], names
                square=True, vmin=0.0, xticklabels=labels, yticklabels=labels).set_facecolor((1, 1, 1))
     ax.set(xlabel="True", ylabel="Predicted", title="Confusion Matrix")
     sn.reset_orig()
-    return _save(plt, fig, save_path)
+    return save_figure(plt, fig, save_path)
 
 
 RESULT_COLUMNS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
@@ -242,7 +242,7 @@ def plot_results(file: Union[str, Path] = "results.csv", save_path: Optional[Uni
 
     from utils.metrics import smooth
 
-    plt = _pyplot()
+    plt = pyplot_agg()
     file = Path(file)
     data = pd.read_csv(file)
     data.columns = [c.strip() for c in data.columns]
@@ -257,7 +257,7 @@ def plot_results(file: Union[str, Path] = "results.csv", save_path: Optional[Uni
             ax.plot(x, smooth(y, 0.1), ":", linewidth=2, label="smooth")
         ax.set_title(col, fontsize=12)
     axes.ravel()[0].legend()
-    return _save(plt, fig, save_path or file.with_name("results.png"), dpi=200)
+    return save_figure(plt, fig, save_path or file.with_name("results.png"), dpi=200)
 
 
 def plot_labels(labels: np.ndarray, names: Names = (), save_dir: Union[str, Path] = "", max_rows: int = 1000
@@ -270,7 +270,7 @@ def plot_labels(labels: np.ndarray, names: Names = (), save_dir: Union[str, Path
     import pandas as pd
     import seaborn as sn
 
-    plt = _pyplot()
+    plt = pyplot_agg()
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     labels = _to_numpy(labels).reshape(-1, 5).astype(float)
@@ -306,5 +306,5 @@ def plot_labels(labels: np.ndarray, names: Names = (), save_dir: Union[str, Path
     for a, (i, j, xl, yl) in zip(ax[2:], ((0, 1, "x", "y"), (2, 3, "width", "height"))):
         a.hist2d(boxes[:, i], boxes[:, j], bins=50, range=[[0, 1], [0, 1]], cmap="Blues")
         a.set(xlabel=xl, ylabel=yl)
-    out.insert(0, _save(plt, fig, save_dir / "labels.jpg", dpi=200))
+    out.insert(0, save_figure(plt, fig, save_dir / "labels.jpg", dpi=200))
     return out
