@@ -46,31 +46,20 @@ def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape:
     return AutoShape(model) if autoshape else model
 
 
-def yolov5n(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            device: str = "cpu"):
-    """YOLOv5-nano."""
-    return _create("yolov5n", pretrained, channels, classes, autoshape, device)
+def _named(name: str, size: str):
+    """The torch.hub entry point of one YOLOv5 size: ``name(pretrained, channels, classes, autoshape, device)``."""
+
+    def entry(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+              device: str = "cpu"):
+        return _create(name, pretrained, channels, classes, autoshape, device)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"YOLOv5-{size}: the local {name}.pt when pretrained, else untrained from models/{name}.yaml."
+    return entry
 
 
-def yolov5s(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            device: str = "cpu"):
-    """YOLOv5-small."""
-    return _create("yolov5s", pretrained, channels, classes, autoshape, device)
-
-
-def yolov5m(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            device: str = "cpu"):
-    """YOLOv5-medium."""
-    return _create("yolov5m", pretrained, channels, classes, autoshape, device)
-
-
-def yolov5l(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            device: str = "cpu"):
-    """YOLOv5-large."""
-    return _create("yolov5l", pretrained, channels, classes, autoshape, device)
-
-
-def yolov5x(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-            device: str = "cpu"):
-    """YOLOv5-xlarge."""
-    return _create("yolov5x", pretrained, channels, classes, autoshape, device)
+yolov5n = _named("yolov5n", "nano")
+yolov5s = _named("yolov5s", "small")
+yolov5m = _named("yolov5m", "medium")
+yolov5l = _named("yolov5l", "large")
+yolov5x = _named("yolov5x", "xlarge")

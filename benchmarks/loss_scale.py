@@ -27,7 +27,7 @@ from utils.data_config import check_dataset  # noqa: E402
 from utils.dataset import create_dataloader  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
-from utils.loss_terms import class_balance_weights  # noqa: E402
+from utils.loss_terms import class_balance_weights, class_counts  # noqa: E402
 from utils.transfer import build_model, scale_loss_gains  # noqa: E402
 
 TERMS = ("box", "obj", "cls")
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model, _ = build_model(opt.cfg if not opt.weights else "", opt.weights, data["nc"], torch.device("cpu"))
     loader, dataset = create_dataloader(data["train"], opt.imgsz, opt.batch_size, 32, hyp=None, augment=False,
                                         workers=0, shuffle=True, seed=0, nc=data["nc"], names=data["names"])
-    counts = torch.bincount(torch.cat([torch.as_tensor(lb[:, 0]).long() for lb in dataset.labels]),
-                            minlength=data["nc"]).tolist()
+    counts = class_counts(dataset.labels, data["nc"])
     model.train()
     batches = []
     for i, (imgs, targets, *_) in enumerate(loader):

@@ -114,6 +114,16 @@ def reduce_loss(loss: torch.Tensor, weight: torch.Tensor | None, norm: str, n_po
     return loss.mean()
 
 
+def class_counts(labels: Sequence, nc: int) -> list[int]:
+    """Boxes per class in a list of YOLO label arrays (k, 5+) whose first column is the class id; (nc,)."""
+    counts = [0] * nc
+    for lb in labels:
+        for c in lb[:, 0].astype(int).tolist() if len(lb) else []:
+            if 0 <= c < nc:
+                counts[c] += 1
+    return counts
+
+
 def class_balance_weights(counts: Sequence[int], rule: str, beta: float = 0.999) -> list[float]:
     """Per-class loss weights from the training boxes per class, normalised to mean 1 over the classes.
 

@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from torch.utils.data import WeightedRandomSampler
 
+from utils.loss_terms import class_balance_weights, class_counts
+
 
 def class_frequency_weights(labels: Sequence[np.ndarray], nc: int) -> np.ndarray:
     """Inverse class frequency of the training boxes, (nc,), summing to 1 (a class without boxes counts as one)."""
-    classes = np.concatenate([lb[:, 0] for lb in labels]).astype(int) if len(labels) else np.zeros(0, int)
-    counts = np.bincount(classes, minlength=nc)[:nc].astype(np.float64)
-    w = 1.0 / np.maximum(counts, 1.0)
-    return w / w.sum()
+    return np.array(class_balance_weights(class_counts(labels, nc), "inverse")) / nc
 
 
 def image_weights(labels: Sequence[np.ndarray], nc: int, class_weights: np.ndarray) -> np.ndarray:

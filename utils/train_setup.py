@@ -29,7 +29,7 @@ from utils.errors import ConfigError
 from utils.hyp import load_hyp
 from utils.log import colorstr, get_logger
 from utils.loss import ComputeLoss, describe_loss
-from utils.loss_terms import class_balance_weights
+from utils.loss_terms import class_balance_weights, class_counts
 from utils.optim import (
     AUTO,
     OptimizerPlan,
@@ -124,12 +124,10 @@ def apply_class_weights(opt: argparse.Namespace, hyp: dict, model: torch.nn.Modu
     """
     if hyp["cls_weights"] == "none" or hyp.get("cls_weights_values") is not None:
         return
-    classes = np.concatenate([lb[:, 0] for lb in labels]).astype(int) if labels else np.zeros(0, int)
-    counts = np.bincount(classes, minlength=model.nc)[:model.nc]
-    values = [round(v, 6) for v in class_balance_weights(counts.tolist(), hyp["cls_weights"],
-                                                         hyp["cls_weights_beta"])]
-    get_logger().info(f"{colorstr('class weights:')} {hyp['cls_weights']} from {counts.sum()} boxes: " + ", ".join(
-        f"{model.names[c]} {n} -> {w:.3g}" for c, (n, w) in enumerate(zip(counts.tolist(), values))))
+    counts = class_counts(labels, model.nc)
+    values = [round(v, 6) for v in class_balance_weights(counts, hyp["cls_weights"], hyp["cls_weights_beta"])]
+    get_logger().info(f"{colorstr('class weights:')} {hyp['cls_weights']} from {sum(counts)} boxes: " + ", ".join(
+        f"{model.names[c]} {n} -> {w:.3g}" for c, (n, w) in enumerate(zip(counts, values))))
     for h in (hyp, opt.hyp, model.hyp):
         h["cls_weights_values"] = values
 
