@@ -28,13 +28,13 @@ import torch
 
 from models.backend import DetectMultiBackend
 from utils.boxes import scale_boxes
-from utils.data_config import find_data_yaml, load_yaml, normalise_names
-from utils.detection_writer import ResultWriter, describe
+from utils.data.data_config import find_data_yaml, load_yaml, normalise_names
+from utils.deploy.detection_writer import ResultWriter, describe
+from utils.deploy.sources import load_source
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
 from utils.log import colorstr, get_logger
 from utils.nms import non_max_suppression
 from utils.paths import ROOT, increment_path
-from utils.sources import load_source
 
 DEFAULT_WEIGHTS = str(ROOT / "runs/train/exp/weights/best.pt")  # what `python train.py` leaves; never downloaded
 DEFAULT_SOURCE = ROOT / "data" / "images"

@@ -20,8 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from utils.checkpoint import attempt_load
-from utils.errors import ConfigError, SlideYoloError
-from utils.export import (
+from utils.deploy.export import (
     check_half,
     export_onnx,
     export_openvino,
@@ -30,6 +29,7 @@ from utils.export import (
     onnx_parity_detail,
     openvino_parity,
 )
+from utils.errors import ConfigError, SlideYoloError
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT
 from utils.torch_utils import select_device

@@ -23,7 +23,7 @@ dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
 def custom(path: str | Path = "yolov5s.pt", autoshape: bool = True, device: str = "cpu", _verbose: bool = True):
     """A model from a local weights file (.pt, .torchscript, .onnx), wrapped to take images (autoshape)."""
     from models.backend import DetectMultiBackend
-    from utils.autoshape import AutoShape
+    from utils.deploy.autoshape import AutoShape
 
     backend = DetectMultiBackend(path, device=device)
     return AutoShape(backend) if autoshape else backend
@@ -32,7 +32,7 @@ def custom(path: str | Path = "yolov5s.pt", autoshape: bool = True, device: str 
 def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device: str):
     """A YOLOv5 model by name: the local <name>.pt when pretrained, else an untrained one from models/<name>.yaml."""
     from models.yolo import DetectionModel
-    from utils.autoshape import AutoShape
+    from utils.deploy.autoshape import AutoShape
     from utils.errors import CheckpointError
 
     if pretrained:

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
-from utils.hyp import load_hyp
-from utils.optim import AUTO, OPTIMIZERS
 from utils.paths import ROOT
 from utils.torch_utils import select_device
-from utils.train_setup import DEFAULT_CFG, TEST_HOOKS, run_training
+from utils.train import dist
+from utils.train.hyp import load_hyp
+from utils.train.optim import AUTO, OPTIMIZERS
+from utils.train.train_setup import DEFAULT_CFG, TEST_HOOKS, run_training
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,9 +119,9 @@ def main(opt: argparse.Namespace) -> tuple:
 
 
 def run_evolve(opt: argparse.Namespace, env: dist.DistEnv):
-    """--evolve: an Optuna search of single-process training runs (utils/evolve.py); returns the study."""
-    from utils import evolve
-    from utils.data_config import check_dataset
+    """--evolve: an Optuna search of single-process training runs (utils/train/evolve.py); returns the study."""
+    from utils.data.data_config import check_dataset
+    from utils.train import evolve
 
     if env.distributed:
         raise ConfigError("--evolve runs single-process trials; to search on several machines, start one "

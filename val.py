@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from models.backend import DetectMultiBackend
-from utils.coco import coco_evaluate, save_json, yolo_to_coco_gt
-from utils.data_config import check_dataset
-from utils.dataset import create_dataloader
+from utils.data.data_config import check_dataset
+from utils.data.dataset import create_dataloader
 from utils.errors import ConfigError, DatasetError, SlideYoloError
-from utils.evaluate import EvalConfig, EvalResult, evaluate, format_table, write_per_class_csv
+from utils.eval.coco import coco_evaluate, save_json, yolo_to_coco_gt
+from utils.eval.evaluate import EvalConfig, EvalResult, evaluate, format_table, write_per_class_csv
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT, increment_path
 from utils.torch_utils import select_device

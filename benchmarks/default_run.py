@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from utils.data_config import check_dataset  # noqa: E402
+from utils.data.data_config import check_dataset  # noqa: E402
 from utils.errors import SlideYoloError  # noqa: E402
 
 TARGET_MINUTES, TARGET_MAP50 = 15.0, 0.5

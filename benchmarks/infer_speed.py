@@ -29,8 +29,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from models.yolo import DetectionModel  # noqa: E402
 from utils.checkpoint import attempt_load  # noqa: E402
+from utils.deploy.export import export_mode, export_onnx, export_torchscript  # noqa: E402
 from utils.errors import SlideYoloError  # noqa: E402
-from utils.export import export_mode, export_onnx, export_torchscript  # noqa: E402
 
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -75,7 +75,7 @@ def openvino_compiled(model: torch.nn.Module, im: torch.Tensor, folder: Path, th
         import openvino as ov
     except ImportError:
         return None
-    from utils.export import export_openvino
+    from utils.deploy.export import export_openvino
 
     xml = next(export_openvino(model, im, folder / "m.pt").glob("*.xml"))
     return ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads})

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm  # noqa: E402
 
-from utils.ablation import (  # noqa: E402
+from utils.train.ablation import (  # noqa: E402
     DONE_FILE,
     AblationRun,
     markdown_table,
@@ -38,7 +38,7 @@ from utils.ablation import (  # noqa: E402
     read_run_metrics,
     write_csv,
 )
-from utils.hyp import load_hyp  # noqa: E402
+from utils.train.hyp import load_hyp  # noqa: E402
 
 
 def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.data_config import check_dataset  # noqa: E402
-from utils.dataset import create_dataloader  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
+from utils.data.data_config import check_dataset  # noqa: E402
+from utils.data.dataset import create_dataloader  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.loss_terms import class_balance_weights, class_counts  # noqa: E402
-from utils.transfer import build_model, scale_loss_gains  # noqa: E402
+from utils.train.hyp import load_hyp  # noqa: E402
+from utils.train.transfer import build_model, scale_loss_gains  # noqa: E402
 
 TERMS = ("box", "obj", "cls")
 

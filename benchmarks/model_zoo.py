@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.infer_speed import time_ms  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
-from utils.export import export_mode, export_onnx  # noqa: E402
+from utils.deploy.export import export_mode, export_onnx  # noqa: E402
 from utils.torch_utils import count_flops  # noqa: E402
 
 DEFAULT_MODELS = ("yolov5n.yaml", "yolov5-shufflenetv2.yaml", "yolov5-mobilenetv3s.yaml")

@@ -30,16 +30,16 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from models.yolo import DetectionModel  # noqa: E402
-from utils.data_config import check_dataset  # noqa: E402
-from utils.dataset import create_dataloader  # noqa: E402
-from utils.ema import ModelEMA  # noqa: E402
-from utils.engine import EpochConfig, TrainState, train_one_epoch  # noqa: E402
+from utils.data.data_config import check_dataset  # noqa: E402
+from utils.data.dataset import create_dataloader  # noqa: E402
 from utils.errors import SlideYoloError  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
-from utils.optim import Warmup, accumulate_steps, build_optimizer, build_scheduler, warmup_iterations  # noqa: E402
 from utils.torch_utils import training_memory_format  # noqa: E402
-from utils.transfer import scale_loss_gains  # noqa: E402
+from utils.train.ema import ModelEMA  # noqa: E402
+from utils.train.engine import EpochConfig, TrainState, train_one_epoch  # noqa: E402
+from utils.train.hyp import load_hyp  # noqa: E402
+from utils.train.optim import Warmup, accumulate_steps, build_optimizer, build_scheduler, warmup_iterations  # noqa: E402
+from utils.train.transfer import scale_loss_gains  # noqa: E402
 
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
 
 Every backend takes a float tensor (bs, 3, h, w) in [0, 1] and returns the decoded prediction (bs, N, 5 + nc) as a
 float32 tensor on the backend's device: xywh in input pixels, objectness, class scores (sigmoid or softmax, see
-``class_act``). Exported files carry their own metadata (written by utils/export.py): ``stride``, ``names``,
+``class_act``). Exported files carry their own metadata (written by utils/deploy/export.py): ``stride``, ``names``,
 ``class_act``, ``imgsz``, ``dynamic``, ``nc``; TorchScript in the ``config.txt`` extra file (JSON), ONNX in
 ``metadata_props`` (one JSON value per key). Files exported by upstream YOLOv5 (``shape``/``stride``/``names`` keys,
 Python-literal values) are read as well.
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from utils.checkpoint import attempt_load
+from utils.deploy.export import onnx_session
 from utils.errors import CheckpointError, ConfigError
-from utils.export import onnx_session
 from utils.log import get_logger
 from utils.torch_utils import select_device
 

@@ -33,7 +33,7 @@ def tiny_shapes_yaml(folder: Path, seed: int, n_train: int, n_val: int) -> str:
     """Generate a small built-in shapes set at 96 px in folder/shapes; return the path of its data YAML."""
     import yaml
 
-    from utils import synth
+    from utils.data import synth
 
     root = folder / "shapes"
     synth.generate(root, seed=seed, n_train=n_train, n_val=n_val, imgsz=96)

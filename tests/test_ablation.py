@@ -1,4 +1,4 @@
-"""benchmarks/loss_ablation.py end to end on tiny data, and the summary statistics of utils/ablation.py by hand."""
+"""benchmarks/loss_ablation.py on tiny data; the summary statistics of utils/train/ablation.py by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import ROOT, tiny_shapes_yaml
 
-from utils.ablation import AblationRun, markdown_table, paired_difference, summarise
+from utils.train.ablation import AblationRun, markdown_table, paired_difference, summarise
 
 
 def load_runner():
@@ -96,7 +96,7 @@ def test_a_bad_hyp_file_fails_before_any_run(tmp_path):
 
 
 def test_plan_runs_every_recipe_at_each_seed_first(tmp_path):
-    from utils.ablation import plan_runs
+    from utils.train.ablation import plan_runs
 
     runs = plan_runs(["hyp.a.yaml", "hyp.b.yaml"], [0, 1], tmp_path)
     assert [(r.name, r.seed) for r in runs] == [("hyp.a", 0), ("hyp.b", 0), ("hyp.a", 1), ("hyp.b", 1)]

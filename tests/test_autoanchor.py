@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from utils.autoanchor import anchor_fit, anchor_stats, check_anchors, kmean_anchors, kmeans, label_wh
+from utils.train.autoanchor import anchor_fit, anchor_stats, check_anchors, kmean_anchors, kmeans, label_wh
 
 CENTRES = np.array([[10.0, 12.0], [40.0, 24.0], [110.0, 130.0]])
 

@@ -9,8 +9,8 @@ from conftest import ROOT
 from PIL import Image
 
 from models.yolo import DetectionModel
-from utils.autoshape import AutoShape, Detections
 from utils.checkpoint import save_checkpoint
+from utils.deploy.autoshape import AutoShape, Detections
 from utils.errors import CheckpointError, ConfigError
 
 DEMO = [ROOT / "data" / "images" / "shapes1.jpg", ROOT / "data" / "images" / "shapes2.jpg"]

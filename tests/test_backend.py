@@ -9,8 +9,8 @@ import torch
 from models.backend import SUPPORTED_SUFFIXES, DetectMultiBackend
 from models.yolo import DetectionModel
 from utils.checkpoint import attempt_load, save_checkpoint
+from utils.deploy.export import export_onnx, export_torchscript
 from utils.errors import CheckpointError, ConfigError
-from utils.export import export_onnx, export_torchscript
 
 NAMES = {0: "with_mask", 1: "without_mask", 2: "mask_weared_incorrect"}
 

@@ -1,4 +1,4 @@
-"""Tests for utils/coco.py: COCO conversion and the pycocotools cross-check of our mAP."""
+"""Tests for utils/eval/coco.py: COCO conversion and the pycocotools cross-check of our mAP."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from utils.boxes import xywhn2xyxy
-from utils.coco import coco_evaluate, coco_image_ids, detections_to_coco, save_json, yolo_to_coco_gt
-from utils.metrics import ap_per_class, process_batch
+from utils.eval.coco import coco_evaluate, coco_image_ids, detections_to_coco, save_json, yolo_to_coco_gt
+from utils.eval.metrics import ap_per_class, process_batch
 
 pytest.importorskip("pycocotools")
 NAMES = ["cat", "dog", "bird"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.data_config import check_dataset, load_yaml
+from utils.data.data_config import check_dataset, load_yaml
 from utils.errors import ConfigError, DatasetError
 from utils.paths import ROOT
 
@@ -103,7 +103,7 @@ def test_builtin_dataset_is_generated(tmp_path):
 def test_default_shapes_yaml_is_valid():
     d = load_yaml(ROOT / "data/shapes.yaml")
     assert d["path"] == "datasets/shapes" and d["generate"]["name"] == "shapes"
-    from utils.synth import CLASS_NAMES
+    from utils.data.synth import CLASS_NAMES
     assert [d["names"][i] for i in range(len(d["names"]))] == CLASS_NAMES
 
 

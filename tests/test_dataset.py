@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.dataset import LoadImagesAndLabels, create_dataloader, img2label_paths, list_image_files
+from utils.data.dataset import LoadImagesAndLabels, create_dataloader
+from utils.data.label_scan import img2label_paths, list_image_files
 from utils.errors import DatasetError, LabelError
 from utils.log import get_logger
 from utils.paths import ROOT
@@ -253,7 +254,7 @@ def test_coco128_real_images(logs):
 
 
 def test_truncated_jpeg_warning_names_the_file_and_what_is_done(tmp_path):
-    from utils.dataset import verify_pair
+    from utils.data.label_scan import verify_pair
 
     im_file = tmp_path / "images" / "cut.jpg"
     im_file.parent.mkdir()

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from utils import synth
-from utils.dist import DistEnv, dist_env
-from utils.results import read_results
+from utils.data import synth
+from utils.train.dist import DistEnv, dist_env
+from utils.train.results import read_results
 
 
 def test_dist_env_from_environment(monkeypatch):

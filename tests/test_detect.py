@@ -15,10 +15,10 @@ import detect
 from models.backend import DetectMultiBackend
 from models.yolo import DetectionModel
 from utils.checkpoint import attempt_load, save_checkpoint
+from utils.deploy.export import export_onnx
+from utils.deploy.sources import LoadImages
 from utils.errors import CheckpointError
-from utils.export import export_onnx
 from utils.nms import non_max_suppression
-from utils.sources import LoadImages
 
 SAMPLES = SHARED / "samples"
 COCO_PERSON, COCO_BUS, COCO_TIE = 0, 5, 27

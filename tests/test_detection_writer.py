@@ -1,4 +1,4 @@
-"""utils/detection_writer.py: the per-image summary line and every file detect.py can save."""
+"""utils/deploy/detection_writer.py: the per-image summary line and every file detect.py can save."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.detection_writer import ResultWriter, describe
+from utils.deploy.detection_writer import ResultWriter, describe
 
 NAMES = {0: "person", 1: "square", 5: "bus"}
 

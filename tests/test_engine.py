@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from models.yolo import DetectionModel
-from utils.ema import ModelEMA
-from utils.engine import (
+from utils.errors import CheckpointError, ConfigError
+from utils.train.ema import ModelEMA
+from utils.train.engine import (
     EarlyStopping,
     EpochConfig,
     TrainingDivergedError,
@@ -23,8 +24,7 @@ from utils.engine import (
     rescale_batch,
     train_one_epoch,
 )
-from utils.errors import CheckpointError, ConfigError
-from utils.optim import (
+from utils.train.optim import (
     AUTO_SHORT_RUN,
     CosineDecay,
     LinearDecay,
@@ -37,8 +37,8 @@ from utils.optim import (
     split_params,
     warmup_iterations,
 )
-from utils.results import RESULT_COLUMNS, append_results, read_results
-from utils.transfer import check_img_size, freeze_layers, intersect_dicts, scale_loss_gains
+from utils.train.results import RESULT_COLUMNS, append_results, read_results
+from utils.train.transfer import check_img_size, freeze_layers, intersect_dicts, scale_loss_gains
 
 HYP = {"lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "warmup_epochs": 3.0,
        "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "box": 0.05, "cls": 0.5, "obj": 1.0}
@@ -299,7 +299,7 @@ def test_results_csv(tmp_path):
 
 
 def test_restore_state_roundtrip(tmp_path):
-    from utils.trainer import restore_state
+    from utils.train.trainer import restore_state
 
     model = Tiny()
     state = _state(model, _Loss())

@@ -14,8 +14,8 @@ from conftest import ROOT, tiny_shapes_yaml
 
 import train
 from utils.errors import ConfigError
-from utils.evolve import SEARCH_SPACE, fitness, search_space, start_params, suggest
-from utils.hyp import load_hyp
+from utils.train.evolve import SEARCH_SPACE, fitness, search_space, start_params, suggest
+from utils.train.hyp import load_hyp
 
 TINY = ["--epochs", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0"]
 

@@ -14,14 +14,14 @@ from conftest import ROOT, tiny_shapes_yaml
 import export as export_cli
 from models.yolo import DetectionModel
 from utils.checkpoint import attempt_load, save_checkpoint
-from utils.errors import CheckpointError, ConfigError
-from utils.export import (
+from utils.deploy.export import (
     check_onnx_parity,
     export_mode,
     export_onnx,
     export_torchscript,
     onnx_parity_detail,
 )
+from utils.errors import CheckpointError, ConfigError
 
 NAMES = {0: "cat", 1: "dog", 2: "bird"}
 

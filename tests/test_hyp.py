@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from utils.errors import ConfigError
-from utils.hyp import SCHEMA, load_hyp
+from utils.train.hyp import SCHEMA, load_hyp
 
 HYPS = Path(__file__).resolve().parents[1] / "data" / "hyps"
 

@@ -10,7 +10,6 @@ import torch
 
 from models.yolo import DetectionModel
 from utils.errors import ConfigError
-from utils.hyp import load_hyp
 from utils.loss import ComputeLoss, box_l1_loss, describe_loss
 from utils.loss_terms import (
     bce_elementwise,
@@ -20,6 +19,7 @@ from utils.loss_terms import (
     slide_mu,
     slide_weight,
 )
+from utils.train.hyp import load_hyp
 
 LN2 = math.log(2.0)
 

@@ -1,4 +1,4 @@
-"""Tests for utils/metrics.py: AP integration, per-class metrics, matching, fitness, confusion matrix."""
+"""Tests for utils/eval/metrics.py: AP integration, per-class metrics, matching, fitness, confusion matrix."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import ConfusionMatrix, ap_per_class, compute_ap, fitness, process_batch, smooth
+from utils.eval.metrics import ConfusionMatrix, ap_per_class, compute_ap, fitness, process_batch, smooth
 
 IOUV = torch.linspace(0.5, 0.95, 10)
 

@@ -31,8 +31,8 @@ def test_p6_and_hub_parameter_counts_equal_official(cfg):
 
 
 def test_p6_model_has_four_levels_and_the_five_level_loss_balance():
-    from utils.hyp import load_hyp
     from utils.loss import ComputeLoss
+    from utils.train.hyp import load_hyp
 
     model = DetectionModel("yolov5n6.yaml", nc=3)
     assert model.stride.tolist() == [8.0, 16.0, 32.0, 64.0] and model.model[-1].nl == 4
@@ -47,7 +47,7 @@ def test_transformer_block_keeps_shape_and_exports_to_onnx(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from utils.export import export_onnx
+    from utils.deploy.export import export_onnx
 
     model = DetectionModel("yolov5s-transformer.yaml", nc=2).eval()
     x = torch.rand(1, 3, 64, 64)
@@ -66,7 +66,7 @@ def test_light_backbones_build_fuse_and_export(cfg, tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from utils.export import export_onnx
+    from utils.deploy.export import export_onnx
 
     model = DetectionModel(cfg).eval()
     assert sum(p.numel() for p in model.parameters()) == LIGHT_PARAMS[cfg]  # as built here, at nc=80

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import ConfusionMatrix, ap_per_class
+from utils.eval.metrics import ConfusionMatrix, ap_per_class
 from utils.plots import (
     Annotator,
     colors,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.sampling import (
+from utils.data.sampling import (
     class_frequency_weights,
     epoch_class_weights,
     image_weights,
@@ -48,7 +48,7 @@ def test_rare_class_images_are_drawn_more_often():
 
 
 def test_image_weights_refused_under_ddp(tmp_path):
-    from utils.dataset import create_dataloader
+    from utils.data.dataset import create_dataloader
     from utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--image-weights is not supported with DDP"):

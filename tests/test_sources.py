@@ -9,10 +9,18 @@ import numpy as np
 import pytest
 from conftest import SHARED, needs_shared
 
-from utils import sources
+from utils.deploy import sources
+from utils.deploy.sources import (
+    IMG_FORMATS,
+    VID_FORMATS,
+    LoadImages,
+    LoadStreams,
+    expand_source,
+    is_stream,
+    load_source,
+)
 from utils.errors import DatasetError
 from utils.log import get_logger
-from utils.sources import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams, expand_source, is_stream, load_source
 
 VIDEO = SHARED / "samples" / "vtest_30f.mp4"
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from utils import synth
+from utils.data import synth
 from utils.errors import DatasetError
 
 

@@ -14,12 +14,12 @@ import yaml
 from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, tiny_shapes_yaml
 
 import train
-from utils import train_setup
 from utils.checkpoint import attempt_load, load_checkpoint
-from utils.engine import TrainingDivergedError
 from utils.errors import CheckpointError
 from utils.log import get_logger
-from utils.results import RESULT_COLUMNS, read_results
+from utils.train import train_setup
+from utils.train.engine import TrainingDivergedError
+from utils.train.results import RESULT_COLUMNS, read_results
 
 TINY = {"imgsz": 64, "batch_size": 4, "workers": 0, "seed": 0}
 
@@ -290,7 +290,7 @@ def test_tensorboard_event_file_has_the_results_scalars_and_images(tiny_data, tm
 
 @pytest.mark.slow
 def test_image_weights_trains_and_reweights_each_epoch(tiny_data, tmp_path, monkeypatch):
-    from utils import trainer
+    from utils.train import trainer
 
     seen = []
     original = trainer.update_sampler

@@ -11,14 +11,14 @@ from conftest import OFFICIAL_WEIGHTS, SHARED, needs_shared
 
 import val
 from models.yolo import DetectionModel
-from utils import evaluate as evaluate_module
 from utils.checkpoint import save_checkpoint
-from utils.data_config import check_dataset
-from utils.dataset import create_dataloader
+from utils.data.data_config import check_dataset
+from utils.data.dataset import create_dataloader
+from utils.data.synth import generate
 from utils.errors import CheckpointError, ConfigError, DatasetError
-from utils.hyp import load_hyp
+from utils.eval import evaluate as evaluate_module
 from utils.loss import ComputeLoss
-from utils.synth import generate
+from utils.train.hyp import load_hyp
 
 COCO128 = SHARED / "data" / "coco128" / "coco128.yaml"
 
@@ -119,7 +119,7 @@ def test_official_checkpoint_matches_upstream_yolov5(coco128_run):
 @pytest.mark.slow
 @needs_shared(OFFICIAL_WEIGHTS)
 def test_map_agrees_with_pycocotools(coco128_run):
-    from utils.coco import coco_evaluate
+    from utils.eval.coco import coco_evaluate
 
     (_, _, map50, map5095, *_), save_dir = coco128_run
     coco_map, coco_map50 = coco_evaluate(save_dir / "ground_truth.json",

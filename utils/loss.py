@@ -33,7 +33,6 @@ from torch import nn
 from utils.boxes import bbox_iou
 from utils.errors import ConfigError
 from utils.heatmap import draw_heatmap, gaussian_focal_elementwise
-from utils.hyp import validate_hyp
 from utils.loss_terms import (
     SlideMuEMA,
     bce_elementwise,
@@ -47,6 +46,7 @@ from utils.loss_terms import (
     smooth_bce_targets,
 )
 from utils.torch_utils import de_parallel
+from utils.train.hyp import validate_hyp
 
 
 def box_l1_loss(pxy: torch.Tensor, pwh: torch.Tensor, txy: torch.Tensor, twh: torch.Tensor,

@@ -182,7 +182,7 @@ def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_path: Uni
 def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: Union[str, Path] = "mc_curve.png", names: Names = None,
                   xlabel: str = "Confidence", ylabel: str = "Metric") -> Path:
     """Metric-confidence curves: px (1000,) confidence grid, py (c, 1000) per class; the mean is smoothed -> PNG."""
-    from utils.metrics import smooth
+    from utils.eval.metrics import smooth
 
     plt = pyplot_agg()
     py = np.asarray(py).reshape(-1, len(px))
@@ -240,7 +240,7 @@ def plot_results(file: Union[str, Path] = "results.csv", save_path: Optional[Uni
     """Plot a YOLOv5-style results.csv (epoch, losses, P, R, mAP columns) as a 2 x 5 grid -> results.png beside it."""
     import pandas as pd
 
-    from utils.metrics import smooth
+    from utils.eval.metrics import smooth
 
     plt = pyplot_agg()
     file = Path(file)

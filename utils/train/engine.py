@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from utils.dist import DistEnv, all_true
-from utils.ema import ModelEMA
 from utils.errors import SlideYoloError
 from utils.log import get_logger
-from utils.optim import Warmup
+from utils.train.dist import DistEnv, all_true
+from utils.train.ema import ModelEMA
+from utils.train.optim import Warmup
 
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
 BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"

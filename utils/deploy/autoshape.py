@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.augment import letterbox
 from utils.boxes import scale_boxes, xyxy2xywh
-from utils.detection_writer import save_one_box
+from utils.data.augment import letterbox
+from utils.deploy.detection_writer import save_one_box
 from utils.errors import ConfigError
 from utils.nms import non_max_suppression
 from utils.paths import increment_path

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from utils.augment import letterbox
+from utils.data.augment import letterbox
 from utils.errors import DatasetError
 from utils.log import get_logger
 

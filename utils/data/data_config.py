@@ -3,7 +3,7 @@
 A data YAML holds ``train`` and ``val`` (and optionally ``test``), each a folder of images, a ``.txt`` list of image
 paths, or a list of these, resolved against ``path``; ``path`` itself is resolved against the project root when
 relative. ``names`` is a list or an ``{id: name}`` dict; ``nc``, if given, must equal the number of names.
-A ``generate:`` key marks the built-in procedural dataset (``utils/synth.py``), our local stand-in for YOLOv5's
+A ``generate:`` key marks the built-in procedural dataset (``utils/data/synth.py``), our local stand-in for YOLOv5's
 ``download:`` step: the folder is generated when missing or incomplete. Nothing is ever downloaded.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import yaml
 
-from utils import synth
+from utils.data import synth
 from utils.errors import ConfigError, DatasetError
 from utils.log import get_logger
 from utils.paths import ROOT, resolve_path
@@ -131,7 +131,7 @@ def ensure_generated(data: dict, root: Path, source: str, autogenerate: bool) ->
         return
     if not autogenerate:
         raise DatasetError(f"{source}: built-in dataset missing or incomplete at {root}; "
-                           f"generate it with: python -m utils.synth --out {root}")
+                           f"generate it with: python -m utils.data.synth --out {root}")
     desc = ", ".join(f"{k} {v}" for k, v in params.items())
     get_logger().info(f"{source}: generating the built-in '{module.GENERATOR}' dataset ({desc}) in {root}")
     module.generate(root, **params)

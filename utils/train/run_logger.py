@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.log import get_logger
-from utils.results import RESULT_COLUMNS, results_row
+from utils.train.results import RESULT_COLUMNS, results_row
 
 RESULT_IMAGES = ("results.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png", "confusion_matrix.png")
 

@@ -19,18 +19,20 @@ import torch
 import yaml
 from torch.optim.lr_scheduler import LambdaLR
 
-from utils import dist
-from utils.autoanchor import check_anchors
-from utils.data_config import check_dataset
-from utils.dataset import create_dataloader
-from utils.ema import ModelEMA
-from utils.engine import EpochConfig, TrainState
+from utils.data.data_config import check_dataset
+from utils.data.dataset import create_dataloader
 from utils.errors import ConfigError
-from utils.hyp import load_hyp
 from utils.log import colorstr, get_logger
 from utils.loss import ComputeLoss, describe_loss
 from utils.loss_terms import class_balance_weights, class_counts
-from utils.optim import (
+from utils.paths import increment_path
+from utils.torch_utils import training_memory_format
+from utils.train import dist
+from utils.train.autoanchor import check_anchors
+from utils.train.ema import ModelEMA
+from utils.train.engine import EpochConfig, TrainState
+from utils.train.hyp import load_hyp
+from utils.train.optim import (
     AUTO,
     OptimizerPlan,
     Warmup,
@@ -41,11 +43,9 @@ from utils.optim import (
     scaled_weight_decay,
     warmup_iterations,
 )
-from utils.paths import increment_path
-from utils.run_logger import TensorBoardLogger
-from utils.torch_utils import training_memory_format
-from utils.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
-from utils.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
+from utils.train.run_logger import TensorBoardLogger
+from utils.train.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
+from utils.train.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
 
 DEFAULTS = {"epochs": 100, "batch_size": 16, "imgsz": 640, "optimizer": "SGD"}  # YOLOv5's
 BUILTIN_DEFAULTS = {"epochs": 40, "batch_size": 16, "imgsz": 320, "optimizer": AUTO}  # built-in data, 2 CPU cores

@@ -22,8 +22,8 @@ from typing import Any, Callable
 import yaml
 
 from utils.errors import ConfigError
-from utils.hyp import load_hyp, validate_hyp
 from utils.log import get_logger
+from utils.train.hyp import load_hyp, validate_hyp
 
 # YOLOv5's evolve ranges (train.py `meta`), obj on a log scale down to 0.001 so that the weighted-focal and
 # heatmap recipes (obj 0.022, 0.0066) are inside the space, plus this project's loss keys.

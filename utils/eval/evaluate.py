@@ -1,7 +1,7 @@
 """The evaluation loop behind val.py: predictions over a dataloader -> P, R, mAP50, mAP50-95, losses, plots.
 
 Boxes are compared in original-image pixels (predictions and labels both mapped back from the letterboxed batch),
-matched per IoU threshold 0.50:0.05:0.95 by ``utils.metrics.process_batch`` and summarised by ``ap_per_class``.
+matched per IoU threshold 0.50:0.05:0.95 by ``utils.eval.metrics.process_batch`` and summarised by ``ap_per_class``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from tqdm import tqdm
 
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh
-from utils.coco import coco_image_ids, detections_to_coco
+from utils.eval.coco import coco_image_ids, detections_to_coco
+from utils.eval.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.log import get_logger
-from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.nms import non_max_suppression
 from utils.plots import output_to_target, plot_images
 

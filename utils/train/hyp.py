@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from utils.errors import ConfigError
+from utils.paths import ROOT
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def load_hyp(path: str | Path | dict) -> dict:
         return validate_hyp(path, source="hyp dict")
     p = Path(path)
     if not p.exists():
-        alt = Path(__file__).resolve().parents[1] / "data" / "hyps" / p.name
+        alt = ROOT / "data" / "hyps" / p.name
         if p.parent == Path(".") and alt.exists():
             p = alt
         else:

@@ -13,7 +13,7 @@ hard, rare and mutually exclusive examples:
 - class imbalance: ``star`` is rare (about 10 % of objects), a few images hold no object at all (backgrounds).
 
 The folder is built in a temporary sibling and renamed into place, and ``manifest.json`` records the parameters, so a
-half-written or stale folder is regenerated on the next call. CLI: ``python -m utils.synth --out datasets/shapes``.
+half-written or stale folder is regenerated on the next call. CLI: ``python -m utils.data.synth --out datasets/shapes``.
 """
 
 from __future__ import annotations

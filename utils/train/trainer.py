@@ -22,14 +22,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import WeightedRandomSampler
 
 from utils.checkpoint import attempt_load, save_checkpoint, strip_optimizer
-from utils.dist import DistEnv, broadcast_object
-from utils.engine import EarlyStopping, EpochConfig, TrainingDivergedError, TrainState, train_one_epoch
+from utils.data.sampling import update_sampler
 from utils.errors import CheckpointError
+from utils.eval.metrics import fitness
 from utils.log import get_logger
-from utils.metrics import fitness
-from utils.results import append_results
-from utils.sampling import update_sampler
 from utils.torch_utils import de_parallel
+from utils.train.dist import DistEnv, broadcast_object
+from utils.train.engine import EarlyStopping, EpochConfig, TrainingDivergedError, TrainState, train_one_epoch
+from utils.train.results import append_results
 
 ZERO_RESULTS = (0.0,) * 7  # P, R, mAP50, mAP50-95, val box, obj, cls
 
@@ -48,7 +48,7 @@ class RunContext:
     batch_size: int  # per process
     val: ModuleType | None = None
     val_loader: Any = None
-    tb: Any = None  # utils.run_logger.TensorBoardLogger of the main process, or None
+    tb: Any = None  # utils.train.run_logger.TensorBoardLogger of the main process, or None
     maps: Any = None  # per-class mAP50-95 of the last validation (for --image-weights)
 
     @property
