@@ -30,6 +30,7 @@ from models.backend import DetectMultiBackend
 from utils.boxes import scale_boxes
 from utils.data.data_config import find_data_yaml, load_yaml, normalise_names
 from utils.deploy.detection_writer import ResultWriter, describe
+from utils.deploy.ort_engine import ENGINES
 from utils.deploy.sources import load_source
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
 from utils.log import colorstr, get_logger
@@ -67,6 +68,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
     opt = p.parse_args(argv)
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz
     return opt
@@ -99,12 +102,13 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _load_backend(weights: Union[str, Path], device: str, half: bool, data: Optional[str]) -> DetectMultiBackend:
+def _load_backend(weights: Union[str, Path], device: str, half: bool, data: Optional[str],
+                  engine: str = "auto") -> DetectMultiBackend:
     """Open the weights (CheckpointError telling the user to pass --weights if missing) and apply --data names."""
     if not Path(weights).exists():
         raise CheckpointError(f"weights {weights}: file not found. Nothing is downloaded: pass --weights with a local "
                               ".pt, .torchscript or .onnx file (e.g. runs/train/exp/weights/best.pt)")
-    backend = DetectMultiBackend(weights, device=device or "", fp16=half)
+    backend = DetectMultiBackend(weights, device=device or "", fp16=half, engine=engine)
     if data:
         yaml_file = find_data_yaml(data)
         names = normalise_names(load_yaml(yaml_file), str(yaml_file))
@@ -121,14 +125,14 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
         classes: Optional[Sequence[int]] = None, agnostic_nms: bool = False,
         project: Union[str, Path] = ROOT / "runs" / "detect", name: str = "exp", exist_ok: bool = False,
         line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False, half: bool = False,
-        vid_stride: int = 1) -> dict:
+        vid_stride: int = 1, engine: str = "auto") -> dict:
     """Detect on source and save results; returns {'save_dir': Path, 'predictions': [...], 'speed': (pre, inf, nms)}.
 
     Each prediction is {'path': str, 'frame': int (0 for images), 'det': (n, 6) float tensor on CPU with
     x1, y1, x2, y2 in original-image pixels, conf, cls}. 'speed' is the mean ms per image of each stage.
     """
     log = get_logger()
-    backend = _load_backend(weights, device, half, data)
+    backend = _load_backend(weights, device, half, data, engine)
     imgsz = backend.input_size(check_img_size(imgsz, backend.stride))
     dataset = load_source(source, imgsz, backend.stride, auto=backend.dynamic, vid_stride=vid_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)

@@ -18,6 +18,7 @@ import torch
 from models.backend import DetectMultiBackend
 from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
+from utils.deploy.ort_engine import ENGINES
 from utils.errors import ConfigError, DatasetError, SlideYoloError
 from utils.eval.coco import coco_evaluate, save_json, yolo_to_coco_gt
 from utils.eval.evaluate import EvalConfig, EvalResult, evaluate, format_table, write_per_class_csv
@@ -52,6 +53,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="exp", help="save to project/name")
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    parser.add_argument("--engine", default="auto", choices=ENGINES,
+                        help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
     return parser.parse_args(argv)
 
 
@@ -94,7 +97,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = False, model=None, dataloader=None, save_dir: Path = Path(""),
-        plots: bool = True, compute_loss=None):
+        plots: bool = True, compute_loss=None, engine: str = "auto"):
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls), maps (nc,), (pre, inference, nms) ms per image).
 
     From training pass ``model`` (a DetectionModel), ``dataloader``, ``save_dir`` and ``compute_loss``; otherwise
@@ -115,7 +118,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         device = select_device(device, batch_size)
         weights = weights[0] if isinstance(weights, (list, tuple)) else weights
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-        backend = DetectMultiBackend(weights, device=device, fp16=half)
+        backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine)
         data = check_dataset(data)
         _check_classes(backend, data, weights, single_cls)
         names, exclusive, fp16 = data["names"], backend.class_act == "softmax", half

@@ -17,15 +17,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from utils.checkpoint import attempt_load
 from utils.deploy.export import onnx_session
+from utils.deploy.ort_engine import pt_session, resolve_engine
 from utils.errors import CheckpointError, ConfigError
 from utils.log import get_logger
 from utils.torch_utils import select_device
 
+ORT_CHUNK = 8  # images per onnxruntime call for .pt models on the onnxruntime engine
 SUPPORTED_SUFFIXES = (".pt", ".torchscript", ".onnx")  # and OpenVINO: a *_openvino_model folder or its .xml
 
 
@@ -78,13 +81,14 @@ class DetectMultiBackend(nn.Module):
     Attributes: ``pt``, ``jit``, ``onnx``, ``openvino`` (which backend), ``stride`` (int, the largest model stride),
     ``names`` (dict int -> str), ``nc``, ``class_act`` ('sigmoid' | 'softmax'), ``imgsz`` ([h, w] the file was
     exported at, None for .pt), ``batch`` (exported batch size; 1 for .pt), ``dynamic`` (True when any input size is
-    accepted: .pt, or ONNX / OpenVINO exported with dynamic axes), ``fp16``, ``device``. TorchScript traces are treated
-    as fixed-size (``dynamic`` False). ``input_size(imgsz)`` gives the [h, w] to feed; ``warmup(shape)`` runs zeros
-    through once.
+    accepted: .pt, or ONNX / OpenVINO exported with dynamic axes), ``fp16``, ``device``, ``engine`` (what runs a .pt
+    model: 'torch' or 'onnxruntime', see utils/deploy/ort_engine.py; ``engine="auto"`` picks onnxruntime on a CPU).
+    TorchScript traces are treated as fixed-size (``dynamic`` False). ``input_size(imgsz)`` gives the [h, w] to feed;
+    ``warmup(shape)`` runs zeros through once.
     """
 
     def __init__(self, weights: Union[str, Path], device: Union[str, torch.device] = "cpu", fp16: bool = False,
-                 fuse: bool = True):
+                 fuse: bool = True, engine: str = "auto"):
         super().__init__()
         w = Path(weights)
         suffix = w.suffix.lower()
@@ -103,6 +107,9 @@ class DetectMultiBackend(nn.Module):
         self.pt, self.jit, self.onnx = suffix == ".pt", suffix == ".torchscript", suffix == ".onnx"
         self.openvino = xml is not None
         self.model, self.session = None, None
+        self.engine = resolve_engine(engine, self.device, fp16)  # for a .pt file; other formats name their runtime
+        if not self.pt:
+            self.engine = "openvino" if self.openvino else suffix.lstrip(".")
         if self.pt:
             meta = self._load_pt(w, fuse)
         elif self.jit:
@@ -121,7 +128,20 @@ class DetectMultiBackend(nn.Module):
         stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
         meta = {"stride": stride, "names": getattr(model, "names", None), "nc": getattr(model, "nc", None),
                 "class_act": getattr(model, "class_act", "sigmoid")}
+        if self.engine == "onnxruntime":
+            self._attach_session(w)
         return {**_normalize_metadata(meta), "dynamic": True, "imgsz": None}
+
+    def _attach_session(self, w: Path) -> None:
+        """Run the loaded .pt model through its cached onnxruntime export; PyTorch (with the reason logged) if not."""
+        self.session, reason = pt_session(self.model, w, self.device)
+        if self.session is None:
+            get_logger().warning(f"WARNING {w}: onnxruntime engine unavailable, running PyTorch ({reason})")
+            self.engine = "torch"
+            return
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_fp16 = False
 
     def _load_torchscript(self, w: Path) -> dict:
         """Load a TorchScript file and its 'config.txt' metadata."""
@@ -188,7 +208,7 @@ class DetectMultiBackend(nn.Module):
             self._check_fixed_size(im)
             y = self.session(im.detach().cpu().float().numpy())[0]
             return torch.from_numpy(y).float().to(self.device)
-        if self.onnx:
+        if self.onnx or self.session is not None:  # an .onnx file, or a .pt model on the onnxruntime engine
             return self._forward_onnx(im)
         im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
         with torch.inference_mode():
@@ -205,11 +225,18 @@ class DetectMultiBackend(nn.Module):
                               f"(--imgsz {' '.join(map(str, self.imgsz))}) or re-export with --dynamic")
 
     def _forward_onnx(self, im: torch.Tensor) -> torch.Tensor:
-        """onnxruntime inference; a wrong input size on a fixed-size export raises ConfigError."""
+        """onnxruntime inference; a wrong input size on a fixed-size export raises ConfigError.
+
+        A .pt model on the onnxruntime engine runs ``ORT_CHUNK`` images at a time: onnxruntime keeps its largest
+        activations allocated, and on a CPU a bigger batch is not faster per image, only larger in memory.
+        """
         self._check_fixed_size(im)
-        x = im.detach().cpu().numpy().astype("float16" if self.input_fp16 else "float32")
-        y = self.session.run(self.output_names, {self.input_name: x})[0]
-        return torch.from_numpy(y).float().to(self.device)
+        dtype = np.float16 if self.input_fp16 else np.float32
+        x = im.detach().cpu().numpy()
+        x = x if x.dtype == dtype else x.astype(dtype)  # no copy for the usual float32 input
+        step = ORT_CHUNK if self.pt else len(x)
+        y = [self.session.run(self.output_names, {self.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+        return torch.from_numpy(y[0] if len(y) == 1 else np.concatenate(y)).float().to(self.device)
 
     def warmup(self, imgsz: Sequence[int] = (1, 3, 640, 640), runs: int = 1) -> None:
         """Run a few zero images through the model (first-call allocations, cuDNN/ORT kernel selection)."""

@@ -21,6 +21,15 @@ def needs_shared(path: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared is absent)")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_cache(tmp_path_factory):
+    """Keep the onnxruntime engine's cached exports of .pt files in a temporary folder, not in ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLIDEYOLO_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Make each test deterministic and keep it on the 2 CPU cores."""

@@ -2,7 +2,7 @@
 
 Formats: ``xyxy`` = corners (x1, y1, x2, y2); ``xywh`` = centre and size; a trailing ``n`` means normalized to [0, 1]
 by the image width and height. Conversions accept torch tensors or numpy arrays of shape (..., 4) and return the
-same type. Pairwise IoU uses ``torchvision.ops.box_iou``.
+same type. Pairwise IoU is ``utils.tv_ops.box_iou`` (torchvision's formula, without importing torchvision).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 import torch
-import torchvision
+
+from utils import tv_ops
 
 
 def _like(x):
@@ -100,8 +101,8 @@ def scale_boxes(img1_shape: tuple[int, int], boxes, img0_shape: tuple[int, int],
 
 
 def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of xyxy boxes (N, 4) x (M, 4) -> (N, M), by torchvision.ops.box_iou."""
-    return torchvision.ops.box_iou(box1, box2)
+    """Pairwise IoU of xyxy boxes (N, 4) x (M, 4) -> (N, M)."""
+    return tv_ops.box_iou(box1, box2)
 
 
 def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, CIoU: bool = False,  # noqa: N803

@@ -3,7 +3,7 @@
 Input contract (docs/ARCHITECTURE.md, "Model output"): (bs, N, 5 + nc) with columns cx, cy, w, h in input pixels,
 objectness (sigmoid) and nc class scores (sigmoid, or softmax rows summing to 1). Output: one (n, 6) tensor per image,
 columns x1, y1, x2, y2 (input pixels), conf, cls, sorted by conf descending. The suppression itself is
-``torchvision.ops.batched_nms``.
+torchvision's NMS kernel (``utils.tv_ops.batched_nms``, the semantics of ``torchvision.ops.batched_nms``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 from typing import Optional, Sequence, Union
 
 import torch
-import torchvision
 
+from utils import tv_ops
 from utils.boxes import xywh2xyxy
 from utils.log import get_logger
 
@@ -66,7 +66,7 @@ def first_kept(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, 
     start, end = 0, min(n, max(4 * max_det, 256))
     while True:
         cand = torch.cat((kept, torch.arange(start, end, device=boxes.device)))
-        kept = cand[torchvision.ops.batched_nms(boxes[cand], scores[cand], groups[cand], iou_thres)]
+        kept = cand[tv_ops.batched_nms(boxes[cand], scores[cand], groups[cand], iou_thres)]
         if len(kept) >= max_det or end == n:
             return kept[:max_det]
         start, end = end, min(n, 2 * end)

@@ -254,7 +254,7 @@ class ConfusionMatrix:
         return tp[:-1], fp[:-1]
 
     def plot(self, normalize: bool = True, save_dir: Union[str, Path] = "", names: Sequence[str] = ()) -> Path:
-        """Write confusion_matrix.png to save_dir (seaborn heatmap; columns normalized to 1 when ``normalize``)."""
+        """Write confusion_matrix.png to save_dir (a heatmap; columns normalized to 1 when ``normalize``)."""
         from utils.plots import plot_confusion_matrix
 
         return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)

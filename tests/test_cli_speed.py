@@ -1,0 +1,71 @@
+"""benchmarks/cli_speed.py: the looped detect source, input counts, paired ratios and one real timed run."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_shapes_yaml
+from utils.checkpoint import save_checkpoint
+
+
+def load_cli_speed():
+    """The benchmark script as a module."""
+    spec = importlib.util.spec_from_file_location("cli_speed", ROOT / "benchmarks" / "cli_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_clip(path, frames: int) -> None:
+    """A small mp4 whose frame i is filled with grey level 40 * i + 20."""
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for i in range(frames):
+        out.write(np.full((48, 64, 3), 40 * i + 20, np.uint8))
+    out.release()
+
+
+def test_looped_source_plays_the_clip_forth_and_back(tmp_path):
+    cli = load_cli_speed()
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), np.zeros((32, 32, 3), np.uint8))
+    write_clip(src / "clip.mp4", 5)
+    out = cli.looped_source(str(src), 12, tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "clip_12f.mp4"]
+    cap, levels = cv2.VideoCapture(str(out / "clip_12f.mp4")), []
+    while (frame := cap.read()[1]) is not None:
+        levels.append(round((float(frame.mean()) - 20) / 40))
+    assert levels == [0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 0, 1]
+
+
+def test_ratio_is_the_median_of_paired_runs():
+    cli = load_cli_speed()
+    row = cli.summarise("val", {"ours": [(10.0, 100), (30.0, 120), (12.0, 110)],
+                                "upstream": [(20.0, 200), (40.0, 210), (48.0, 205)]}, 100)
+    assert row["ours"] == (12.0, 10.0, 30.0, 120)
+    assert row["ratio"] == pytest.approx(0.5)  # pairs 0.5, 0.75, 0.25; the raw medians would give 12 / 40
+
+
+@pytest.mark.slow
+def test_times_our_val_and_detect(tmp_path, capsys):
+    from models.yolo import DetectionModel
+
+    cli = load_cli_speed()
+    data = tiny_shapes_yaml(tmp_path, seed=0, n_train=2, n_val=4)
+    model = DetectionModel("yolov5n.yaml", nc=6)
+    model.names = dict(enumerate(yaml.safe_load(open(data))["names"].values()))
+    weights = save_checkpoint({"model": model}, tmp_path / "m.pt")
+    src = tmp_path / "src"
+    src.mkdir()
+    write_clip(src / "clip.mp4", 3)
+    opt = cli.parse_opt(["--weights", str(weights), "--data", data, "--source", str(src), "--imgsz", "64",
+                         "--runs", "1", "--video-frames", "4"])
+    (val_row, detect_row) = cli.main(opt)
+    assert (val_row["images"], detect_row["images"]) == (4, 4)
+    assert val_row["ours"][0] > 0 and detect_row["ours"][3] > 0  # wall seconds, peak MiB
+    assert "ms/img" in capsys.readouterr().out
