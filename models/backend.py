@@ -235,8 +235,18 @@ class DetectMultiBackend(nn.Module):
         x = im.detach().cpu().numpy()
         x = x if x.dtype == dtype else x.astype(dtype)  # no copy for the usual float32 input
         step = ORT_CHUNK if self.pt else len(x)
-        y = [self.session.run(self.output_names, {self.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)]
-        return torch.from_numpy(y[0] if len(y) == 1 else np.concatenate(y)).float().to(self.device)
+        first = self.session.run(self.output_names, {self.input_name: x[:step]})[0]
+        if len(x) <= step:
+            return torch.from_numpy(first).float().to(self.device)
+        y = np.empty((len(x), *first.shape[1:]), dtype=first.dtype)  # later chunks are written into it directly
+        y[:step] = first
+        binding = self.session.io_binding()
+        for i in range(step, len(x), step):
+            out = y[i:i + step]
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(x[i:i + step]))
+            binding.bind_output(self.output_names[0], "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+            self.session.run_with_iobinding(binding)
+        return torch.from_numpy(y).float().to(self.device)
 
     def warmup(self, imgsz: Sequence[int] = (1, 3, 640, 640), runs: int = 1) -> None:
         """Run a few zero images through the model (first-call allocations, cuDNN/ORT kernel selection)."""

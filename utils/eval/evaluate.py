@@ -7,7 +7,6 @@ matched per IoU threshold 0.50:0.05:0.95 by ``utils.eval.metrics.process_batch``
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -116,12 +115,11 @@ def evaluate(model: Callable, dataloader, names: dict[int, str], cfg: EvalConfig
     jdict: list[dict] = []
     if cfg.save_txt and cfg.save_dir:
         (cfg.save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    plotter = ThreadPoolExecutor(max_workers=1) if cfg.plots and cfg.save_dir else None  # mosaics beside inference
-    mosaics = []
     header = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=desc or header,
                                                                  bar_format="{l_bar}{bar:10}{r_bar}")):
         t0 = time.perf_counter()
+        im_u8 = im  # the loader's uint8 batch, drawn by plot_images without a float round trip
         im = im.to(device, non_blocking=True)
         im = (im.half() if fp16 else im.float()) / 255
         targets = targets.to(device)
@@ -154,15 +152,9 @@ def evaluate(model: Callable, dataloader, names: dict[int, str], cfg: EvalConfig
                 _save_txt(predn, shape, cfg.save_conf, cfg.save_dir / "labels" / f"{Path(paths[si]).stem}.txt")
             if cfg.save_json:
                 jdict.extend(detections_to_coco(predn, ids.get(paths[si], 0)))
-        if plotter is not None and batch_i < 3:
-            mosaics.append(plotter.submit(plot_images, im, targets, paths,
-                                          cfg.save_dir / f"val_batch{batch_i}_labels.jpg", names))
-            mosaics.append(plotter.submit(plot_images, im, output_to_target(preds), paths,
-                                          cfg.save_dir / f"val_batch{batch_i}_pred.jpg", names))
-    if plotter is not None:
-        plotter.shutdown(wait=True)
-        for m in mosaics:
-            m.result()  # re-raise a plotting error here
+        if cfg.plots and cfg.save_dir and batch_i < 3:
+            plot_images(im_u8, targets, paths, cfg.save_dir / f"val_batch{batch_i}_labels.jpg", names)
+            plot_images(im_u8, output_to_target(preds), paths, cfg.save_dir / f"val_batch{batch_i}_pred.jpg", names)
     result = summarise(stats, nc, names, cfg)
     result.loss = (loss.cpu() / max(len(dataloader), 1)).numpy()
     result.times_ms = tuple(x / max(stats.seen, 1) * 1e3 for x in dt)
