@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -36,6 +37,23 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def logs():
+    """Messages logged by the project logger during the test."""
+    from utils.log import get_logger
+
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = _Keep()
+    get_logger().addHandler(handler)
+    yield records
+    get_logger().removeHandler(handler)
 
 
 def tiny_shapes_yaml(folder: Path, seed: int, n_train: int, n_val: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -15,25 +14,9 @@ from PIL import Image
 from utils.data.dataset import LoadImagesAndLabels, create_dataloader
 from utils.data.label_scan import img2label_paths, list_image_files
 from utils.errors import DatasetError, LabelError
-from utils.log import get_logger
 from utils.paths import ROOT
 
 RED = (0, 0, 255)  # BGR
-
-
-@pytest.fixture()
-def logs():
-    """Messages logged by the project logger during the test."""
-    records: list[str] = []
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = _Keep()
-    get_logger().addHandler(handler)
-    yield records
-    get_logger().removeHandler(handler)
 
 
 def add_image(root: Path, name: str, rows: str | None, hw=(64, 96), box=(24, 16, 56, 40), split="train") -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -15,25 +13,9 @@ from tests.conftest import OFFICIAL_WEIGHTS, SHARED, needs_shared
 from utils.checkpoint import save_checkpoint
 from utils.deploy import ort_engine
 from utils.errors import ConfigError
-from utils.log import get_logger
 
 COCO128 = SHARED / "data" / "coco128" / "coco128.yaml"
 BUS = SHARED / "samples" / "bus.jpg"
-
-
-@pytest.fixture
-def logs():
-    """Messages logged by the project logger during the test."""
-    records: list[str] = []
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = _Keep()
-    get_logger().addHandler(handler)
-    yield records
-    get_logger().removeHandler(handler)
 
 
 def tiny_pt(folder, ce: bool = False):
