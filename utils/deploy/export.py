@@ -17,7 +17,7 @@ import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -156,16 +156,24 @@ def _simplify(proto, file: Path):
     return slim
 
 
-def onnx_session(file: Union[str, Path], device: torch.device = torch.device("cpu")):
-    """An onnxruntime InferenceSession on CPU, or on CUDA first when device is CUDA and the provider exists."""
+def onnx_session(file: Union[str, Path], device: torch.device = torch.device("cpu"), threads: Optional[int] = None):
+    """An onnxruntime InferenceSession on CPU, or on CUDA first when device is CUDA and the provider exists.
+
+    threads: intra-op threads, with thread spinning off so that idle threads leave the cores to dataloader workers
+    (default: onnxruntime's own choice, spinning on).
+    """
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     elif device.type == "cuda":
         get_logger().warning(f"WARNING {Path(file).name}: onnxruntime has no CUDA provider here; running on CPU")
-    return ort.InferenceSession(str(file), providers=providers)
+    return ort.InferenceSession(str(file), sess_options=opts, providers=providers)
 
 
 def _parity_outputs(model: nn.Module, file: Union[str, Path], im: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from utils.deploy.export import export_onnx, onnx_session
 from utils.errors import ConfigError
 from utils.log import get_logger
 
@@ -55,8 +56,6 @@ def resolve_engine(engine: str, device: torch.device, fp16: bool) -> str:
 
 def cached_onnx(model: nn.Module, weights: Path) -> Path:
     """The cached dynamic ONNX export of model (loaded from weights); exported atomically on first use."""
-    from utils.deploy.export import export_onnx
-
     folder = cache_root()
     file = folder / f"{weights.stem}-{cache_key(weights)}.onnx"
     if file.is_file():
@@ -74,24 +73,10 @@ def cached_onnx(model: nn.Module, weights: Path) -> Path:
     return file
 
 
-def ort_session(file: Path, device: torch.device) -> Any:
-    """An onnxruntime session with as many intra-op threads as torch uses (CUDA provider on a CUDA device)."""
-    import onnxruntime as ort
-
-    from utils.deploy.export import onnx_session
-
-    if device.type == "cuda":
-        return onnx_session(file, device)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def pt_session(model: nn.Module, weights: Path, device: torch.device) -> tuple[Optional[Any], str]:
     """(onnxruntime session, '') for model, or (None, reason) when the onnxruntime engine cannot be used."""
     try:
-        return ort_session(cached_onnx(model, weights), device), ""
+        return onnx_session(cached_onnx(model, weights), device, threads=torch.get_num_threads()), ""
     except ImportError as e:
         return None, f"onnxruntime/onnx not installed ({e.name})"
     except Exception as e:  # an operator the exporter does not support, a read-only cache, a broken install
