@@ -1,7 +1,7 @@
 """Model zoo table: parameters, GFLOPs, CPU speed (PyTorch and onnxruntime) and accuracy after the default recipe.
 
 Usage:
-    python benchmarks/model_zoo.py                                   # yolov5n, shufflenetv2, mobilenetv3s
+    python benchmarks/model_zoo.py                                   # yolov5n and the three light models
     python benchmarks/model_zoo.py yolov5s-ghost.yaml --epochs 0     # more models; --epochs 0: no training
     python benchmarks/model_zoo.py --epochs 40 --project runs/zoo    # accuracy after `python train.py --cfg ...`
 
@@ -35,13 +35,14 @@ from models.yolo import DetectionModel  # noqa: E402
 from utils.deploy.export import export_mode, export_onnx  # noqa: E402
 from utils.torch_utils import count_flops  # noqa: E402
 
-DEFAULT_MODELS = ("yolov5n.yaml", "yolov5-shufflenetv2.yaml", "yolov5-mobilenetv3s.yaml")
+DEFAULT_MODELS = ("yolov5n.yaml", "yolov5-shufflenetv2.yaml", "yolov5-mobilenetv3s.yaml",
+                  "yolov5-shufflenetv2-0.5.yaml")
 
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description="Parameters, GFLOPs, CPU ms and mAP per model")
-    p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS), help="model YAMLs (default: the light trio)")
+    p.add_argument("models", nargs="*", default=list(DEFAULT_MODELS), help="model YAMLs")
     p.add_argument("--sizes", nargs="+", type=int, default=[320, 640], help="square input sizes to time")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)

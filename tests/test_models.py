@@ -58,7 +58,8 @@ def test_transformer_block_keeps_shape_and_exports_to_onnx(tmp_path):
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3
 
 
-LIGHT_PARAMS = {"yolov5-shufflenetv2.yaml": 1_645_473, "yolov5-mobilenetv3s.yaml": 1_663_069}
+LIGHT_PARAMS = {"yolov5-shufflenetv2.yaml": 1_645_473, "yolov5-mobilenetv3s.yaml": 1_663_069,
+                "yolov5-shufflenetv2-0.5.yaml": 955_613}
 
 
 @pytest.mark.parametrize("cfg", list(LIGHT_PARAMS))
