@@ -7,6 +7,8 @@ Usage (from the project root):
         --hyps hyp.scratch-low.yaml hyp.focal.yaml --seeds 0 1 2 3 4 --project runs/ablation/facemask \
         --weights ../shared/weights/yolov5n_v6.1_coco80.pt --optimizer auto --epochs 12 --imgsz 320
 
+    python benchmarks/loss_ablation.py ... --jobs 2                  # two runs at once (many cores, or one GPU)
+
 Every other option goes to train.py unchanged. Runs go to DIR/<hyp stem>/seed<k>. A finished run is skipped, an
 interrupted one continues with ``train.py --resume``, so killing and restarting the command loses at most the epoch in
 progress. Writes DIR/ablation.csv (one row per run), DIR/ablation.md (mean ± std per hyp file, the first hyp file as
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm  # noqa: E402
 
+from utils.data.data_config import check_dataset  # noqa: E402
 from utils.train.ablation import (  # noqa: E402
     DONE_FILE,
     AblationRun,
@@ -48,7 +52,20 @@ def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[s
     p.add_argument("--hyps", nargs="+", required=True, help="hyp files; the first is the reference")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     p.add_argument("--project", required=True, help="folder of the ablation (runs and tables)")
-    return p.parse_known_args(argv)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train.py runs at once; each gets cores/jobs intra-op threads unless OMP_NUM_THREADS is set")
+    opt, extra = p.parse_known_args(argv)
+    if opt.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {opt.jobs}")
+    return opt, extra
+
+
+def job_env(jobs: int) -> dict[str, str]:
+    """The environment of every train.py process: with several jobs, the cores are shared out between them."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
 
 
 def train_command(run: AblationRun, data: str, extra: list[str]) -> list[str]:
@@ -60,14 +77,14 @@ def train_command(run: AblationRun, data: str, extra: list[str]) -> list[str]:
             str(run.folder.parent), "--name", run.folder.name, "--exist-ok", *extra]
 
 
-def execute(run: AblationRun, data: str, extra: list[str]) -> dict:
+def execute(run: AblationRun, data: str, extra: list[str], env: dict[str, str] | None = None) -> dict:
     """Run (or resume) one train.py run to the end; log to its train.log; return and record its row.
 
     A run whose train.py finished (per_class.csv is written by its last step, the validation of best.pt) while the
     ablation itself was stopped is recorded without training again.
     """
     if not (run.folder / "per_class.csv").is_file():
-        train(run, data, extra)
+        train(run, data, extra, env or job_env(1))
     spent_file = run.folder / "ablation_wall_s.txt"
     row = {"hyp": run.name, "seed": run.seed, **read_run_metrics(run.folder),
            "wall_s": float(spent_file.read_text()) if spent_file.is_file() else 0.0}
@@ -75,7 +92,7 @@ def execute(run: AblationRun, data: str, extra: list[str]) -> dict:
     return row
 
 
-def train(run: AblationRun, data: str, extra: list[str]) -> None:
+def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) -> None:
     """One train.py process for the run (fresh, or --resume of its last.pt); seconds spent add up in the folder."""
     if not run.last_pt.is_file() and run.folder.exists():
         shutil.rmtree(run.folder)  # started but no epoch finished: nothing worth keeping
@@ -88,7 +105,7 @@ def train(run: AblationRun, data: str, extra: list[str]) -> None:
         with (run.folder / "train.log").open("a") as log:
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     finally:
         spent_file.write_text(f"{spent + time.time() - t0:.1f}")
     if rc != 0:
@@ -103,25 +120,54 @@ def write_outputs(rows: list[dict], project: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    """Run what is missing, then write the three outputs; returns the rows."""
+    """Run what is missing (--jobs at a time), then write the three outputs; returns the rows in plan order."""
     opt, extra = parse_opt(argv)
     for h in opt.hyps:
         load_hyp(h)  # a bad hyp file fails here, before hours of other runs
+    if opt.jobs > 1:
+        check_dataset(opt.data)  # generate the built-in data once, not in several runs at the same time
     project = Path(opt.project)
     runs = plan_runs(opt.hyps, opt.seeds, project)
-    rows = []
-    bar = tqdm(runs, desc="ablation", unit="run", file=sys.stdout)
-    for run in bar:
-        t0 = time.time()
+    rows: dict[int, dict] = {}
+    bar = tqdm(total=len(runs), desc="ablation", unit="run", file=sys.stdout)
+
+    def record(i: int, row: dict, status: str, seconds: float) -> None:
+        rows[i] = row
+        write_outputs([rows[k] for k in sorted(rows)], project)
+        bar.update(1)
+        bar.write(f"{runs[i].name} seed {runs[i].seed}: {status}, mAP50 {row['mAP50']:.3f}, "
+                  f"mAP50-95 {row['mAP50-95']:.3f} ({seconds:.0f} s)")
+
+    todo = []
+    for i, run in enumerate(runs):
         row = run.done()
-        status = "done before" if row else "trained"
-        row = row or execute(run, opt.data, extra)
-        rows.append(row)
-        write_outputs(rows, project)
-        bar.write(f"{run.name} seed {run.seed}: {status}, mAP50 {row['mAP50']:.3f}, mAP50-95 {row['mAP50-95']:.3f} "
-                  f"({time.time() - t0:.0f} s)")
-    print(f"\n{markdown_table(rows)}\nResults: {project / 'ablation.md'}, ablation.csv, ablation.png")
-    return rows
+        if row:
+            record(i, row, "done before", 0.0)
+        else:
+            todo.append(i)
+    run_pool(todo, runs, opt, extra, record)
+    bar.close()
+    ordered = [rows[k] for k in sorted(rows)]
+    print(f"\n{markdown_table(ordered)}\nResults: {project / 'ablation.md'}, ablation.csv, ablation.png")
+    return ordered
+
+
+def run_pool(todo: list[int], runs: list[AblationRun], opt: argparse.Namespace, extra: list[str], record) -> None:
+    """Train the runs numbered in todo, opt.jobs at a time in plan order; the first failure stops new starts."""
+    env = job_env(opt.jobs)
+
+    def timed(i: int) -> tuple[dict, float]:
+        t0 = time.time()
+        return execute(runs[i], opt.data, extra, env), time.time() - t0
+
+    pool = ThreadPoolExecutor(max_workers=opt.jobs)
+    futures = {pool.submit(timed, i): i for i in todo}
+    try:
+        for future in as_completed(futures):
+            row, seconds = future.result()
+            record(futures[future], row, "trained", seconds)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on a failure, let the running ones finish, start no more
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     argv = ["--data", tiny_data, "--hyps", "hyp.scratch-low.yaml", "hyp.slide.yaml", "--seeds", "0",
             "--project", str(project), "--epochs", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0",
             "--noplots"]
-    rows = runner.main(argv)
+    rows = runner.main([*argv, "--jobs", "2"])  # both runs at once, one thread each; rows still in plan order
     assert [r["hyp"] for r in rows] == ["hyp.scratch-low", "hyp.slide"]
     with (project / "ablation.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -72,6 +72,33 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     size = log.stat().st_size
     again = runner.main(argv)  # everything finished: nothing is trained again
     assert log.stat().st_size == size and again[1]["mAP50"] == recorded["mAP50"]
+
+
+def test_jobs_share_the_cores_unless_threads_are_set(monkeypatch):
+    runner = load_runner()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    assert runner.job_env(2)["OMP_NUM_THREADS"] == "4" and runner.job_env(16)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in runner.job_env(1)  # one job: torch's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runner.job_env(2)["OMP_NUM_THREADS"] == "3"
+    with pytest.raises(SystemExit):
+        runner.parse_opt(["--hyps", "hyp.scratch-low.yaml", "--project", "p", "--jobs", "0"])
+
+
+def test_a_failed_run_stops_the_ablation_before_the_next_starts(tmp_path, monkeypatch):
+    runner = load_runner()
+    started = []
+
+    def failing(run, data, extra, env=None):
+        started.append(run.name)
+        raise SystemExit(f"loss_ablation: {run.name} seed {run.seed} failed (exit 1)")
+
+    monkeypatch.setattr(runner, "execute", failing)
+    with pytest.raises(SystemExit, match="hyp.scratch-low seed 0 failed"):
+        runner.main(["--hyps", "hyp.scratch-low.yaml", "hyp.slide.yaml", "--seeds", "0", "1",
+                     "--project", str(tmp_path / "p")])
+    assert started == ["hyp.scratch-low"]
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
