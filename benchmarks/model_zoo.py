@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.infer_speed import time_ms  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
-from utils.deploy.export import export_mode, export_onnx  # noqa: E402
+from utils.deploy.export import export_mode, export_onnx, onnx_session  # noqa: E402
 from utils.torch_utils import count_flops  # noqa: E402
 
 DEFAULT_MODELS = ("yolov5n.yaml", "yolov5-shufflenetv2.yaml", "yolov5-mobilenetv3s.yaml",
@@ -57,16 +57,12 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def speeds(models: dict[str, torch.nn.Module], size: int, threads: int, warmup: int, runs: int) -> dict:
     """{(model, backend): median ms} at one input size, every model and backend timed in turn."""
-    import onnxruntime as ort
-
     im = torch.rand(1, 3, size, size)
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-            sess = ort.InferenceSession(str(export_onnx(model, im, Path(tmp) / f"{Path(name).stem}.onnx")), so,
-                                        providers=["CPUExecutionProvider"])
+            # spinning off (onnx_session with threads): idle onnxruntime threads must not steal the next case's cores
+            sess = onnx_session(export_onnx(model, im, Path(tmp) / f"{Path(name).stem}.onnx"), threads=threads)
             cases[(name, "torch")] = lambda m=model: m(im)
             cases[(name, "onnxruntime")] = lambda s=sess: s.run(None, {"images": im.numpy()})
         with torch.inference_mode(), contextlib.ExitStack() as stack:
