@@ -9,7 +9,8 @@ For every model, in one run: parameters and GFLOPs at each --sizes; median ms pe
 PyTorch eager and in onnxruntime at each size (--threads intra-op threads, after warm-up, the backends and models
 timed in turn); then, unless --epochs 0, mAP50 and mAP50-95 on the built-in validation split after training it with
 the default recipe (train.py's defaults with --cfg, --epochs, --seed). Training runs resume: a model whose run in
---project has finished is read, not trained again. Prints a markdown table and writes it to --project/model_zoo.md.
+--project has finished is read, not trained again. Prints a markdown table and writes it to --project/model_zoo.md
+(and, with accuracy, model_zoo.png: mAP50 against onnxruntime ms per image at each size).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.infer_speed import time_ms  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 from utils.deploy.export import export_mode, export_onnx, onnx_session  # noqa: E402
+from utils.plots import pyplot_agg, save_figure  # noqa: E402
 from utils.torch_utils import count_flops  # noqa: E402
 
 DEFAULT_MODELS = ("yolov5n.yaml", "yolov5-shufflenetv2.yaml", "yolov5-mobilenetv3s.yaml",
@@ -109,7 +111,25 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     print(text)
     Path(opt.project).mkdir(parents=True, exist_ok=True)
     (Path(opt.project) / "model_zoo.md").write_text(text)
+    if opt.epochs > 0:
+        plot_zoo(rows, opt.sizes, Path(opt.project) / "model_zoo.png")
     return rows
+
+
+def plot_zoo(rows: list[dict], sizes: Sequence[int], path: Path) -> Path:
+    """Speed against accuracy: mAP50 over onnxruntime ms per image, one panel per input size, one dot per model."""
+    plt = pyplot_agg()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for r in rows:
+            ax.scatter(r[f"onnxruntime ms {size}"], r["mAP50"], s=40)
+            ax.annotate(r["model"], (r[f"onnxruntime ms {size}"], r["mAP50"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set(xlabel=f"onnxruntime ms per image at {size} (lower is faster)", ylabel="mAP50", title=f"{size} px")
+        ax.margins(x=0.3, y=0.1)  # room for the labels
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(plt, fig, path, dpi=150)
 
 
 def table(rows: list[dict], opt: argparse.Namespace) -> str:

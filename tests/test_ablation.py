@@ -151,5 +151,6 @@ def test_model_zoo_table_with_a_short_training(tiny_data, tmp_path):
     assert [r["model"] for r in rows] == ["yolov5n", "yolov5-mobilenetv3s"]
     assert rows[0]["params"] == 1_872_157 and all(r["onnxruntime ms 64"] > 0 and 0 <= r["mAP50"] <= 1 for r in rows)
     assert "| yolov5-mobilenetv3s | 1,663,069 |" in (tmp_path / "zoo" / "model_zoo.md").read_text()
+    assert (tmp_path / "zoo" / "model_zoo.png").stat().st_size > 1000  # speed against accuracy
     again = module.main(argv)  # the training runs are read back, not repeated
     assert again[1]["mAP50"] == rows[1]["mAP50"]
