@@ -3,11 +3,13 @@
 Usage:
     python benchmarks/train_speed.py                            # yolov5n, 320 px, batch 16, built-in data, 2 threads
     python benchmarks/train_speed.py --threads 4 --batches 40 --imgsz 640 --cfg yolov5s.yaml
+    python benchmarks/train_speed.py --device 0 --batch-size 64 --workers 8   # CUDA, with AMP as train.py uses
 
 Runs ``engine.train_one_epoch`` (warmup, accumulation, EMA, gradient clipping) over the first --warmup + --batches
 batches of the mosaic-augmented training loader; only the last --batches are timed. The model is in the memory
-format train.py trains in (channels_last on the CPU). Peak memory is the resident set
-size high-water mark of this process and of its largest dataloader worker (``resource.getrusage``).
+format train.py trains in (channels_last on the CPU); on CUDA it trains with AMP and its gradient scaler, as
+train.py does. Peak memory is the resident set size high-water mark of this process and of its largest dataloader
+worker (``resource.getrusage``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from utils.data.data_config import check_dataset  # noqa: E402
 from utils.data.dataset import create_dataloader  # noqa: E402
 from utils.errors import SlideYoloError  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
-from utils.torch_utils import training_memory_format  # noqa: E402
+from utils.torch_utils import select_device, training_memory_format  # noqa: E402
 from utils.train.ema import ModelEMA  # noqa: E402
 from utils.train.engine import EpochConfig, TrainState, train_one_epoch  # noqa: E402
 from utils.train.hyp import load_hyp  # noqa: E402
@@ -54,6 +56,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="dataloader workers")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--batches", type=int, default=20, help="timed batches")
+    p.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as 0")
     return p.parse_args(argv)
 
 
@@ -70,17 +73,18 @@ class Take:
         return itertools.islice(iter(self.loader), self.n)
 
 
-def make_state(opt: argparse.Namespace, nc: int, names: dict) -> TrainState:
-    """Model, loss, optimizer, warmup and EMA set up as train.py does."""
+def make_state(opt: argparse.Namespace, nc: int, names: dict, device: torch.device) -> TrainState:
+    """Model, loss, optimizer, warmup, EMA (and on CUDA the AMP gradient scaler) set up as train.py does."""
     hyp = load_hyp(opt.hyp)
-    model = DetectionModel(opt.cfg, nc=nc).to(memory_format=training_memory_format(torch.device("cpu")))
+    model = DetectionModel(opt.cfg, nc=nc).to(device, memory_format=training_memory_format(device))
     model.names = names
     model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz)
     optimizer = build_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     scheduler = build_scheduler(optimizer, 100, hyp["lrf"])
     warmup = Warmup(warmup_iterations(hyp["warmup_epochs"], 25), hyp, scheduler.lr_lambdas[0], opt.batch_size)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     return TrainState(model, optimizer, ComputeLoss(model), warmup, accumulate_steps(opt.batch_size),
-                      ema=ModelEMA(model))
+                      ema=ModelEMA(model), scaler=scaler)
 
 
 def peak_rss_mb() -> tuple[float, float]:
@@ -98,22 +102,26 @@ def main(opt: argparse.Namespace) -> float:
     hyp = load_hyp(opt.hyp)
     loader, _ = create_dataloader(data["train"], opt.imgsz, opt.batch_size, 32, hyp=hyp, augment=True,
                                   workers=opt.workers, shuffle=True, nc=data["nc"], names=data["names"])
-    state = make_state(opt, data["nc"], data["names"])
-    cpu = torch.device("cpu")
-    cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=cpu, memory_format=training_memory_format(cpu))
+    device = select_device(opt.device)
+    state = make_state(opt, data["nc"], data["names"], device)
+    cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=device, amp=device.type == "cuda",
+                      memory_format=training_memory_format(device))
     n = opt.warmup + opt.batches
     if n > len(loader):
         raise SystemExit(f"--warmup + --batches = {n} exceeds the {len(loader)} batches of one epoch")
     train_one_epoch(state, Take(loader, opt.warmup), 0, cfg)
     t0 = time.perf_counter()
     train_one_epoch(state, Take(loader, opt.batches), 0, cfg)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
     ips = opt.batches * opt.batch_size / dt
     workers = loader.num_workers
     del loader  # ends the persistent workers, so their peak memory is counted as finished children
     gc.collect()
     own, child = peak_rss_mb()
-    print(f"\n{Path(opt.cfg).stem} train {opt.imgsz}px batch {opt.batch_size}, {opt.threads} torch threads, "
+    where = torch.cuda.get_device_name(device) + " (AMP), " if device.type == "cuda" else ""
+    print(f"\n{Path(opt.cfg).stem} train {opt.imgsz}px batch {opt.batch_size}, {where}{opt.threads} torch threads, "
           f"{workers} workers, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}:\n  {ips:.1f} images/s ({dt / opt.batches:.3f} s/batch, data loading "
           f"included)\n  peak RSS {own:.0f} MB main process, {child:.0f} MB largest dataloader worker")

@@ -218,6 +218,18 @@ def test_default_run_benchmark_prints_time_and_map(tiny_data, capsys):
     assert 0 < minutes < 15 and 0 <= map50 < 0.5 and "target (< 15 min, mAP50 >= 0.5) NOT met" in out
 
 
+def test_train_speed_benchmark_prints_images_per_second(tiny_data, capsys):
+    """benchmarks/train_speed.py times the real training step (here 1 + 2 batches of 2 images on the CPU)."""
+    from benchmarks.train_speed import main, parse_opt
+
+    opt = parse_opt(["--data", tiny_data, "--imgsz", "64", "--batch-size", "2", "--workers", "0", "--warmup", "1",
+                     "--batches", "2", "--threads", "1"])
+    assert opt.device == "cpu"
+    ips = main(opt)
+    out = capsys.readouterr().out
+    assert ips > 0 and f"{ips:.1f} images/s" in out and "peak RSS" in out
+
+
 @pytest.mark.slow
 def test_centernet_hyp_trains_validates_and_exports_to_onnx(tiny_data, tmp_path, log_lines):
     import onnxruntime as ort
