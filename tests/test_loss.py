@@ -309,6 +309,28 @@ def test_loss_norm_by_hand():
         torch.testing.assert_close(items, torch.tensor([1 - ciou, 4 * obj, cls]))
 
 
+def test_pos_norm_divides_every_level_by_the_positives_of_all_levels(monkeypatch):
+    """RetinaNet's rule: a level with no positives of its own is divided by the batch's positives, not by 1."""
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = base_hyp(loss_norm="pos", fl_gamma=1.5)
+    loss = ComputeLoss(model)
+    empty = (torch.zeros(0, dtype=torch.long),) * 4
+    logits, tobj = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)  # 12 negatives at p = 0.5
+    alone = loss.obj_loss(logits, tobj, torch.tensor(0.5), empty, torch.zeros(0, 4))
+    shared = loss.obj_loss(logits, tobj, torch.tensor(0.5), empty, torch.zeros(0, 4), n_pos=4)
+    per_cell = LN2 * 0.75 * 0.5 ** 1.5  # BCE ln 2 x alpha_t (1 - alpha for negatives) x (1 - p_t)^gamma
+    torch.testing.assert_close(alone, torch.tensor(12 * per_cell))
+    torch.testing.assert_close(shared, torch.tensor(12 * per_cell / 4))
+
+    p, t = deterministic_inputs()
+    total = sum(len(ix[0]) for ix in loss.build_targets(p, t)[2])
+    seen = []
+    original = loss.obj_loss
+    monkeypatch.setattr(loss, "obj_loss", lambda *a: seen.append(a[-1]) or original(*a))
+    loss(p, t)
+    assert seen == [total] * 3 and total > 0
+
+
 def test_class_weights_ce_weighted_equals_torch_weighted_cross_entropy():
     model = DetectionModel("yolov5n.yaml", nc=3)
     model.hyp = base_hyp(cls_loss_type="ce", cls_weights="inverse", cls_weights_values=[0.5, 1.0, 1.5],

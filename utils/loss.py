@@ -18,8 +18,9 @@ and ``utils.heatmap``::
   threshold mu of each level from the batch (``slide_mu: batch``, the paper) or a moving average (``slide_mu: ema``).
 - ``class_weight`` (``cls_weights: inverse | effective``): per class of the target, Cui et al. 2019,
   arXiv 1901.05555; the values (``cls_weights_values``) come from the training labels' class counts.
-- ``reduce`` (``loss_norm``): mean over elements (YOLOv5), / positives (RetinaNet) or / sum of weights (weighted
-  mean). The heatmap objectness keeps its own reduction, / positive cells, as in the papers.
+- ``reduce`` (``loss_norm``): mean over elements (YOLOv5), / the batch's positives over all levels (RetinaNet) or
+  / sum of weights (weighted mean). The heatmap objectness keeps its own reduction, / positive cells, as in the
+  papers.
 - ``box_l1 > 0`` adds an L1 term on the positives' box regression (CenterNet's offset and size L1, YOLOX's extra L1).
 
 With every option off (the defaults) the values equal YOLOv5's.
@@ -148,6 +149,7 @@ class ComputeLoss:
         lbox, lobj, lcls, ll1 = (torch.zeros(1, device=dev) for _ in range(4))
         tcls, tbox, indices, anchors = self.build_targets(p, targets)
         decay = self.mu_ema.step() if self.mu_ema is not None and p[0].requires_grad else None
+        n_pos = sum(int(ix[0].shape[0]) for ix in indices)  # positives of the batch over all levels (loss_norm pos)
         for i, pi in enumerate(p):
             b, a, gj, gi = indices[i]
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
@@ -162,8 +164,8 @@ class ComputeLoss:
                 tobj[b, a, gj, gi] = ((1.0 - self.gr) + self.gr * iou.detach().clamp(0)).to(tobj.dtype)
             mu = self.level_mu(i, iou, decay)
             if b.shape[0] and self.nc > 1:
-                lcls += self.class_loss(pcls, tcls[i], iou.detach(), mu)
-            obji = self.obj_loss(pi[..., 4], tobj, mu, indices[i], tbox[i])
+                lcls += self.class_loss(pcls, tcls[i], iou.detach(), mu, n_pos)
+            obji = self.obj_loss(pi[..., 4], tobj, mu, indices[i], tbox[i], n_pos)
             lobj += obji * self.balance[i]
             if self.autobalance:
                 self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
@@ -184,8 +186,12 @@ class ComputeLoss:
         return self.mu_ema.value(level, iou.device)
 
     def obj_loss(self, logits: torch.Tensor, tobj: torch.Tensor, mu: torch.Tensor, index: tuple,
-                 tbox: torch.Tensor) -> torch.Tensor:
+                 tbox: torch.Tensor, n_pos: int | None = None) -> torch.Tensor:
         """Objectness of one level; logits and tobj (bs, na, ny, nx), index and tbox the level's matches.
+
+        n_pos: the batch's positives over all levels, the denominator of loss_norm pos (default: this level's). As in
+        RetinaNet it counts every level: a level with few or no positives of its own would otherwise divide the sum
+        over all its cells by 1, and its objectness gradient would swing by orders of magnitude between batches.
 
         bce:             reduce(BCE(logits, tobj) x focal x slide(x = tobj, mu)) by loss_norm.
         gaussian_focal:  sum(heatmap focal x slide) / positive cells, targets from ``heatmap_targets``.
@@ -201,7 +207,7 @@ class ComputeLoss:
             f = self.focal_factor(logits, tobj)
             w = f if w is None else w * f
         loss = loss * w if w is not None else loss
-        return reduce_loss(loss, w, self.norm, index[0].shape[0])
+        return reduce_loss(loss, w, self.norm, index[0].shape[0] if n_pos is None else n_pos)
 
     def focal_factor(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The sigmoid focal factor of fl_type: RetinaNet's alpha_t (1 - p_t)^gamma or GFL's |t - p|^gamma."""
@@ -216,7 +222,8 @@ class ComputeLoss:
         centre = tbox[:, :2] + torch.stack((gi, gj), 1).to(tbox.dtype)
         return draw_heatmap(tuple(shape), b, a, centre, tbox[:, 2:4], gj, gi)
 
-    def class_loss(self, logits: torch.Tensor, tcls: torch.Tensor, iou: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    def class_loss(self, logits: torch.Tensor, tcls: torch.Tensor, iou: torch.Tensor, mu: torch.Tensor,
+                   n_pos: int | None = None) -> torch.Tensor:
         """Class term of the positives: logits (n, nc), class indices (n,), their CIoU (n,) for the slide weight.
 
         bce: reduce over (n, nc) of BCE(logits, smoothed one-hot) x focal x slide x class weight.
@@ -227,6 +234,7 @@ class ComputeLoss:
         by its ground-truth class), so a rare class's examples count more in every column.
         """
         n = tcls.shape[0]
+        n_pos = n if n_pos is None else n_pos  # loss_norm pos: the batch's positives over all levels
         w = slide_weight(iou, mu, self.slide_ratio) if self.slide_ratio > 0 else None
         if self.class_w is not None:
             cw = self.class_w[tcls].to(logits.dtype)
@@ -237,7 +245,7 @@ class ComputeLoss:
                 f = focal_factor_ce(logits, tcls, self.gamma)
                 w = f if w is None else w * f
             loss = loss * w if w is not None else loss
-            return reduce_loss(loss, w, self.norm, n) / self.nc
+            return reduce_loss(loss, w, self.norm, n_pos) / self.nc
         t = torch.full_like(logits, self.cn)
         t[range(n), tcls] = self.cp
         loss = bce_elementwise(logits, t, self.hyp["cls_pw"])
@@ -246,7 +254,7 @@ class ComputeLoss:
             f = self.focal_factor(logits, t)
             w = f if w is None else w * f
         loss = loss * w if w is not None else loss
-        return reduce_loss(loss, w, self.norm, n)
+        return reduce_loss(loss, w, self.norm, n_pos)
 
     def build_targets(self, p: list[torch.Tensor], targets: torch.Tensor):
         """Assign targets to anchors and cells (YOLOv5 rule).
