@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tqdm import tqdm  # noqa: E402
 
 from utils.data.data_config import check_dataset  # noqa: E402
+from utils.errors import SlideYoloError  # noqa: E402
 from utils.train.ablation import (  # noqa: E402
     DONE_FILE,
     AblationRun,
@@ -171,4 +172,8 @@ def run_pool(todo: list[int], runs: list[AblationRun], opt: argparse.Namespace, 
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SlideYoloError as e:  # a bad hyp or data file: one line that names it, no traceback
+        print(f"loss_ablation.py: error: {e}", file=sys.stderr)
+        sys.exit(1)

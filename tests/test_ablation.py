@@ -122,6 +122,17 @@ def test_a_bad_hyp_file_fails_before_any_run(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_a_missing_data_file_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "loss_ablation.py"), "--data", str(tmp_path / "none.yaml"),
+           "--hyps", "hyp.scratch-low.yaml", "--project", str(tmp_path / "p"), "--jobs", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"loss_ablation.py: error: data YAML not found: {tmp_path / 'none.yaml'}" in out.stderr
+
+
 def test_plan_runs_every_recipe_at_each_seed_first(tmp_path):
     from utils.train.ablation import plan_runs
 
