@@ -1,4 +1,4 @@
-"""utils/tv_ops.py: torchvision's NMS kernel without importing torchvision, with torchvision's results."""
+"""utils/tv_ops.py (and utils.boxes.box_iou): torchvision's kernels and formulas without importing torchvision."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torchvision
 
 from tests.conftest import ROOT
 from utils import tv_ops
+from utils.boxes import box_iou
 
 
 def random_boxes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -31,13 +32,13 @@ def test_batched_nms_keeps_what_torchvision_keeps(n):
 def test_nms_and_box_iou_match_torchvision():
     boxes, scores, _ = random_boxes(200, seed=1)
     assert torch.equal(tv_ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
-    assert torch.allclose(tv_ops.box_iou(boxes[:20], boxes[20:]), torchvision.ops.box_iou(boxes[:20], boxes[20:]))
+    assert torch.allclose(box_iou(boxes[:20], boxes[20:]), torchvision.ops.box_iou(boxes[:20], boxes[20:]))
 
 
 def test_box_iou_by_hand():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
-    assert torch.allclose(tv_ops.box_iou(a, b), torch.tensor([[1 / 7, 0.0]]))
+    assert torch.allclose(box_iou(a, b), torch.tensor([[1 / 7, 0.0]]))
 
 
 def test_val_and_detect_never_import_torchvision():

@@ -2,7 +2,7 @@
 
 Formats: ``xyxy`` = corners (x1, y1, x2, y2); ``xywh`` = centre and size; a trailing ``n`` means normalized to [0, 1]
 by the image width and height. Conversions accept torch tensors or numpy arrays of shape (..., 4) and return the
-same type. Pairwise IoU is ``utils.tv_ops.box_iou`` (torchvision's formula, without importing torchvision).
+same type. Pairwise IoU is torchvision's formula, written here so that nothing imports torchvision.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 import torch
-
-from utils import tv_ops
 
 
 def _like(x):
@@ -101,8 +99,12 @@ def scale_boxes(img1_shape: tuple[int, int], boxes, img0_shape: tuple[int, int],
 
 
 def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of xyxy boxes (N, 4) x (M, 4) -> (N, M)."""
-    return tv_ops.box_iou(box1, box2)
+    """Pairwise IoU of xyxy boxes (N, 4) x (M, 4) -> (N, M): intersection / (area1 + area2 - intersection)."""
+    area1 = (box1[:, 2] - box1[:, 0]) * (box1[:, 3] - box1[:, 1])
+    area2 = (box2[:, 2] - box2[:, 0]) * (box2[:, 3] - box2[:, 1])
+    wh = (torch.min(box1[:, None, 2:], box2[:, 2:]) - torch.max(box1[:, None, :2], box2[:, :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2 - inter)
 
 
 def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, CIoU: bool = False,  # noqa: N803

@@ -65,12 +65,3 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
             for idx in (torch.where(groups == g)[0] for g in torch.unique(groups))]
     kept = torch.cat(kept)
     return kept[scores[kept].argsort(descending=True, stable=True)]
-
-
-def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of xyxy boxes (N, 4) x (M, 4) -> (N, M): intersection / (area1 + area2 - intersection)."""
-    area1 = (box1[:, 2] - box1[:, 0]) * (box1[:, 3] - box1[:, 1])
-    area2 = (box2[:, 2] - box2[:, 0]) * (box2[:, 3] - box2[:, 1])
-    wh = (torch.min(box1[:, None, 2:], box2[:, 2:]) - torch.max(box1[:, None, :2], box2[:, :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[:, None] + area2 - inter)
