@@ -8,10 +8,13 @@ Usage (from the project root):
         --weights ../shared/weights/yolov5n_v6.1_coco80.pt --optimizer auto --epochs 12 --imgsz 320
 
     python benchmarks/loss_ablation.py ... --jobs 2                  # two runs at once (many cores, or one GPU)
+    python benchmarks/loss_ablation.py ... --ledger docs/ablation/facemask.jsonl   # keep finished rows elsewhere
 
 Every other option goes to train.py unchanged. Runs go to DIR/<hyp stem>/seed<k>. A finished run is skipped, an
 interrupted one continues with ``train.py --resume``, so killing and restarting the command loses at most the epoch in
-progress. Writes DIR/ablation.csv (one row per run), DIR/ablation.md (mean ± std per hyp file, the first hyp file as
+progress. With ``--ledger FILE`` every finished run's row is also appended to FILE (JSON lines, with the data file
+and train.py options it was measured with), and a run already in FILE is not trained again even if its folder is
+gone. Writes DIR/ablation.csv (one row per run), DIR/ablation.md (mean ± std per hyp file, the first hyp file as
 the reference for differences paired by seed) and DIR/ablation.png.
 """
 
@@ -37,10 +40,13 @@ from utils.errors import SlideYoloError  # noqa: E402
 from utils.train.ablation import (  # noqa: E402
     DONE_FILE,
     AblationRun,
+    append_ledger,
     markdown_table,
     plan_runs,
     plot_ablation,
+    read_ledger,
     read_run_metrics,
+    recipe_key,
     write_csv,
 )
 from utils.train.hyp import load_hyp  # noqa: E402
@@ -55,6 +61,8 @@ def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[s
     p.add_argument("--project", required=True, help="folder of the ablation (runs and tables)")
     p.add_argument("--jobs", type=int, default=1,
                    help="train.py runs at once; each gets cores/jobs intra-op threads unless OMP_NUM_THREADS is set")
+    p.add_argument("--ledger", type=Path, default=None,
+                   help="JSON-lines file of finished rows that outlives the run folders; its runs are not retrained")
     opt, extra = p.parse_known_args(argv)
     if opt.jobs < 1:
         p.error(f"--jobs must be at least 1, got {opt.jobs}")
@@ -115,6 +123,7 @@ def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) ->
 
 def write_outputs(rows: list[dict], project: Path) -> None:
     """ablation.csv, ablation.md and ablation.png from the finished runs."""
+    project.mkdir(parents=True, exist_ok=True)
     write_csv(rows, project / "ablation.csv")
     (project / "ablation.md").write_text(markdown_table(rows))
     plot_ablation(rows, project / "ablation.png")
@@ -129,11 +138,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         check_dataset(opt.data)  # generate the built-in data once, not in several runs at the same time
     project = Path(opt.project)
     runs = plan_runs(opt.hyps, opt.seeds, project)
+    recipe = recipe_key(opt.data, extra)
+    try:
+        ledger = read_ledger(opt.ledger, recipe)
+    except ValueError as e:
+        raise SlideYoloError(str(e)) from None
     rows: dict[int, dict] = {}
     bar = tqdm(total=len(runs), desc="ablation", unit="run", file=sys.stdout)
 
     def record(i: int, row: dict, status: str, seconds: float) -> None:
         rows[i] = row
+        if (row["hyp"], row["seed"]) not in ledger:
+            ledger[(row["hyp"], row["seed"])] = row
+            append_ledger(opt.ledger, row, recipe)
         write_outputs([rows[k] for k in sorted(rows)], project)
         bar.update(1)
         bar.write(f"{runs[i].name} seed {runs[i].seed}: {status}, mAP50 {row['mAP50']:.3f}, "
@@ -141,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     todo = []
     for i, run in enumerate(runs):
-        row = run.done()
+        row = run.done() or ledger.get((run.name, run.seed))
         if row:
             record(i, row, "done before", 0.0)
         else:

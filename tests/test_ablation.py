@@ -165,3 +165,38 @@ def test_model_zoo_table_with_a_short_training(tiny_data, tmp_path):
     assert (tmp_path / "zoo" / "model_zoo.png").stat().st_size > 1000  # speed against accuracy
     again = module.main(argv)  # the training runs are read back, not repeated
     assert again[1]["mAP50"] == rows[1]["mAP50"]
+
+
+def test_a_ledger_outlives_the_run_folders(tmp_path, monkeypatch):
+    import shutil
+
+    runner = load_runner()
+    trained = []
+
+    def fake(run, data, extra, env=None):
+        trained.append((run.name, run.seed))
+        return row(run.name, run.seed, 0.5 + run.seed / 10, 0.1)
+
+    monkeypatch.setattr(runner, "execute", fake)
+    ledger, project = tmp_path / "kept" / "ledger.jsonl", tmp_path / "p"
+    argv = ["--hyps", "hyp.scratch-low.yaml", "hyp.slide.yaml", "--seeds", "0", "1", "--project", str(project),
+            "--ledger", str(ledger), "--epochs", "3"]
+    runner.main(argv)
+    assert len(trained) == 4 and len(ledger.read_text().splitlines()) == 4
+    shutil.rmtree(project)  # e.g. a new checkout: the run folders are gone, the committed ledger is not
+    rows = runner.main(argv)
+    assert len(trained) == 4 and [r["mAP50"] for r in rows] == [0.5, 0.5, 0.6, 0.6]
+    assert (project / "ablation.md").is_file()  # the tables are written again from the ledger alone
+    runner.main([*argv[:-1], "5"])  # another recipe (--epochs 5): the ledger's rows are not its rows
+    assert len(trained) == 8 and len(ledger.read_text().splitlines()) == 8
+
+
+def test_a_damaged_ledger_is_named(tmp_path):
+    runner = load_runner()
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text('{"hyp": "hyp.slide", "seed": 0}\n{not json\n')
+    from utils.errors import SlideYoloError
+
+    with pytest.raises(SlideYoloError, match=r"ledger.jsonl:2: not a JSON row"):
+        runner.main(["--hyps", "hyp.scratch-low.yaml", "--seeds", "0", "--project", str(tmp_path / "p"),
+                     "--ledger", str(ledger)])

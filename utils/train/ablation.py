@@ -72,6 +72,41 @@ def read_run_metrics(folder: Path) -> dict:
     return out
 
 
+def recipe_key(data: str, extra: list[str]) -> str:
+    """What makes two runs of one (hyp, seed) comparable: the data file and every train.py option, as one line."""
+    return " ".join([f"--data {data}", *extra])
+
+
+def read_ledger(path: Path | None, recipe: str) -> dict[tuple[str, int], dict]:
+    """Finished rows of this recipe from a ledger (JSON lines, one row per finished run), keyed by (hyp, seed).
+
+    The ledger is a small file that outlives the run folders (it can be committed, copied, or kept on another disk),
+    so an ablation resumes from it even after its folders are gone. Rows of another recipe are not used.
+    """
+    if path is None or not path.is_file():
+        return {}
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not a JSON row of the ablation ledger ({e.msg})") from None
+        if row.get("recipe") == recipe:
+            out[(row["hyp"], int(row["seed"]))] = {k: v for k, v in row.items() if k != "recipe"}
+    return out
+
+
+def append_ledger(path: Path | None, row: dict, recipe: str) -> None:
+    """Add one finished run's row to the ledger (one line, flushed at once)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({**row, "recipe": recipe}) + "\n")
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     if not values:
