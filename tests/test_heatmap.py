@@ -187,3 +187,30 @@ def test_zero_matches_give_zeros_and_targets_are_detached():
     drawn = draw_heatmap((1, 1, 4, 4), one, one, centre, torch.tensor([[3.0, 3.0]]), torch.tensor([1]),
                          torch.tensor([1]))
     assert not drawn.requires_grad and drawn[0, 0, 1, 1] == 1.0
+
+
+def full_grid_heatmap(shape, b, a, centre, wh, gj, gi) -> torch.Tensor:
+    """The drawing rule transcribed without a window: every match evaluated on every cell, maximum kept."""
+    bs, na, ny, nx = shape
+    out = torch.zeros(bs * na, ny * nx)
+    sigma = gaussian_sigma(wh[:, 1], wh[:, 0])
+    xs, ys = torch.arange(nx) + 0.5, torch.arange(ny) + 0.5
+    d2 = (ys[None, :, None] - centre[:, 1, None, None]) ** 2 + (xs[None, None, :] - centre[:, 0, None, None]) ** 2
+    gauss = torch.exp(-d2 / (2 * sigma[:, None, None] ** 2))
+    for k in range(len(b)):
+        row = b[k] * na + a[k]
+        out[row] = torch.maximum(out[row], gauss[k].reshape(-1))
+    out = out.view(bs * na, ny, nx)
+    out[b * na + a, gj, gi] = 1.0
+    return out.view(bs, na, ny, nx)
+
+
+@pytest.mark.parametrize("ny, nx, m", [(40, 40, 300), (10, 20, 50), (5, 5, 20), (80, 60, 200)])
+def test_the_window_changes_no_value(ny, nx, m):
+    torch.manual_seed(ny + nx)
+    b, a = torch.randint(0, 4, (m,)), torch.randint(0, 3, (m,))
+    centre = torch.rand(m, 2) * torch.tensor([nx, ny])  # near the edges too
+    wh = torch.rand(m, 2) ** 3 * torch.tensor([nx, ny]) + 0.05  # mostly small, some as large as the grid
+    gi, gj = centre[:, 0].long().clamp(0, nx - 1), centre[:, 1].long().clamp(0, ny - 1)
+    drawn = draw_heatmap((4, 3, ny, nx), b, a, centre, wh, gj, gi)
+    assert torch.equal(drawn, full_grid_heatmap((4, 3, ny, nx), b, a, centre, wh, gj, gi))

@@ -14,6 +14,8 @@ assigned positive, so the positives are found by exact equality ``y == 1``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 PROB_EPS = 1e-4  # p is clamped to [PROB_EPS, 1 - PROB_EPS], as CenterNet's _sigmoid
@@ -109,6 +111,16 @@ def gaussian_sigma(h: torch.Tensor, w: torch.Tensor, min_overlap: float = 0.7) -
     return (2.0 * gaussian_radius(h, w, min_overlap).floor() + 1.0) / 6.0
 
 
+UNDERFLOW_SIGMAS = 14.5  # exp(-d^2 / (2 sigma^2)) is exactly 0 in float32 once d > 14.43 sigma (exp(-104) < 2^-150)
+
+
+def _window(centre: torch.Tensor, half: int, n: int) -> torch.Tensor:
+    """Cell indices (M, k) of a window of k = min(2 half + 1, n) cells around floor(centre), shifted inside 0..n-1."""
+    k = min(2 * half + 1, n)
+    start = (centre.floor().long() - half).clamp(0, n - k)
+    return start[:, None] + torch.arange(k, device=centre.device)
+
+
 @torch.no_grad()
 def draw_heatmap(shape: tuple[int, int, int, int], b: torch.Tensor, a: torch.Tensor, centre_xy: torch.Tensor,
                  wh: torch.Tensor, gj: torch.Tensor, gi: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
@@ -117,27 +129,28 @@ def draw_heatmap(shape: tuple[int, int, int, int], b: torch.Tensor, a: torch.Ten
     Match m draws exp(-(dx^2 + dy^2) / (2 sigma^2)) on heatmap[b[m], a[m]], dx = (column + 0.5) - cx,
     dy = (row + 0.5) - cy, with (cx, cy) = centre_xy[m] and sigma = gaussian_sigma(h, w) from wh[m] = (w, h),
     all in grid cells of this level; overlapping objects keep the element-wise maximum. Then the assigned cells
-    heatmap[b, a, gj, gi] are set to exactly 1.0, the positives of ``gaussian_focal_loss``. The Gaussian is not
-    truncated to a window; memory is M * ny * nx floats for M matches.
+    heatmap[b, a, gj, gi] are set to exactly 1.0, the positives of ``gaussian_focal_loss``. Each Gaussian is
+    evaluated in a square window of +-ceil(14.5 sigma_max) cells around its centre: outside it the value underflows
+    to exactly 0 in float32, so the window changes no value and memory is M * window^2 floats, not M * ny * nx.
     """
     bs, na, ny, nx = shape
     device = centre_xy.device
-    heatmap = torch.zeros(bs * na, ny, nx, dtype=torch.float32, device=device)
+    heatmap = torch.zeros(bs * na * ny * nx, dtype=torch.float32, device=device)
     m = b.numel()
     if m == 0:
         return heatmap.view(bs, na, ny, nx)
     centre = centre_xy.detach().to(device, torch.float32).view(m, 2)
     size = wh.detach().to(device, torch.float32).view(m, 2)
     sigma = gaussian_sigma(size[:, 1], size[:, 0], min_overlap)  # (M,)
-    xs = torch.arange(nx, dtype=torch.float32, device=device) + 0.5
-    ys = torch.arange(ny, dtype=torch.float32, device=device) + 0.5
-    dx2 = (xs[None, :] - centre[:, 0:1]).square()  # (M, nx)
-    dy2 = (ys[None, :] - centre[:, 1:2]).square()  # (M, ny)
+    half = math.ceil(UNDERFLOW_SIGMAS * float(sigma.max()))
+    cols, rows = _window(centre[:, 0], half, nx), _window(centre[:, 1], half, ny)  # (M, kx), (M, ky)
+    dx2 = (cols.float() + 0.5 - centre[:, 0:1]).square()
+    dy2 = (rows.float() + 0.5 - centre[:, 1:2]).square()
     two_sigma2 = (2.0 * sigma.square())[:, None, None]
-    gauss = torch.exp(-(dy2[:, :, None] + dx2[:, None, :]) / two_sigma2)  # (M, ny, nx)
+    gauss = torch.exp(-(dy2[:, :, None] + dx2[:, None, :]) / two_sigma2)  # (M, ky, kx)
     image_anchor = b.to(device, torch.long).view(m) * na + a.to(device, torch.long).view(m)
-    flat = heatmap.view(bs * na, ny * nx)  # row image * na + anchor; amax over the matches landing on a row
-    flat.scatter_reduce_(0, image_anchor[:, None].expand(m, ny * nx), gauss.view(m, ny * nx), "amax")
+    cell = (image_anchor[:, None, None] * ny + rows[:, :, None]) * nx + cols[:, None, :]  # flat index (M, ky, kx)
+    heatmap.scatter_reduce_(0, cell.reshape(-1), gauss.reshape(-1), "amax")  # overlapping objects: the maximum
+    heatmap = heatmap.view(bs * na, ny, nx)
     heatmap[image_anchor, gj.to(device, torch.long).view(m), gi.to(device, torch.long).view(m)] = 1.0
     return heatmap.view(bs, na, ny, nx)
-
