@@ -59,7 +59,7 @@ def test_transformer_block_keeps_shape_and_exports_to_onnx(tmp_path):
 
 
 LIGHT_PARAMS = {"yolov5-shufflenetv2.yaml": 1_645_473, "yolov5-mobilenetv3s.yaml": 1_663_069,
-                "yolov5-shufflenetv2-0.5.yaml": 955_613}
+                "yolov5-shufflenetv2-0.5.yaml": 955_613, "yolov5n-ghost.yaml": 1_049_217}
 
 
 @pytest.mark.parametrize("cfg", list(LIGHT_PARAMS))
