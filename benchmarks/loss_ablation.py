@@ -9,6 +9,7 @@ Usage (from the project root):
 
     python benchmarks/loss_ablation.py ... --jobs 2                  # two runs at once (many cores, or one GPU)
     python benchmarks/loss_ablation.py ... --ledger docs/ablation/facemask.jsonl   # keep finished rows elsewhere
+    python benchmarks/loss_ablation.py ... --report     # tables and plot of what has finished, nothing trained
 
 Every other option goes to train.py unchanged. Runs go to DIR/<hyp stem>/seed<k>. A finished run is skipped, an
 interrupted one continues with ``train.py --resume``, so killing and restarting the command loses at most the epoch in
@@ -63,6 +64,8 @@ def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[s
                    help="train.py runs at once; each gets cores/jobs intra-op threads unless OMP_NUM_THREADS is set")
     p.add_argument("--ledger", type=Path, default=None,
                    help="JSON-lines file of finished rows that outlives the run folders; its runs are not retrained")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: write the tables and plot from the runs finished so far (folders and ledger)")
     opt, extra = p.parse_known_args(argv)
     if opt.jobs < 1:
         p.error(f"--jobs must be at least 1, got {opt.jobs}")
@@ -163,9 +166,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             record(i, row, "done before", 0.0)
         else:
             todo.append(i)
-    run_pool(todo, runs, opt, extra, record)
+    if not opt.report:
+        run_pool(todo, runs, opt, extra, record)
     bar.close()
     ordered = [rows[k] for k in sorted(rows)]
+    if not ordered:
+        print(f"No finished runs in {project}" + (f" or {opt.ledger}" if opt.ledger else ""))
+        return ordered
     print(f"\n{markdown_table(ordered)}\nResults: {project / 'ablation.md'}, ablation.csv, ablation.png")
     return ordered
 

@@ -187,6 +187,10 @@ def test_a_ledger_outlives_the_run_folders(tmp_path, monkeypatch):
     rows = runner.main(argv)
     assert len(trained) == 4 and [r["mAP50"] for r in rows] == [0.5, 0.5, 0.6, 0.6]
     assert (project / "ablation.md").is_file()  # the tables are written again from the ledger alone
+    report = tmp_path / "report"
+    rows = runner.main([*argv, "--report", "--project", str(report), "--seeds", "0", "1", "2"])
+    assert len(trained) == 4 and len(rows) == 4  # --report trains nothing; seed 2 is simply missing
+    assert "| hyp.slide | 2 |" in (report / "ablation.md").read_text()
     runner.main([*argv[:-1], "5"])  # another recipe (--epochs 5): the ledger's rows are not its rows
     assert len(trained) == 8 and len(ledger.read_text().splitlines()) == 8
 
