@@ -201,6 +201,9 @@ def test_a_damaged_ledger_is_named(tmp_path):
     ledger.write_text('{"hyp": "hyp.slide", "seed": 0}\n{not json\n')
     from utils.errors import SlideYoloError
 
+    argv = ["--hyps", "hyp.scratch-low.yaml", "--seeds", "0", "--project", str(tmp_path / "p"), "--ledger", str(ledger)]
     with pytest.raises(SlideYoloError, match=r"ledger.jsonl:2: not a JSON row"):
-        runner.main(["--hyps", "hyp.scratch-low.yaml", "--seeds", "0", "--project", str(tmp_path / "p"),
-                     "--ledger", str(ledger)])
+        runner.main(argv)
+    ledger.write_text('{"hyp": "hyp.slide", "seed": "first"}\n')
+    with pytest.raises(SlideYoloError, match=r"ledger.jsonl:1: a ledger row needs 'hyp' and an integer 'seed'"):
+        runner.main(argv)

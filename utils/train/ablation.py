@@ -91,10 +91,13 @@ def read_ledger(path: Path | None, recipe: str) -> dict[tuple[str, int], dict]:
             continue
         try:
             row = json.loads(line)
+            key = (row["hyp"], int(row["seed"]))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not a JSON row of the ablation ledger ({e.msg})") from None
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}:{n}: a ledger row needs 'hyp' and an integer 'seed'") from None
         if row.get("recipe") == recipe:
-            out[(row["hyp"], int(row["seed"]))] = {k: v for k, v in row.items() if k != "recipe"}
+            out[key] = {k: v for k, v in row.items() if k != "recipe"}
     return out
 
 
