@@ -53,6 +53,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="exp", help="save to project/name")
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    parser.add_argument("--single-label", action="store_true",
+                        help="one label per box, as detect.py outputs (default: every class above --conf-thres)")
     parser.add_argument("--engine", default="auto", choices=ENGINES,
                         help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
     return parser.parse_args(argv)
@@ -97,11 +99,12 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = False, model=None, dataloader=None, save_dir: Path = Path(""),
-        plots: bool = True, compute_loss=None, engine: str = "auto"):
+        plots: bool = True, compute_loss=None, engine: str = "auto", single_label: bool = False):
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls), maps (nc,), (pre, inference, nms) ms per image).
 
     From training pass ``model`` (a DetectionModel), ``dataloader``, ``save_dir`` and ``compute_loss``; otherwise
-    ``weights`` (.pt, .torchscript, .onnx) and ``data`` are loaded here.
+    ``weights`` (.pt, .torchscript, .onnx) and ``data`` are loaded here. Every model, sigmoid or softmax, is scored
+    with every class above conf_thres per box (the mAP protocol); ``single_label`` keeps one label per box instead.
     """
     log = get_logger()
     training = model is not None
@@ -110,7 +113,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     if training:
         device = next(model.parameters()).device
         data = data if isinstance(data, dict) else check_dataset(data)
-        names, exclusive, fp16 = data["names"], getattr(model, "class_act", "sigmoid") == "softmax", False
+        names, fp16 = data["names"], False
         model_fn = model.half() if half and device.type == "cuda" else model.float()
         fp16 = half and device.type == "cuda"
         model_fn.eval()
@@ -121,7 +124,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine)
         data = check_dataset(data)
         _check_classes(backend, data, weights, single_cls)
-        names, exclusive, fp16 = data["names"], backend.class_act == "softmax", half
+        names, fp16 = data["names"], half
         imgsz = backend.input_size([imgsz])[0]
         batch_size = batch_size if backend.dynamic else backend.batch
         rect = backend.pt  # rectangular batches need a model that accepts any size
@@ -130,7 +133,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         model_fn = backend
         if not rect and batch_size > 1:
             log.info(f"{weights}: fixed-size or non-PyTorch model, square {imgsz} batches")
-    cfg = EvalConfig(conf_thres, iou_thres, max_det, single_cls, exclusive, Path(save_dir) if save_dir else None,
+    cfg = EvalConfig(conf_thres, iou_thres, max_det, single_cls, single_label, Path(save_dir) if save_dir else None,
                      plots, save_txt, save_conf, save_json)
     result = evaluate(model_fn, dataloader, names, cfg, compute_loss=compute_loss, device=device, fp16=fp16)
     nc = 1 if single_cls else len(names)

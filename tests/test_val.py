@@ -61,7 +61,8 @@ def test_softmax_model_validates_end_to_end(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate_module, "non_max_suppression", spy)
     metrics, maps, times = val.run(data=tiny_data["yaml_file"], weights=str(weights), imgsz=64, batch_size=4,
                                    workers=0, project=tmp_path, name="ce")
-    assert calls and all(c["exclusive"] for c in calls)  # softmax scores: one label per box
+    # softmax scores, scored like sigmoid ones: every class above conf_thres is a candidate (the mAP protocol)
+    assert calls and all(c["multi_label"] and not c["exclusive"] for c in calls)
     assert len(metrics) == 7 and all(0 <= m <= 1 for m in metrics[:4]) and maps.shape == (6,)
     save_dir = tmp_path / "ce"
     for name in ("confusion_matrix.png", "val_batch0_labels.jpg", "val_batch0_pred.jpg"):
@@ -126,3 +127,14 @@ def test_map_agrees_with_pycocotools(coco128_run):
                                          save_dir / "yolov5n_v6.1_coco80_predictions.json")
     assert coco_map == pytest.approx(map5095, abs=0.01)
     assert coco_map50 == pytest.approx(map50, abs=0.01)
+
+
+def test_single_label_scores_one_label_per_box_as_detect_does(tiny_data, tmp_path, monkeypatch):
+    weights = tiny_checkpoint(tmp_path / "ce.pt", nc=6, cls_loss_type="ce")
+    calls = []
+    real_nms = evaluate_module.non_max_suppression
+    monkeypatch.setattr(evaluate_module, "non_max_suppression", lambda *a, **k: calls.append(k) or real_nms(*a, **k))
+    val.run(data=tiny_data["yaml_file"], weights=str(weights), imgsz=64, batch_size=4, workers=0, project=tmp_path,
+            name="one", plots=False, single_label=True)
+    assert calls and all(c["exclusive"] for c in calls)
+    assert val.parse_opt(["--single-label"]).single_label and not val.parse_opt([]).single_label

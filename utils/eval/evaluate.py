@@ -33,7 +33,7 @@ class EvalConfig:
     iou_thres: float = 0.6
     max_det: int = 300
     single_cls: bool = False
-    exclusive: bool = False  # softmax (mutually exclusive) class scores: one label per box in NMS
+    exclusive: bool = False  # one label per box in NMS (val.py --single-label); else every class above conf_thres
     save_dir: Optional[Path] = None
     plots: bool = True
     save_txt: bool = False
