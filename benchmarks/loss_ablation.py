@@ -99,9 +99,18 @@ def execute(run: AblationRun, data: str, extra: list[str], env: dict[str, str] |
         train(run, data, extra, env or job_env(1))
     spent_file = run.folder / "ablation_wall_s.txt"
     row = {"hyp": run.name, "seed": run.seed, **read_run_metrics(run.folder),
-           "wall_s": float(spent_file.read_text()) if spent_file.is_file() else 0.0}
+           "wall_s": float(spent_file.read_text()) if spent_file.is_file() else 0.0, "commit": code_commit()}
     (run.folder / DONE_FILE).write_text(json.dumps(row, indent=1))
     return row
+
+
+def code_commit() -> str:
+    """The git commit of the code that ran (recorded with each row), or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) -> None:

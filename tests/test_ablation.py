@@ -68,6 +68,7 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     assert (project / "ablation.png").stat().st_size > 1000
     done = project / "hyp.slide" / "seed0" / "ablation_done.json"
     recorded = json.loads(done.read_text())
+    assert recorded["commit"] == runner.code_commit() and recorded["commit"]  # which code measured the row
     log = project / "hyp.slide" / "seed0" / "train.log"
     size = log.stat().st_size
     again = runner.main(argv)  # everything finished: nothing is trained again
