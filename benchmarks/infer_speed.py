@@ -75,10 +75,11 @@ def openvino_compiled(model: torch.nn.Module, im: torch.Tensor, folder: Path, th
         import openvino as ov
     except ImportError:
         return None
+    from models.backend import OPENVINO_CPU_CONFIG
     from utils.deploy.export import export_openvino
 
     xml = next(export_openvino(model, im, folder / "m.pt").glob("*.xml"))
-    return ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    return ov.Core().compile_model(str(xml), "CPU", {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads})
 
 
 def run(weights: Optional[str] = None, cfg: str = "yolov5n.yaml", imgsz: int = 640, threads: int = 2,
