@@ -326,3 +326,35 @@ def test_p6_and_hub_models_train_validate_export_and_detect(tiny_data, tmp_path,
     onnx_file = export_cli.run(weights=str(best), imgsz=(imgsz, imgsz), include=("onnx",))["onnx"]
     out = detect.run(weights=onnx_file, source=ROOT / "data" / "images", imgsz=(imgsz, imgsz), project=tmp_path / "d")
     assert len(out["predictions"]) == 2
+
+
+def test_autocast_is_float16_amp_on_cuda_and_bfloat16_on_the_cpu_only_when_asked():
+    from utils.errors import ConfigError
+    from utils.torch_utils import training_autocast
+
+    assert training_autocast(torch.device("cpu")) == (False, None)  # float32 on the CPU by default
+    assert training_autocast(torch.device("cuda", 0)) == (True, None)  # CUDA: autocast's float16
+    with pytest.raises(ConfigError, match="--bf16 is for CPU training"):
+        training_autocast(torch.device("cuda", 0), bf16=True)
+
+
+def test_bf16_trains_where_the_cpu_has_it_and_is_a_clear_error_elsewhere(tiny_data, tmp_path, monkeypatch):
+    from utils.errors import ConfigError
+    from utils.train import engine
+    from utils.torch_utils import cpu_bf16_supported
+
+    if not cpu_bf16_supported():
+        with pytest.raises(ConfigError, match="no fast bfloat16"):
+            _run(tiny_data, tmp_path, epochs=1, noplots=True, bf16=True)
+        return
+    dtypes = []
+    real = engine.torch.autocast
+
+    def spy(*args, **kwargs):
+        dtypes.append((kwargs.get("dtype"), kwargs.get("enabled")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.torch, "autocast", spy)
+    results = _run(tiny_data, tmp_path, epochs=1, noplots=True, bf16=True)
+    assert dtypes and all(d == (torch.bfloat16, True) for d in dtypes)
+    assert len(results) == 7 and all(x == x for x in results)  # finite losses and metrics

@@ -39,6 +39,25 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN has fast bfloat16 kernels on this CPU (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def training_autocast(device: torch.device, bf16: bool = False) -> tuple[bool, torch.dtype | None]:
+    """(enabled, dtype) of the training autocast: float16 AMP on CUDA; bfloat16 on the CPU when asked (--bf16)."""
+    if bf16:
+        if device.type != "cpu":
+            raise ConfigError(f"--bf16 is for CPU training; on {device.type} mixed precision is automatic")
+        if not cpu_bf16_supported():
+            raise ConfigError("--bf16: this CPU has no fast bfloat16 (AVX-512 BF16 or AMX); train without it")
+        return True, torch.bfloat16
+    return device.type == "cuda", None
+
+
 def de_parallel(model: nn.Module) -> nn.Module:
     """Return the plain model inside DataParallel / DistributedDataParallel wrappers."""
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model

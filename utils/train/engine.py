@@ -56,6 +56,7 @@ class EpochConfig:
     device: torch.device
     grid: int = 32  # largest stride: multi-scale sizes are multiples of it
     amp: bool = False
+    amp_dtype: torch.dtype | None = None  # None: the device's autocast default (float16 on CUDA); bfloat16 with --bf16
     multi_scale: bool = False
     clip_norm: float = 10.0
     env: DistEnv = field(default_factory=DistEnv)
@@ -146,9 +147,12 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
             state.accumulate = state.warmup(ni, epoch, state.optimizer)
         if cfg.multi_scale:
             imgs = rescale_batch(imgs, multi_scale_size(cfg.imgsz, cfg.grid, state.rng), cfg.grid)
-        with torch.autocast(device_type=cfg.device.type, enabled=cfg.amp):
+        with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype, enabled=cfg.amp):
             pred = model(imgs)
-            loss, items = state.compute_loss(pred, targets.to(cfg.device))
+            if cfg.amp_dtype is None:  # CUDA float16 AMP, as YOLOv5: the loss under autocast too
+                loss, items = state.compute_loss(pred, targets.to(cfg.device))
+        if cfg.amp_dtype is not None:  # bfloat16 on the CPU: the model in bfloat16, the loss in float32
+            loss, items = state.compute_loss([p.float() for p in pred], targets.to(cfg.device))
         check_finite(loss, items, epoch, i, cfg.device)
         if cfg.env.distributed:
             loss = loss * cfg.env.world_size  # DDP averages gradients over processes

@@ -26,7 +26,7 @@ from utils.log import colorstr, get_logger
 from utils.loss import ComputeLoss, describe_loss
 from utils.loss_terms import class_balance_weights, class_counts
 from utils.paths import increment_path
-from utils.torch_utils import training_memory_format
+from utils.torch_utils import training_autocast, training_memory_format
 from utils.train import dist
 from utils.train.autoanchor import check_anchors
 from utils.train.ema import ModelEMA
@@ -205,6 +205,7 @@ def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.n
 
 def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
     """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
+    amp, amp_dtype = training_autocast(device, getattr(opt, "bf16", False))  # a bad --bf16 fails before any work
     hyp, data, val, save_dir = setup_run(opt, env)
     init_seeds(opt.seed + 1 + env.rank)
     model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
@@ -221,7 +222,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
     ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
                      tb=TensorBoardLogger(save_dir) if env.is_main else None)
-    cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=device.type == "cuda", multi_scale=opt.multi_scale,
+    cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=amp, amp_dtype=amp_dtype, multi_scale=opt.multi_scale,
                       env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
                       memory_format=training_memory_format(device))
     get_logger().info(f"Image sizes {imgsz} train, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
