@@ -340,8 +340,8 @@ def test_autocast_is_float16_amp_on_cuda_and_bfloat16_on_the_cpu_only_when_asked
 
 def test_bf16_trains_where_the_cpu_has_it_and_is_a_clear_error_elsewhere(tiny_data, tmp_path, monkeypatch):
     from utils.errors import ConfigError
-    from utils.train import engine
     from utils.torch_utils import cpu_bf16_supported
+    from utils.train import engine
 
     if not cpu_bf16_supported():
         with pytest.raises(ConfigError, match="no fast bfloat16"):
