@@ -113,7 +113,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     if training:
         device = next(model.parameters()).device
         data = data if isinstance(data, dict) else check_dataset(data)
-        names, fp16 = data["names"], False
+        names = data["names"]
         model_fn = model.half() if half and device.type == "cuda" else model.float()
         fp16 = half and device.type == "cuda"
         model_fn.eval()

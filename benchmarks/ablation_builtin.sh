@@ -3,8 +3,8 @@
 # 0-2, each the default recipe (`python train.py --hyp ...`: yolov5n from scratch, 40 epochs at 320, batch 16,
 # --optimizer auto) on the generated data/shapes.yaml. Resumable: run it again after a stop.
 # Finished rows are also kept in docs/ablation/shapes.jsonl (committed; LEDGER= puts them elsewhere), so it resumes
-# even where runs/ is gone. Runs with one intra-op
-# thread (OMP_NUM_THREADS=1, override it from the caller) so that it can share a 2-core machine with the facemask one.
+# even where runs/ is gone. Runs with one intra-op thread (OMP_NUM_THREADS=1, override it from the caller) so that it
+# can share a 2-core machine with the facemask one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
