@@ -132,6 +132,21 @@ def test_softmax_scores_for_ce_models_only():
     torch.testing.assert_close(y_soft[..., :5], y_sig[..., :5])  # boxes and objectness unchanged
 
 
+@pytest.mark.parametrize("class_act", ["sigmoid", "softmax"])
+def test_decode_equals_yolov5_formula(class_act):
+    head = Detect(nc=3, anchors=([10, 13, 16, 30, 33, 23],), ch=(8,)).eval()
+    head.stride, head.class_act = torch.tensor([8.0]), class_act
+    p = torch.randn(2, 3, 4, 5, 8)  # (bs, na, ny, nx, 5 + nc) raw outputs
+    yv, xv = torch.meshgrid(torch.arange(4.0), torch.arange(5.0), indexing="ij")
+    grid = torch.stack((xv, yv), -1)  # (ny, nx, 2) cell offsets
+    anchors = (head.anchors[0] * 8).view(1, 3, 1, 1, 2)
+    xy = (p[..., 0:2].sigmoid() * 2 - 0.5 + grid) * 8
+    wh = (p[..., 2:4].sigmoid() * 2) ** 2 * anchors
+    cls = p[..., 5:].softmax(-1) if class_act == "softmax" else p[..., 5:].sigmoid()
+    expected = torch.cat((xy, wh, p[..., 4:5].sigmoid(), cls), -1)
+    torch.testing.assert_close(head._decode(p, 0), expected, rtol=1e-6, atol=1e-6)  # SIMD vs strided: last bit
+
+
 def test_class_activation_survives_save_and_load(tmp_path):
     model = DetectionModel("yolov5n.yaml", nc=3)
     model.hyp = {"cls_loss_type": "ce"}
