@@ -7,10 +7,11 @@ Usage:
 
 For every model, in one run: parameters and GFLOPs at each --sizes; median ms per image of the fused model in
 PyTorch eager and in onnxruntime at each size (--threads intra-op threads, after warm-up, the backends and models
-timed in turn); then, unless --epochs 0, mAP50 and mAP50-95 on the built-in validation split after training it with
-the default recipe (train.py's defaults with --cfg, --epochs, --seed). Training runs resume: a model whose run in
---project has finished is read, not trained again. Prints a markdown table and writes it to --project/model_zoo.md
-(and, with accuracy, model_zoo.png: mAP50 against onnxruntime ms per image at each size).
+timed in turn) and the first model's onnxruntime time over each model's (speed-up, > 1: faster); then, unless
+--epochs 0, mAP50 and mAP50-95 on the built-in validation split after training it with the default recipe
+(train.py's defaults with --cfg, --epochs, --seed). Training runs resume: a model whose run in --project has
+finished is read, not trained again. Prints a markdown table and writes it to --project/model_zoo.md (and, with
+accuracy, model_zoo.png: mAP50 against onnxruntime ms per image at each size).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         ms = speeds(models, s, opt.threads, opt.warmup, opt.runs)
         for row, cfg in zip(rows, models):
             row[f"torch ms {s}"], row[f"onnxruntime ms {s}"] = ms[(cfg, "torch")], ms[(cfg, "onnxruntime")]
+        for row in rows:  # the first model (yolov5n by default) is the reference: > 1 means faster than it
+            row[f"onnxruntime speed-up {s}"] = rows[0][f"onnxruntime ms {s}"] / row[f"onnxruntime ms {s}"]
     if opt.epochs > 0:
         for row, cfg in zip(rows, models):
             row["mAP50"], row["mAP50-95"] = accuracy(cfg, opt)
@@ -140,8 +143,8 @@ def table(rows: list[dict], opt: argparse.Namespace) -> str:
              + (f"; accuracy after {opt.epochs} epochs of the default recipe on {opt.data}" if opt.epochs else ""),
              "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in rows:
-        cells = [f"{r[c]:,}" if c == "params" else f"{r[c]:.3f}" if c.startswith("mAP") else f"{r[c]:.2f}"
-                 for c in cols]
+        cells = [f"{r[c]:,}" if c == "params" else f"{r[c]:.3f}" if c.startswith("mAP") else
+                 f"{r[c]:.2f}x" if "speed-up" in c else f"{r[c]:.2f}" for c in cols]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -162,6 +162,9 @@ def test_model_zoo_table_with_a_short_training(tiny_data, tmp_path):
     rows = module.main(argv)
     assert [r["model"] for r in rows] == ["yolov5n", "yolov5-mobilenetv3s"]
     assert rows[0]["params"] == 1_872_157 and all(r["onnxruntime ms 64"] > 0 and 0 <= r["mAP50"] <= 1 for r in rows)
+    assert rows[0]["onnxruntime speed-up 64"] == 1.0  # the first model is the reference
+    ms = [r["onnxruntime ms 64"] for r in rows]
+    assert rows[1]["onnxruntime speed-up 64"] == pytest.approx(ms[0] / ms[1])
     assert "| yolov5-mobilenetv3s | 1,663,069 |" in (tmp_path / "zoo" / "model_zoo.md").read_text()
     assert (tmp_path / "zoo" / "model_zoo.png").stat().st_size > 1000  # speed against accuracy
     again = module.main(argv)  # the training runs are read back, not repeated
