@@ -74,12 +74,12 @@ class Detect(nn.Module):
         """Decode one raw level (bs, na, ny, nx, no) into pixels, objectness and class scores."""
         _, _, ny, nx, _ = p.shape
         grid, anchor_grid = self._make_grid(nx, ny, i, p)
-        if self.class_act == "softmax":
-            y = torch.cat((p[..., :5].sigmoid(), p[..., 5:].softmax(-1)), -1)
+        if self.class_act == "softmax":  # sigmoid boxes and objectness, softmax class scores
+            y, cls = p[..., :5].sigmoid(), [p[..., 5:].softmax(-1)]
         else:  # one sigmoid over the whole level, as YOLOv5 v6+ computes it: fewer graph nodes than per slice
-            y = p.sigmoid()
-        xy, wh, scores = y.split((2, 2, self.no - 4), -1)
-        return torch.cat(((xy * 2 - 0.5 + grid) * self.stride[i], (wh * 2) ** 2 * anchor_grid, scores), -1)
+            y, cls = p.sigmoid(), []
+        xy, wh = (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i], (y[..., 2:4] * 2) ** 2 * anchor_grid
+        return torch.cat([xy, wh, y[..., 4:], *cls], -1)
 
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets (1, na, ny, nx, 2) and anchor sizes in pixels (1, na, ny, nx, 2) for level i."""
