@@ -18,9 +18,10 @@ from tqdm import tqdm
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.eval.coco import coco_image_ids, detections_to_coco
 from utils.eval.metrics import ConfusionMatrix, ap_per_class, process_batch
+from utils.eval.plot_jobs import PlotJobs
 from utils.log import get_logger
 from utils.nms import non_max_suppression
-from utils.plots import output_to_target, plot_images
+from utils.plots import output_to_target, plot_confusion_matrix, plot_images
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # COCO's mAP@0.5:0.95 thresholds
 
@@ -164,25 +165,34 @@ def evaluate(model: Callable, dataloader, names: dict[int, str], cfg: EvalConfig
 
 def summarise(stats: _Stats, nc: int, names: dict[int, str], cfg: EvalConfig) -> EvalResult:
     """Turn accumulated rows into mean and per-class metrics; plots curves and the confusion matrix if asked."""
-    tp, conf, pred_cls, target_cls = stats.arrays()
     result = EvalResult(seen=stats.seen, maps=np.zeros(nc))
+    plots = cfg.plots and cfg.save_dir is not None
+    with PlotJobs(workers=None if plots else 0) as jobs:  # the figures are drawn in worker processes meanwhile
+        if plots:  # the longest figure first
+            jobs.run(plot_confusion_matrix, stats.confusion.matrix, cfg.save_dir / "confusion_matrix.png",
+                     [names.get(i, str(i)) for i in range(nc)])
+        fill_metrics(result, stats.arrays(), nc, names, cfg, jobs)
+    return result
+
+
+def fill_metrics(result: EvalResult, arrays: tuple[np.ndarray, ...], nc: int, names: dict[int, str],
+                 cfg: EvalConfig, jobs: PlotJobs) -> None:
+    """Mean and per-class metrics from the rows (tp, conf, pred_cls, target_cls); curves go to jobs when plotting."""
+    tp, conf, pred_cls, target_cls = arrays
     nt = np.bincount(target_cls.astype(int), minlength=nc)
     result.instances, result.class_instances = int(nt.sum()), nt
     plots = cfg.plots and cfg.save_dir is not None
     if tp.shape[0] and tp.any():
         _, _, p, r, _, ap, ap_class = ap_per_class(tp, conf, pred_cls, target_cls, plot=plots,
-                                                   save_dir=cfg.save_dir or Path("."), names=names)
+                                                   save_dir=cfg.save_dir or Path("."), names=names, jobs=jobs)
         ap50, ap_mean = ap[:, 0], ap.mean(1)
         result.mp, result.mr, result.map50, result.map = p.mean(), r.mean(), ap50.mean(), ap_mean.mean()
         result.maps += result.map
         for i, c in enumerate(ap_class):
             result.maps[c] = ap_mean[i]
-            result.per_class.append((int(c), stats.seen, int(nt[c]), p[i], r[i], ap50[i], ap_mean[i]))
+            result.per_class.append((int(c), result.seen, int(nt[c]), p[i], r[i], ap50[i], ap_mean[i]))
     elif result.instances == 0:
         get_logger().warning("WARNING no labels found in the evaluation set, cannot compute metrics without labels")
-    if plots:
-        stats.confusion.plot(save_dir=cfg.save_dir, names=[names.get(i, str(i)) for i in range(nc)])
-    return result
 
 
 def format_table(result: EvalResult, names: dict[int, str], per_class: bool) -> str:

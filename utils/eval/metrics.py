@@ -7,7 +7,7 @@ x1, y1, x2, y2, conf, cls as ``utils.nms.non_max_suppression`` returns them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -65,16 +65,22 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray, method: str = "interp"
     raise ValueError(f"compute_ap method must be 'interp' or 'coco', got {method!r}")
 
 
+def _call(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs): the inline stand-in for ``PlotJobs.run``."""
+    return fn(*args, **kwargs)
+
+
 def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
                  save_dir: Path = Path("."), names: Optional[dict] = None, eps: float = 1e-16, prefix: str = "",
-                 ap_method: str = "interp") -> tuple[np.ndarray, ...]:
+                 ap_method: str = "interp", jobs: Any = None) -> tuple[np.ndarray, ...]:
     """Per-class metrics from matched predictions -> (tp, fp, p, r, f1, ap, unique_classes).
 
     tp (n, t) bool: prediction i is correct at IoU threshold t (``process_batch``); conf (n,), pred_cls (n,) of the
     predictions of the whole dataset; target_cls (m,) classes of all labels. Only classes with at least one label are
     reported (c of them, sorted): ap is (c, t); p, r, f1, tp, fp are (c,) at IoU 0.5 and at one confidence shared by
     all classes, the one that maximises the mean F1 curve after a box filter of ~10 % of its 1,000 points (``smooth``).
-    A class without predictions gets zeros, not NaN. With ``plot``, PR/F1/P/R curves are written to save_dir.
+    A class without predictions gets zeros, not NaN. With ``plot``, PR/F1/P/R curves are written to save_dir, through
+    ``jobs.run(fn, *args)`` when jobs is given (``utils.eval.plot_jobs.PlotJobs``: drawn in worker processes).
     ap_method: "interp" (YOLOv5) or "coco" (pycocotools' integration), see ``compute_ap``.
     """
     tp, conf, pred_cls = np.asarray(tp, dtype=float), np.asarray(conf, dtype=float), np.asarray(pred_cls)
@@ -110,11 +116,11 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
 
         names = names or {}
         present = {k: names.get(int(c), str(int(c))) for k, c in enumerate(unique_classes)}
-        save_dir = Path(save_dir)
-        plot_pr_curve(px, py, ap, save_dir / f"{prefix}PR_curve.png", present)
-        plot_mc_curve(px, f1, save_dir / f"{prefix}F1_curve.png", present, ylabel="F1")
-        plot_mc_curve(px, p, save_dir / f"{prefix}P_curve.png", present, ylabel="Precision")
-        plot_mc_curve(px, r, save_dir / f"{prefix}R_curve.png", present, ylabel="Recall")
+        save_dir, run = Path(save_dir), (jobs.run if jobs is not None else _call)
+        run(plot_pr_curve, px, py, ap, save_dir / f"{prefix}PR_curve.png", present)
+        run(plot_mc_curve, px, f1, save_dir / f"{prefix}F1_curve.png", present, ylabel="F1")
+        run(plot_mc_curve, px, p, save_dir / f"{prefix}P_curve.png", present, ylabel="Precision")
+        run(plot_mc_curve, px, r, save_dir / f"{prefix}R_curve.png", present, ylabel="Recall")
 
     k = int(smooth(f1.mean(0), 0.1).argmax())
     p, r, f1 = p[:, k], r[:, k], f1[:, k]
