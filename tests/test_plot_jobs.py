@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from utils.eval.metrics import ap_per_class
-from utils.eval.plot_jobs import PlotJobs, default_workers
+from utils.eval.plot_jobs import MAX_WORKERS, PlotJobs, default_workers, fork_is_safe
 from utils.plots import plot_confusion_matrix
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked on Linux")
@@ -24,6 +25,20 @@ def write_pid(path: Path) -> None:
 def fail(message: str) -> None:
     """A job that raises."""
     raise ValueError(message)
+
+
+def die_in_a_worker(parent: int, path: Path) -> None:
+    """A job whose worker process dies; run in the parent, it writes its file."""
+    if os.getpid() != parent:
+        os._exit(3)
+    path.write_text("drawn inline")
+
+
+def hang_in_a_worker(parent: int, path: Path) -> None:
+    """A job that never finishes in a worker; run in the parent, it writes its file."""
+    if os.getpid() != parent:
+        time.sleep(3600)
+    path.write_text("drawn inline")
 
 
 def curves_and_matrix(folder: Path, workers: int) -> dict[str, bytes]:
@@ -66,11 +81,29 @@ def test_no_workers_runs_inline(tmp_path):
         assert int((tmp_path / "pid.txt").read_text()) == os.getpid()  # done before run() returned
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=linux_only)])
 def test_a_failing_job_raises_its_error(workers):
     with pytest.raises(ValueError, match="no such column"):
         with PlotJobs(workers) as jobs:
             jobs.run(fail, "no such column")
+
+
+@linux_only
+def test_a_dead_worker_costs_only_time(tmp_path):
+    with PlotJobs(2) as jobs:
+        jobs.run(die_in_a_worker, os.getpid(), tmp_path / "a.txt")
+        jobs.run(write_pid, tmp_path / "b.txt")
+    assert (tmp_path / "a.txt").read_text() == "drawn inline"  # redrawn in this process after the worker died
+    assert (tmp_path / "b.txt").is_file()
+
+
+@linux_only
+def test_a_stuck_worker_is_killed_and_its_plot_drawn_inline(tmp_path):
+    t = time.perf_counter()
+    with PlotJobs(1, timeout_s=2.0) as jobs:
+        jobs.run(hang_in_a_worker, os.getpid(), tmp_path / "a.txt")
+    assert (tmp_path / "a.txt").read_text() == "drawn inline"
+    assert time.perf_counter() - t < 60
 
 
 def test_worker_count_from_the_environment(monkeypatch):
@@ -78,8 +111,23 @@ def test_worker_count_from_the_environment(monkeypatch):
     assert default_workers() == 0 and PlotJobs().workers == 0
     monkeypatch.setenv("SLIDEYOLO_PLOT_WORKERS", "3")
     assert default_workers() == 3
+    monkeypatch.setenv("SLIDEYOLO_PLOT_WORKERS", "64")
+    assert PlotJobs().workers in (0, MAX_WORKERS)  # never more workers than figures
     monkeypatch.setenv("SLIDEYOLO_PLOT_WORKERS", "two")
     assert default_workers() == 0  # logged, then inline
     monkeypatch.delenv("SLIDEYOLO_PLOT_WORKERS")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert default_workers() == (min(2, cpus) if sys.platform.startswith("linux") and cpus > 1 else 0)
+    assert default_workers() == (2 if cpus > 1 else 0)
+
+
+def test_no_fork_where_it_is_unsafe(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert fork_is_safe() == (False, "fork is only used on Linux, not win32")
+    assert PlotJobs(2).workers == 0
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert not fork_is_safe()[0] and PlotJobs(2).workers == 0
+    if sys.version_info >= (3, 11):
+        assert fork_is_safe()[1] == "CUDA is initialised"

@@ -169,7 +169,7 @@ def summarise(stats: _Stats, nc: int, names: dict[int, str], cfg: EvalConfig) ->
     plots = cfg.plots and cfg.save_dir is not None
     with PlotJobs(workers=None if plots else 0) as jobs:  # the figures are drawn in worker processes meanwhile
         if plots:  # the longest figure first
-            jobs.run(plot_confusion_matrix, stats.confusion.matrix, cfg.save_dir / "confusion_matrix.png",
+            jobs.run(plot_confusion_matrix, stats.confusion.matrix, Path(cfg.save_dir) / "confusion_matrix.png",
                      [names.get(i, str(i)) for i in range(nc)])
         fill_metrics(result, stats.arrays(), nc, names, cfg, jobs)
     return result
