@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import ROOT, tiny_shapes_yaml
 
-from utils.train.ablation import AblationRun, markdown_table, paired_difference, summarise
+from utils.train.ablation import AblationRun, markdown_table, paired_difference, summarise, within_noise
 
 
 def load_runner():
@@ -37,6 +37,15 @@ def test_paired_differences_cancel_what_seeds_share():
     table = markdown_table(rows)
     assert "| new | 2 | **0.570 ± 0.071**" in table and "+0.020 ± 0.000" in table and "reference" in table
     assert "AP50 b (rarest)" in table
+
+
+def test_noise_is_a_t_test_on_the_paired_differences():
+    # two seeds: a difference must be about 9 times its spread (t 12.7 / sqrt 2) to count
+    assert within_noise(-0.003, 0.001, 2) and not within_noise(-0.010, 0.001, 2)
+    # five seeds: t 2.776 / sqrt 5 = 1.24 times the spread
+    assert within_noise(0.012, 0.010, 5) and not within_noise(0.013, 0.010, 5)
+    assert within_noise(0.5, 0.0, 1)  # one seed says nothing
+    assert not within_noise(0.02, 0.0, 2)  # the same difference on every seed
 
 
 def test_within_noise_is_said():

@@ -187,14 +187,29 @@ def _fmt(ms: tuple[float, float], n: int, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
+# Two-sided 95 % critical values of Student's t by degrees of freedom (n - 1 for n paired seeds); past 10 the
+# value for 10 is used, which is slightly stricter than the exact one.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def within_noise(mean: float, std: float, n: int) -> bool:
+    """True when a paired difference's mean is not distinguishable from 0: |mean| < t95(n - 1) * std / sqrt(n).
+
+    The one-sample t test at 95 % (two-sided) on the n per-seed differences; with 2 seeds only a difference 9 times its
+    spread counts, with 5 seeds about 1.2 times (the normal approximation, 2 standard errors, is far too lenient here).
+    """
+    if n < 2:
+        return True
+    return abs(mean) < T95[min(n - 1, 10)] * std / math.sqrt(n)
+
+
 def _fmt_diff(d: tuple[float, float] | None, n: int) -> str:
-    """Paired difference 'mean +- std', with '(noise)' when |mean| < 2 standard errors."""
+    """Paired difference 'mean +- std', with '(noise)' when the t test cannot tell it from 0 (``within_noise``)."""
     if d is None:
         return "reference"
     if n < 2:
         return f"{d[0]:+.3f} (1 seed)"
-    noise = abs(d[0]) < 2 * d[1] / math.sqrt(n)
-    return f"{d[0]:+.3f} ± {d[1]:.3f}" + (" (noise)" if noise else "")
+    return f"{d[0]:+.3f} ± {d[1]:.3f}" + (" (noise)" if within_noise(d[0], d[1], n) else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -213,7 +228,8 @@ def markdown_table(rows: list[dict]) -> str:
         diffs = [_fmt_diff(s["d_" + k], n_pairs) for k in ("mAP50", "rare", "minority")]
         lines.append(f"| {s['hyp']} | {s['n']} | " + " | ".join(cells + diffs) + f" | {s['wall_s']:.0f} |")
     note = (f"\nMean ± sample std over seeds. Δ: difference from {summary[0]['hyp'] if summary else '-'} paired by "
-            "seed, mean ± std; '(noise)' when its mean is within 2 standard errors of 0. Minority AP50: mean over "
+            "seed, mean ± std; '(noise)' when a t test (95 %, two-sided) cannot tell its mean from 0. Minority AP50: "
+            "mean over "
             f"every class but the most frequent ({order[0] if order else '-'}). Classes by validation instances: "
             + ", ".join(order) + ".\n")
     return "\n".join(lines) + "\n" + note
