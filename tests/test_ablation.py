@@ -6,10 +6,18 @@ import csv
 import importlib.util
 import json
 
+import cv2
 import pytest
 from conftest import ROOT, tiny_shapes_yaml
 
-from utils.train.ablation import AblationRun, markdown_table, paired_difference, summarise, within_noise
+from utils.train.ablation import (
+    AblationRun,
+    markdown_table,
+    paired_difference,
+    plot_ablation,
+    summarise,
+    within_noise,
+)
 
 
 def load_runner():
@@ -46,6 +54,15 @@ def test_noise_is_a_t_test_on_the_paired_differences():
     assert within_noise(0.012, 0.010, 5) and not within_noise(0.013, 0.010, 5)
     assert within_noise(0.5, 0.0, 1)  # one seed says nothing
     assert not within_noise(0.02, 0.0, 2)  # the same difference on every seed
+
+
+def test_plot_has_a_row_per_hyp(tmp_path):
+    rows = [row("base", s, 0.5 + 0.01 * s, 0.1) for s in range(3)]
+    few = cv2.imread(str(plot_ablation(rows + [row("new", 0, 0.6, 0.2)], tmp_path / "two.png")))
+    many = cv2.imread(str(plot_ablation(rows + [row(f"h{i}", s, 0.4, 0.2) for i in range(8) for s in range(3)],
+                                        tmp_path / "nine.png")))
+    assert few is not None and many is not None and many.shape[0] > few.shape[0]  # taller with more recipes
+    assert cv2.imread(str(plot_ablation(rows[:1], tmp_path / "one.png"))) is not None  # one run: no differences
 
 
 def test_within_noise_is_said():
@@ -220,3 +237,14 @@ def test_a_damaged_ledger_is_named(tmp_path):
     ledger.write_text('{"hyp": "hyp.slide", "seed": "first"}\n')
     with pytest.raises(SlideYoloError, match=r"ledger.jsonl:1: a ledger row needs 'hyp' and an integer 'seed'"):
         runner.main(argv)
+
+
+def test_readme_tables_are_replaced_between_their_markers():
+    spec = importlib.util.spec_from_file_location("ablation_readme", ROOT / "benchmarks" / "ablation_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = "intro\n<!-- shapes-table -->\n| old |\n<!-- /shapes-table -->\nafter\n"
+    assert module.replace_table(readme, "shapes", "| new |\n") == (
+        "intro\n<!-- shapes-table -->\n| new |\n<!-- /shapes-table -->\nafter\n")
+    with pytest.raises(ValueError, match="facemask-table"):
+        module.replace_table(readme, "facemask", "| new |")

@@ -236,20 +236,40 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_ablation(rows: list[dict], path: Path) -> Path:
-    """ablation.png: mAP50 and rarest-class AP50 per hyp, mean with std error bars and each seed as a dot."""
+    """ablation.png, one row per hyp: mAP50 of every seed with mean +- std, then the paired differences from the first
+    hyp in mAP50 and in the rarest class's AP50 with their 95 % t intervals (coloured where they exclude 0)."""
     from utils.plots import pyplot_agg, save_figure
 
-    order = class_order(rows)
-    summary = summarise(rows)
+    order, summary = class_order(rows), summarise(rows)
     plt = pyplot_agg()
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.4 * len(summary) + 3) * 2, 4.5), tight_layout=True)
-    for ax, key, title in zip(axes, ("mAP50", "rare"), ("mAP50", f"AP50 {order[-1] if order else ''} (rarest)")):
-        x = list(range(len(summary)))
-        ax.bar(x, [s[key][0] for s in summary], yerr=[s[key][1] for s in summary], capsize=4, alpha=0.6)
-        for i, s in enumerate(summary):
-            pts = [metric(r, key, order) for r in rows if r["hyp"] == s["hyp"]]
-            ax.plot([i] * len(pts), pts, "k.", markersize=6)
-        ax.set_xticks(x, [s["hyp"] for s in summary], rotation=30, ha="right", fontsize=8)
-        ax.set_title(title)
-        ax.set_ylim(0, 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 1.6 + 0.45 * len(summary)), sharey=True, tight_layout=True)
+    y = list(range(len(summary)))[::-1]  # the first hyp on top
+    for yi, s in zip(y, summary):
+        pts = [metric(r, "mAP50", order) for r in rows if r["hyp"] == s["hyp"]]
+        axes[0].plot(pts, [yi] * len(pts), "k.", markersize=6, alpha=0.6)
+        axes[0].errorbar(s["mAP50"][0], yi, xerr=s["mAP50"][1] if s["n"] > 1 else None, fmt="o", color="tab:blue",
+                         capsize=4)
+    axes[0].set(title="mAP50 (each seed, mean ± std)", xlabel="mAP50")
+    rare = order[-1] if order else ""
+    ref = summary[0]["hyp"] if summary else "-"
+    for ax, key, title in ((axes[1], "mAP50", "Δ mAP50"), (axes[2], "rare", f"Δ AP50 {rare} (rarest)")):
+        _plot_paired(ax, rows, summary, key, order, y)
+        ax.set(title=f"{title} vs {ref}\npaired by seed, 95 % t interval", xlabel="difference")
+    axes[0].set_yticks(y, [s["hyp"] for s in summary], fontsize=9)
     return save_figure(plt, fig, path, dpi=120)
+
+
+def _plot_paired(ax, rows: list[dict], summary: list[dict], key: str, order: list[str], y: list[int]) -> None:
+    """One panel of paired differences: each seed's as a dot, the mean with its t interval, a line at 0."""
+    ref = summary[0]["hyp"] if summary else ""
+    ax.axvline(0.0, color="grey", linewidth=1)
+    for yi, s in zip(y[1:], summary[1:]):
+        d = paired_difference(rows, s["hyp"], ref, key, order)
+        if not d:
+            continue
+        mean = statistics.fmean(d)
+        half = T95[min(len(d) - 1, 10)] * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+        noise = len(d) < 2 or within_noise(mean, statistics.stdev(d), len(d))
+        colour = "tab:grey" if noise else ("tab:green" if mean > 0 else "tab:red")
+        ax.plot(d, [yi] * len(d), "k.", markersize=6, alpha=0.6)
+        ax.errorbar(mean, yi, xerr=half, fmt="o", color=colour, capsize=4)

@@ -1,0 +1,54 @@
+"""Refresh the README's ablation tables and docs/ablation/*.png from the committed ledgers (trains nothing).
+
+Usage:
+    python benchmarks/ablation_readme.py            # both ablations: facemask and the built-in data
+
+For each ledger it runs ``benchmarks/loss_ablation.py --report`` into a temporary folder, replaces the table between
+``<!-- NAME-table -->`` and ``<!-- /NAME-table -->`` in README.md with the report's table, and copies the report's
+plot to ``docs/ablation/NAME.png``. The prose around the tables is left to the person who reads them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS = {"facemask": "benchmarks/ablation_facemask.sh", "shapes": "benchmarks/ablation_builtin.sh"}
+
+
+def replace_table(readme: str, name: str, table: str) -> str:
+    """README text with the block between the NAME-table markers replaced by table; ValueError without markers."""
+    pattern = re.compile(rf"(<!-- {name}-table -->\n).*?(<!-- /{name}-table -->)", re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"README.md has no <!-- {name}-table --> ... <!-- /{name}-table --> block")
+    return pattern.sub(lambda m: m.group(1) + table.strip() + "\n" + m.group(2), readme, count=1)
+
+
+def report(script: str, folder: Path) -> tuple[str, Path]:
+    """(markdown table, plot path) of one ablation's ledger, via its script's --report."""
+    out = subprocess.run(["bash", str(ROOT / script), "--report", "--project", str(folder)], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+    return table, folder / "ablation.png"
+
+
+def main() -> None:
+    """Refresh every table and plot."""
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, script in ABLATIONS.items():
+            table, png = report(script, Path(tmp) / name)
+            readme = replace_table(readme, name, table)
+            shutil.copyfile(png, ROOT / "docs" / "ablation" / f"{name}.png")
+            print(f"{name}: {len(table.splitlines()) - 2} recipes")
+    readme_path.write_text(readme)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
