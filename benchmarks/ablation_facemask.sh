@@ -5,7 +5,7 @@
 # even where runs/ is gone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_WAIT_POLICY=PASSIVE
+export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # one intra-op thread per run, as the ledger was measured
 exec python3 benchmarks/loss_ablation.py --data ../shared/data/facemask/facemask.yaml \
   --hyps hyp.scratch-low.yaml hyp.focal.yaml hyp.ce.yaml hyp.ce-balanced.yaml hyp.slide.yaml hyp.centernet.yaml \
   hyp.box-l1.yaml hyp.slide-ema.yaml benchmarks/hyps/hyp.slide-gain-control.yaml hyp.slide-focal-ce.yaml \
