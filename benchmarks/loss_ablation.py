@@ -95,13 +95,32 @@ def execute(run: AblationRun, data: str, extra: list[str], env: dict[str, str] |
     A run whose train.py finished (per_class.csv is written by its last step, the validation of best.pt) while the
     ablation itself was stopped is recorded without training again.
     """
+    env = env or job_env(1)
     if not (run.folder / "per_class.csv").is_file():
-        train(run, data, extra, env or job_env(1))
-    spent_file = run.folder / "ablation_wall_s.txt"
+        train(run, data, extra, env)
     row = {"hyp": run.name, "seed": run.seed, **read_run_metrics(run.folder),
-           "wall_s": float(spent_file.read_text()) if spent_file.is_file() else 0.0, "commit": code_commit()}
+           "wall_s": _seconds(run.folder / "ablation_wall_s.txt"), "cpu_s": _seconds(run.folder / "ablation_cpu_s.txt"),
+           "threads": env.get("OMP_NUM_THREADS", "default"), "cpu": cpu_model(), "commit": code_commit()}
     (run.folder / DONE_FILE).write_text(json.dumps(row, indent=1))
     return row
+
+
+def _seconds(path: Path) -> float:
+    """Seconds recorded in a run folder's counter file (0 when absent)."""
+    return float(path.read_text()) if path.is_file() else 0.0
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else platform.processor()), recorded with each row."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def code_commit() -> str:
@@ -114,21 +133,26 @@ def code_commit() -> str:
 
 
 def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) -> None:
-    """One train.py process for the run (fresh, or --resume of its last.pt); seconds spent add up in the folder."""
+    """One train.py process for the run (fresh, or --resume of its last.pt); wall and CPU seconds spent (CPU: the
+    process and its dataloader workers, which a paused run does not accrue) add up in the folder."""
     if not run.last_pt.is_file() and run.folder.exists():
         shutil.rmtree(run.folder)  # started but no epoch finished: nothing worth keeping
     run.folder.mkdir(parents=True, exist_ok=True)
-    spent_file = run.folder / "ablation_wall_s.txt"
-    spent = float(spent_file.read_text()) if spent_file.is_file() else 0.0
+    spent_file, cpu_file = run.folder / "ablation_wall_s.txt", run.folder / "ablation_cpu_s.txt"
+    spent, cpu = _seconds(spent_file), _seconds(cpu_file)
     cmd = train_command(run, data, extra)
-    t0 = time.time()
+    t0, used = time.time(), 0.0
     try:
         with (run.folder / "train.log").open("a") as log:
             log.write(f"\n$ {' '.join(cmd)}\n")
             log.flush()
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = rc = os.waitstatus_to_exitcode(status)
+            used = usage.ru_utime + usage.ru_stime
     finally:
         spent_file.write_text(f"{spent + time.time() - t0:.1f}")
+        cpu_file.write_text(f"{cpu + used:.1f}")
     if rc != 0:
         raise SystemExit(f"loss_ablation: {run.name} seed {run.seed} failed (exit {rc}); see {run.folder}/train.log")
 

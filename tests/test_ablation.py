@@ -95,6 +95,8 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     done = project / "hyp.slide" / "seed0" / "ablation_done.json"
     recorded = json.loads(done.read_text())
     assert recorded["commit"] == runner.code_commit() and recorded["commit"]  # which code measured the row
+    assert 0 < recorded["cpu_s"] and recorded["cpu"] == runner.cpu_model()  # CPU time survives pauses; which CPU
+    assert recorded["threads"] == runner.job_env(2).get("OMP_NUM_THREADS", "default")  # --jobs 2: cores shared
     log = project / "hyp.slide" / "seed0" / "train.log"
     size = log.stat().st_size
     again = runner.main(argv)  # everything finished: nothing is trained again
