@@ -65,6 +65,13 @@ def test_plot_has_a_row_per_hyp(tmp_path):
     assert cv2.imread(str(plot_ablation(rows[:1], tmp_path / "one.png"))) is not None  # one run: no differences
 
 
+def test_cpu_seconds_are_shown_for_the_runs_that_recorded_them():
+    rows = [row("base", 0, 0.5, 0.1), {**row("base", 1, 0.5, 0.1), "cpu_s": 300.0}, row("new", 0, 0.6, 0.2)]
+    table = markdown_table(rows)
+    assert "| 10 | 300 (1 of 2 runs) |" in table  # wall 10 s each; CPU time from the one row that has it
+    assert table.splitlines()[3].endswith("| 10 | - |")  # no row of 'new' recorded CPU time
+
+
 def test_within_noise_is_said():
     rows = [row("base", s, 0.5, 0.1) for s in range(3)] + [row("new", s, 0.5 + d, 0.1)
                                                           for s, d in enumerate((0.03, -0.02, 0.0))]

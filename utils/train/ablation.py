@@ -177,6 +177,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             s["d_" + key] = mean_std(paired_difference(rows, h, hyps[0], key, order)) if h != hyps[0] else None
         s["pairs"] = len(paired_difference(rows, h, hyps[0], "mAP50", order))
         s["wall_s"] = statistics.fmean(r["wall_s"] for r in mine)
+        cpu = [r["cpu_s"] for r in mine if r.get("cpu_s")]
+        s["cpu_s"] = (statistics.fmean(cpu), len(cpu)) if cpu else None  # rows recorded before cpu_s have none
         out.append(s)
     return out
 
@@ -212,6 +214,13 @@ def _fmt_diff(d: tuple[float, float] | None, n: int) -> str:
     return f"{d[0]:+.3f} ± {d[1]:.3f}" + (" (noise)" if within_noise(d[0], d[1], n) else "")
 
 
+def _fmt_cpu(cpu: tuple[float, int] | None, n: int) -> str:
+    """Mean CPU seconds per run, '(k of n runs)' when only some rows recorded it, '-' when none did."""
+    if cpu is None:
+        return "-"
+    return f"{cpu[0]:.0f}" + (f" ({cpu[1]} of {n} runs)" if cpu[1] < n else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
     """ablation.md: mean ± std per hyp (best in bold), rarest-class and minority AP50, paired differences."""
     order = class_order(rows)
@@ -220,13 +229,14 @@ def markdown_table(rows: list[dict]) -> str:
     best = {k: max(s[k][0] for s in summary) for k in keys}
     rare = order[-1] if order else "-"
     head = (f"| hyp | seeds | mAP50 | mAP50-95 | P | R | AP50 {rare} (rarest) | minority AP50 | Δ mAP50 paired | "
-            f"Δ {rare} paired | Δ minority paired | wall s/run |")
-    lines = [head, "|" + "---|" * 2 + "---:|" * 10]
+            f"Δ {rare} paired | Δ minority paired | wall s/run | CPU s/run |")
+    lines = [head, "|" + "---|" * 2 + "---:|" * 11]
     for s in summary:
         n_pairs = s["pairs"]
         cells = [_fmt(s[k], s["n"], bold=len(summary) > 1 and s[k][0] == best[k]) for k in keys]
         diffs = [_fmt_diff(s["d_" + k], n_pairs) for k in ("mAP50", "rare", "minority")]
-        lines.append(f"| {s['hyp']} | {s['n']} | " + " | ".join(cells + diffs) + f" | {s['wall_s']:.0f} |")
+        lines.append(f"| {s['hyp']} | {s['n']} | " + " | ".join(cells + diffs) + f" | {s['wall_s']:.0f} | "
+                     + _fmt_cpu(s["cpu_s"], s["n"]) + " |")
     note = (f"\nMean ± sample std over seeds. Δ: difference from {summary[0]['hyp'] if summary else '-'} paired by "
             "seed, mean ± std; '(noise)' when a t test (95 %, two-sided) cannot tell its mean from 0. Minority AP50: "
             "mean over "
