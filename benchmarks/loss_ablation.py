@@ -111,13 +111,18 @@ def _seconds(path: Path) -> float:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux, else platform.processor()), recorded with each row."""
+    """The CPU's model name and widest vector unit, e.g. 'AMD EPYC (avx512)', from /proc/cpuinfo on Linux (else
+    platform.processor()), recorded with each row: VMs with the same name differ in AVX-512 and run at different
+    speeds."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        info = []
+    name = next((x.split(":", 1)[1].strip() for x in info if x.startswith("model name")), "")
+    flags = set(next((x.split(":", 1)[1].split() for x in info if x.startswith("flags")), []))
+    vector = next((v for v, f in (("avx512", "avx512f"), ("avx2", "avx2")) if f in flags), "")
+    if name:
+        return f"{name} ({vector})" if vector else name
     import platform
 
     return platform.processor() or "unknown"
