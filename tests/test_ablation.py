@@ -16,6 +16,7 @@ from utils.train.ablation import (
     paired_difference,
     plot_ablation,
     summarise,
+    t_halfwidth,
     within_noise,
 )
 
@@ -54,6 +55,8 @@ def test_noise_is_a_t_test_on_the_paired_differences():
     assert within_noise(0.012, 0.010, 5) and not within_noise(0.013, 0.010, 5)
     assert within_noise(0.5, 0.0, 1)  # one seed says nothing
     assert not within_noise(0.02, 0.0, 2)  # the same difference on every seed
+    # the plot's error bar is the same interval: 4.303 * 0.01 / sqrt(3) for three seeds
+    assert t_halfwidth(0.01, 3) == pytest.approx(0.024843, abs=1e-6)
 
 
 def test_plot_has_a_row_per_hyp(tmp_path):

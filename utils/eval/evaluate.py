@@ -21,7 +21,7 @@ from utils.eval.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.eval.plot_jobs import PlotJobs
 from utils.log import get_logger
 from utils.nms import non_max_suppression
-from utils.plots import output_to_target, plot_confusion_matrix, plot_images
+from utils.plots import output_to_target, plot_images
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # COCO's mAP@0.5:0.95 thresholds
 
@@ -169,8 +169,7 @@ def summarise(stats: _Stats, nc: int, names: dict[int, str], cfg: EvalConfig) ->
     plots = cfg.plots and cfg.save_dir is not None
     with PlotJobs(workers=None if plots else 0) as jobs:  # the figures are drawn in worker processes meanwhile
         if plots:  # the longest figure first
-            jobs.run(plot_confusion_matrix, stats.confusion.matrix, Path(cfg.save_dir) / "confusion_matrix.png",
-                     [names.get(i, str(i)) for i in range(nc)])
+            jobs.run(stats.confusion.plot, save_dir=cfg.save_dir, names=[names.get(i, str(i)) for i in range(nc)])
         fill_metrics(result, stats.arrays(), nc, names, cfg, jobs)
     return result
 

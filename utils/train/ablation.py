@@ -194,6 +194,11 @@ def _fmt(ms: tuple[float, float], n: int, bold: bool = False) -> str:
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
+def t_halfwidth(std: float, n: int) -> float:
+    """Half-width of the two-sided 95 % t interval of a mean of n values: t95(n - 1) * std / sqrt(n)."""
+    return T95[min(n - 1, 10)] * std / math.sqrt(n)
+
+
 def within_noise(mean: float, std: float, n: int) -> bool:
     """True when a paired difference's mean is not distinguishable from 0: |mean| < t95(n - 1) * std / sqrt(n).
 
@@ -202,7 +207,7 @@ def within_noise(mean: float, std: float, n: int) -> bool:
     """
     if n < 2:
         return True
-    return abs(mean) < T95[min(n - 1, 10)] * std / math.sqrt(n)
+    return abs(mean) < t_halfwidth(std, n)
 
 
 def _fmt_diff(d: tuple[float, float] | None, n: int) -> str:
@@ -277,9 +282,9 @@ def _plot_paired(ax, rows: list[dict], summary: list[dict], key: str, order: lis
         d = paired_difference(rows, s["hyp"], ref, key, order)
         if not d:
             continue
-        mean = statistics.fmean(d)
-        half = T95[min(len(d) - 1, 10)] * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
-        noise = len(d) < 2 or within_noise(mean, statistics.stdev(d), len(d))
+        mean, std = mean_std(d)
+        half = t_halfwidth(std, len(d)) if len(d) > 1 else None
+        noise = within_noise(mean, std, len(d))
         colour = "tab:grey" if noise else ("tab:green" if mean > 0 else "tab:red")
         ax.plot(d, [yi] * len(d), "k.", markersize=6, alpha=0.6)
         ax.errorbar(mean, yi, xerr=half, fmt="o", color=colour, capsize=4)
