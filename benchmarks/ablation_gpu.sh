@@ -4,8 +4,9 @@
 # at 640, fine-tuned from the COCO yolov5n, JOBS runs at once on one GPU. A device session is short and its machine
 # starts bare, so the call stops itself after LIMIT seconds and packs what has finished (tables, each finished run's
 # csv/yaml/json files, no weights) into OUT/ablation_gpu.tar.gz; give that file back as RESUME to the next call and
-# the runner skips the finished runs. From the project root:
-#   SHARED=/path/to/shared OUT=/path/to/out [RESUME=ablation_gpu.tar.gz] [LIMIT=480] [JOBS=8] bash benchmarks/ablation_gpu.sh
+# the runner skips the finished runs. From the project root, after `bash benchmarks/gpu_bundle.sh ablation`
+# (a device call sends the checkout only; name .gpu in its carry):
+#   SHARED=.gpu/shared OUT=/path/to/out [RESUME=ablation_gpu.tar.gz] [LIMIT=480] [JOBS=8] bash benchmarks/ablation_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SHARED=$(realpath "${SHARED:-../shared}")
