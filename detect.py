@@ -164,8 +164,12 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
     finally:
         writer.close()
     speed = tuple(float(v) for v in dt * 1e3 / max(seen, 1))
-    log.info(f"Speed: {speed[0]:.1f}ms pre-process, {speed[1]:.1f}ms inference, {speed[2]:.1f}ms NMS per image "
-             f"at shape {shape}")
+    if seen:
+        log.info(f"Speed: {speed[0]:.1f}ms pre-process, {speed[1]:.1f}ms inference, {speed[2]:.1f}ms NMS per image "
+                 f"at shape {shape}")
+    else:
+        what = source if isinstance(source, (str, Path)) else "source"
+        log.warning(f"WARNING {what}: no image or frame could be read, nothing was detected")
     labels = f"\n{writer.n_txt} labels saved to {save_dir / 'labels'}" if save_txt else ""
     log.info(f"Results saved to {colorstr('bold', str(save_dir))}{labels}")
     return {"save_dir": save_dir, "predictions": predictions, "speed": speed}

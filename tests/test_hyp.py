@@ -54,6 +54,13 @@ def test_bare_name_resolves_in_data_hyps():
     assert load_hyp("hyp.slide.yaml")["slide_ratio"] == 1.0
 
 
+def test_project_relative_path_works_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # train.py's default --hyp is data/hyps/hyp.scratch-low.yaml, relative to the project
+    assert load_hyp("data/hyps/hyp.slide.yaml")["slide_ratio"] == 1.0
+    with pytest.raises(ConfigError, match=r"looked at nope\.yaml, .*data/hyps/nope\.yaml"):
+        load_hyp("nope.yaml")
+
+
 def write_hyp(tmp_path: Path, **changes) -> Path:
     """scratch-low with changes (a value of None deletes the key), written to tmp_path/hyp.yaml."""
     data = yaml.safe_load((HYPS / "hyp.scratch-low.yaml").read_text())

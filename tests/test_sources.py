@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import cv2
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from utils.deploy.sources import (
     load_source,
 )
 from utils.errors import DatasetError
-from utils.log import get_logger
 
 VIDEO = SHARED / "samples" / "vtest_30f.mp4"
 
@@ -35,16 +32,6 @@ def images(tmp_path):
     (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
     (folder / "notes.md").write_text("ignored: not an image")
     return folder
-
-
-@pytest.fixture
-def log_records(caplog):
-    """Capture the project logger (it does not propagate to the root logger)."""
-    logger = get_logger()
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger=logger.name)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_single_image_letterboxed_rgb_chw(images):

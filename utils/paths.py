@@ -25,3 +25,11 @@ def resolve_path(path: str | Path, base: Path = ROOT) -> Path:
     """Resolve a relative path against base (the project root by default), as YOLOv5 data YAMLs do."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
+
+
+def project_candidates(path: str | Path, *dirs: str) -> list[Path]:
+    """Where a relative path may be: as given (from the working directory), under ROOT, then ROOT/<dir>/<name>."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return [p]
+    return [p, ROOT / p] + [ROOT / d / p.name for d in dirs]

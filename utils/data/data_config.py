@@ -17,7 +17,7 @@ import yaml
 from utils.data import synth
 from utils.errors import ConfigError, DatasetError
 from utils.log import get_logger
-from utils.paths import ROOT, resolve_path
+from utils.paths import ROOT, project_candidates, resolve_path
 
 SPLITS = ("train", "val", "test")
 GENERATORS = {"shapes": synth}
@@ -48,8 +48,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def find_data_yaml(data: str | Path) -> Path:
     """Locate a data YAML as given, then under the project root and ROOT/data; DatasetError if absent."""
-    p = Path(data).expanduser()
-    candidates = [p] if p.is_absolute() else [p, ROOT / p, ROOT / "data" / p]
+    candidates = project_candidates(data, "data")
     for c in candidates:
         if c.is_file():
             return c.resolve()

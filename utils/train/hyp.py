@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from utils.errors import ConfigError
-from utils.paths import ROOT
+from utils.paths import project_candidates
 
 
 @dataclass(frozen=True)
@@ -164,13 +164,11 @@ def load_hyp(path: str | Path | dict) -> dict:
     """Load and validate a hyp YAML file (or a dict); every problem is a ConfigError naming the file and key."""
     if isinstance(path, dict):
         return validate_hyp(path, source="hyp dict")
-    p = Path(path)
-    if not p.exists():
-        alt = ROOT / "data" / "hyps" / p.name
-        if p.parent == Path(".") and alt.exists():
-            p = alt
-        else:
-            raise ConfigError(f"hyp file {path}: file not found")
+    candidates = project_candidates(path, "data/hyps")  # so the default and bare names work from any directory
+    p = next((c for c in candidates if c.is_file()), None)
+    if p is None:
+        looked = ", ".join(map(str, dict.fromkeys(candidates)))
+        raise ConfigError(f"hyp file {path}: file not found (looked at {looked})")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
