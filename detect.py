@@ -67,6 +67,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--hide-labels", action="store_true", help="hide labels")
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    p.add_argument("--augment", action="store_true", help="test-time augmentation (3 scales, one flipped; .pt)")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
@@ -125,14 +126,17 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
         classes: Optional[Sequence[int]] = None, agnostic_nms: bool = False,
         project: Union[str, Path] = ROOT / "runs" / "detect", name: str = "exp", exist_ok: bool = False,
         line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False, half: bool = False,
-        vid_stride: int = 1, engine: str = "auto") -> dict:
+        vid_stride: int = 1, engine: str = "auto", augment: bool = False) -> dict:
     """Detect on source and save results; returns {'save_dir': Path, 'predictions': [...], 'speed': (pre, inf, nms)}.
 
     Each prediction is {'path': str, 'frame': int (0 for images), 'det': (n, 6) float tensor on CPU with
-    x1, y1, x2, y2 in original-image pixels, conf, cls}. 'speed' is the mean ms per image of each stage.
+    x1, y1, x2, y2 in original-image pixels, conf, cls}. 'speed' is the mean ms per image of each stage. ``augment``
+    runs test-time augmentation (models/tta.py; .pt weights only).
     """
     log = get_logger()
     backend = _load_backend(weights, device, half, data, engine)
+    if augment:
+        backend.check_augment()
     imgsz = backend.input_size(check_img_size(imgsz, backend.stride))
     dataset = load_source(source, imgsz, backend.stride, auto=backend.dynamic, vid_stride=vid_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
@@ -146,7 +150,7 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
             t0 = _sync(backend.device)
             x = torch.from_numpy(im).to(backend.device).float().div_(255).unsqueeze(0)
             t1 = _sync(backend.device)
-            y = backend(x)
+            y = backend(x, augment=augment)
             t2 = _sync(backend.device)
             det = non_max_suppression(y, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det,
                                       exclusive=exclusive)[0]

@@ -9,6 +9,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="exp", help="save to project/name")
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    parser.add_argument("--augment", action="store_true", help="test-time augmentation (3 scales, one flipped; .pt)")
     parser.add_argument("--single-label", action="store_true",
                         help="one label per box, as detect.py outputs (default: every class above --conf-thres)")
     parser.add_argument("--engine", default="auto", choices=ENGINES,
@@ -99,12 +101,14 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = False, model=None, dataloader=None, save_dir: Path = Path(""),
-        plots: bool = True, compute_loss=None, engine: str = "auto", single_label: bool = False):
+        plots: bool = True, compute_loss=None, engine: str = "auto", single_label: bool = False,
+        augment: bool = False):
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls), maps (nc,), (pre, inference, nms) ms per image).
 
     From training pass ``model`` (a DetectionModel), ``dataloader``, ``save_dir`` and ``compute_loss``; otherwise
     ``weights`` (.pt, .torchscript, .onnx) and ``data`` are loaded here. Every model, sigmoid or softmax, is scored
     with every class above conf_thres per box (the mAP protocol); ``single_label`` keeps one label per box instead.
+    ``augment`` runs test-time augmentation (models/tta.py; .pt weights only, not during training).
     """
     log = get_logger()
     training = model is not None
@@ -122,6 +126,8 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         weights = weights[0] if isinstance(weights, (list, tuple)) else weights
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
         backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine)
+        if augment:
+            backend.check_augment()
         data = check_dataset(data)
         _check_classes(backend, data, weights, single_cls)
         names, fp16 = data["names"], half
@@ -130,7 +136,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         rect = backend.pt  # rectangular batches need a model that accepts any size
         dataloader = _dataloader_for(data, task, imgsz, batch_size, backend.stride, 0.5 if rect else 0.0, rect,
                                      single_cls, workers)
-        model_fn = backend
+        model_fn = functools.partial(backend, augment=True) if augment else backend
         if not rect and batch_size > 1:
             log.info(f"{weights}: fixed-size or non-PyTorch model, square {imgsz} batches")
     cfg = EvalConfig(conf_thres, iou_thres, max_det, single_cls, single_label, Path(save_dir) if save_dir else None,

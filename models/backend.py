@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.tta import augmented_inference
 from utils.checkpoint import attempt_load
 from utils.deploy.export import onnx_session
 from utils.deploy.ort_engine import pt_session, resolve_engine
@@ -208,8 +209,26 @@ class DetectMultiBackend(nn.Module):
         self.input_fp16 = False
         return meta
 
-    def forward(self, im: torch.Tensor) -> torch.Tensor:
-        """Run inference on im (bs, 3, h, w) float in [0, 1]; returns y (bs, N, 5 + nc) float32 on self.device."""
+    def forward(self, im: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """Run inference on im (bs, 3, h, w) float in [0, 1]; returns y (bs, N, 5 + nc) float32 on self.device.
+
+        ``augment``: test-time augmentation (models/tta.py) for .pt weights, on either engine; other formats do not
+        know their detection levels, so they raise ConfigError (YOLOv5 silently ignores it there).
+        """
+        if augment:
+            self.check_augment()
+            head = self.model.model[-1]
+            return augmented_inference(self._forward_plain, im, head.stride.tolist(), head.na)
+        return self._forward_plain(im)
+
+    def check_augment(self) -> None:
+        """ConfigError unless these weights can run test-time augmentation (.pt: the detection levels are known)."""
+        if not self.pt:
+            raise ConfigError(f"weights {self.weights}: --augment (test-time augmentation) needs .pt weights; "
+                              f"an exported {self.engine} model runs one fixed pass")
+
+    def _forward_plain(self, im: torch.Tensor) -> torch.Tensor:
+        """One pass of the loaded model or session."""
         if self.openvino:
             self._check_fixed_size(im)
             y = self.session(im.detach().cpu().float().numpy())[0]

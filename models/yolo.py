@@ -23,6 +23,7 @@ if __name__ == "__main__":  # running as a script: make the project importable
 
 from models import common  # noqa: E402
 from models.common import C3, SPP, SPPF, BottleneckCSP, C3Ghost, Concat, Contract, Conv, Expand  # noqa: E402
+from models.tta import augmented_inference  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 from utils.log import get_logger  # noqa: E402
 from utils.torch_utils import fuse_conv_and_bn, initialize_weights, model_info  # noqa: E402
@@ -147,7 +148,19 @@ class DetectionModel(nn.Module):
         return self.model[-1].class_act
 
     def forward(self, x: torch.Tensor, augment: bool = False, profile: bool = False, visualize: bool = False):
-        """Run the network (augment/profile/visualize are accepted for YOLOv5 API compatibility)."""
+        """Run the network; ``augment`` (eval mode) runs test-time augmentation and returns (y, None) as YOLOv5.
+
+        profile and visualize are accepted for YOLOv5 API compatibility and ignored.
+        """
+        if augment:
+            if self.training:
+                raise ValueError("augment=True (test-time augmentation) needs the model in eval mode")
+            m = self.model[-1]
+            return augmented_inference(lambda t: self._forward_once(t)[0], x, m.stride.tolist(), m.na), None
+        return self._forward_once(x)
+
+    def _forward_once(self, x: torch.Tensor):
+        """One pass through the layers; the Detect head's output as it is (raw in training, (y, raw) in eval)."""
         y = []
         for m in self.model:
             if m.f != -1:

@@ -69,14 +69,3 @@ def tiny_shapes_yaml(folder: Path, seed: int, n_train: int, n_val: int) -> str:
                                  "names": dict(enumerate(synth.CLASS_NAMES))}))
     return str(f)
 
-
-@pytest.fixture
-def log_records(caplog):
-    """Capture the project logger (it does not propagate to the root logger)."""
-    from utils.log import get_logger
-
-    logger = get_logger()
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger=logger.name)
-    yield caplog
-    logger.removeHandler(caplog.handler)

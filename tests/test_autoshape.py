@@ -103,6 +103,14 @@ def test_tensor_input_gives_raw_predictions(weights):
     assert y.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 8)
 
 
+def test_augment_merges_three_passes(weights):
+    model = torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local")
+    plain, tta = model(torch.zeros(1, 3, 64, 64)), model(torch.zeros(1, 3, 64, 64), augment=True)
+    assert tta.shape[1] > plain.shape[1] and tta.shape[2] == plain.shape[2]
+    results = low_threshold(model)(str(DEMO[0]), size=320, augment=True)
+    assert results.xyxy[0].shape == (20, 6)
+
+
 def test_bad_inputs_are_named(weights, tmp_path):
     model = torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local")
     with pytest.raises(ConfigError, match="never downloads"):

@@ -138,3 +138,31 @@ def test_single_label_scores_one_label_per_box_as_detect_does(tiny_data, tmp_pat
             name="one", plots=False, single_label=True)
     assert calls and all(c["exclusive"] for c in calls)
     assert val.parse_opt(["--single-label"]).single_label and not val.parse_opt([]).single_label
+
+
+def test_augment_runs_tta_on_pt_and_refuses_exports(tiny_data, tmp_path, monkeypatch):
+    import models.backend as backend_module
+    from utils.checkpoint import attempt_load
+    from utils.deploy.export import export_onnx
+
+    weights = tiny_checkpoint(tmp_path / "m.pt", nc=6)
+    passes = []
+    real = backend_module.augmented_inference
+    monkeypatch.setattr(backend_module, "augmented_inference", lambda *a: passes.append(1) or real(*a))
+    metrics, maps, _ = val.run(data=tiny_data["yaml_file"], weights=str(weights), imgsz=64, batch_size=4,
+                               workers=0, project=tmp_path, name="tta", plots=False, augment=True)
+    assert len(passes) == 2 and len(metrics) == 7 and maps.shape == (6,)  # 8 images, 2 batches of 4
+    onnx_file = export_onnx(attempt_load(weights), torch.zeros(1, 3, 64, 64), tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match="needs .pt weights"):
+        val.run(data=tiny_data["yaml_file"], weights=str(onnx_file), project=tmp_path, workers=0, augment=True)
+
+
+@pytest.mark.slow
+@needs_shared(OFFICIAL_WEIGHTS)
+def test_tta_on_coco128_matches_upstream_yolov5(tmp_path):
+    # upstream `val.py --augment` (5081342, same weights, data, 640, batch 32): P 0.635, R 0.510, mAP50 0.541,
+    # mAP50-95 0.364; its recall pairs boxes by highest IoU first (see test above), hence the wider R tolerance
+    (p, r, map50, map5095, *_), _, _ = val.run(data=str(COCO128), weights=str(OFFICIAL_WEIGHTS), imgsz=640,
+                                               batch_size=32, project=tmp_path, workers=2, plots=False, augment=True)
+    assert p == pytest.approx(0.635, abs=0.005) and r == pytest.approx(0.510, abs=0.01)
+    assert map50 == pytest.approx(0.541, abs=0.003) and map5095 == pytest.approx(0.364, abs=0.002)

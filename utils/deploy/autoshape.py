@@ -74,10 +74,10 @@ class AutoShape(nn.Module):
         params = list(self.model.parameters())
         return params[0].device if params else torch.device(getattr(self.model, "device", "cpu"))
 
-    def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoded predictions (bs, N, 5 + nc) of the wrapped model."""
+    def _predict(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """Decoded predictions (bs, N, 5 + nc) of the wrapped model (test-time augmented when ``augment``)."""
         with torch.inference_mode():
-            y = self.model(x)
+            y = self.model(x, augment=True) if augment else self.model(x)
         return (y[0] if isinstance(y, (list, tuple)) else y).float()
 
     def _size(self, size: int | Sequence[int]) -> list[int]:
@@ -90,7 +90,7 @@ class AutoShape(nn.Module):
     def forward(self, ims: Any, size: int | Sequence[int] = 640, augment: bool = False) -> Any:
         """Detect on one image or a list; a (bs, 3, h, w) tensor gives the raw model output instead."""
         if isinstance(ims, torch.Tensor):
-            return self._predict(ims.to(self._device()))
+            return self._predict(ims.to(self._device()), augment)
         t0 = time.perf_counter()
         items = list(ims) if isinstance(ims, (list, tuple)) else [ims]
         loaded = [load_image(x, i) for i, x in enumerate(items)]
@@ -98,7 +98,7 @@ class AutoShape(nn.Module):
         batch = np.stack([letterbox(im, hw, auto=False, stride=self.stride)[0] for im, _ in loaded])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0  # RGB in, as the model was trained
         t1 = time.perf_counter()
-        y = self._predict(x.to(self._device()))
+        y = self._predict(x.to(self._device()), augment)
         t2 = time.perf_counter()
         pred = non_max_suppression(y, self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
                                    max_det=self.max_det, exclusive=self.class_act == "softmax")
