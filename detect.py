@@ -20,7 +20,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -168,15 +168,22 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
     finally:
         writer.close()
     speed = tuple(float(v) for v in dt * 1e3 / max(seen, 1))
+    _log_summary(source, speed, seen, shape, save_dir, writer.n_txt if save_txt else None)
+    return {"save_dir": save_dir, "predictions": predictions, "speed": speed}
+
+
+def _log_summary(source: Any, speed: tuple, seen: int, shape: Optional[tuple], save_dir: Path,
+                 n_txt: Optional[int]) -> None:
+    """The closing lines: ms per image of each stage (or that nothing could be read) and where results went."""
+    log = get_logger()
     if seen:
         log.info(f"Speed: {speed[0]:.1f}ms pre-process, {speed[1]:.1f}ms inference, {speed[2]:.1f}ms NMS per image "
                  f"at shape {shape}")
     else:
         what = source if isinstance(source, (str, Path)) else "source"
         log.warning(f"WARNING {what}: no image or frame could be read, nothing was detected")
-    labels = f"\n{writer.n_txt} labels saved to {save_dir / 'labels'}" if save_txt else ""
+    labels = f"\n{n_txt} labels saved to {save_dir / 'labels'}" if n_txt is not None else ""
     log.info(f"Results saved to {colorstr('bold', str(save_dir))}{labels}")
-    return {"save_dir": save_dir, "predictions": predictions, "speed": speed}
 
 
 def main(opt: argparse.Namespace) -> dict:
