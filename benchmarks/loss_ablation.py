@@ -163,9 +163,10 @@ def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) ->
 
 
 def write_outputs(rows: list[dict], project: Path) -> None:
-    """ablation.csv, ablation.md and ablation.png from the finished runs."""
+    """ablation.csv, ablation.md, ablation.png and ablation.json (the rows as recorded) from the finished runs."""
     project.mkdir(parents=True, exist_ok=True)
     write_csv(rows, project / "ablation.csv")
+    (project / "ablation.json").write_text(json.dumps(rows, indent=1))
     (project / "ablation.md").write_text(markdown_table(rows))
     plot_ablation(rows, project / "ablation.png")
 

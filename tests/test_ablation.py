@@ -102,6 +102,7 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     assert table[0]["epochs"] == "1" and float(table[0]["wall_s"]) > 0
     assert "| hyp.slide | 1 |" in (project / "ablation.md").read_text()
     assert (project / "ablation.png").stat().st_size > 1000
+    assert json.loads((project / "ablation.json").read_text()) == rows  # the rows as recorded, for other tools
     done = project / "hyp.slide" / "seed0" / "ablation_done.json"
     recorded = json.loads(done.read_text())
     assert recorded["commit"] == runner.code_commit() and recorded["commit"]  # which code measured the row
