@@ -210,7 +210,7 @@ def within_noise(mean: float, std: float, n: int) -> bool:
     return abs(mean) < t_halfwidth(std, n)
 
 
-def _fmt_diff(d: tuple[float, float] | None, n: int) -> str:
+def fmt_diff(d: tuple[float, float] | None, n: int) -> str:
     """Paired difference 'mean +- std', with '(noise)' when the t test cannot tell it from 0 (``within_noise``)."""
     if d is None:
         return "reference"
@@ -239,7 +239,7 @@ def markdown_table(rows: list[dict]) -> str:
     for s in summary:
         n_pairs = s["pairs"]
         cells = [_fmt(s[k], s["n"], bold=len(summary) > 1 and s[k][0] == best[k]) for k in keys]
-        diffs = [_fmt_diff(s["d_" + k], n_pairs) for k in ("mAP50", "rare", "minority")]
+        diffs = [fmt_diff(s["d_" + k], n_pairs) for k in ("mAP50", "rare", "minority")]
         lines.append(f"| {s['hyp']} | {s['n']} | " + " | ".join(cells + diffs) + f" | {s['wall_s']:.0f} | "
                      + _fmt_cpu(s["cpu_s"], s["n"]) + " |")
     note = (f"\nMean ± sample std over seeds. Δ: difference from {summary[0]['hyp'] if summary else '-'} paired by "

@@ -11,7 +11,7 @@ A target read on fewer seeds than planned is marked "so far"; "(noise)" marks a 
 
 from __future__ import annotations
 
-from utils.train.ablation import summarise, within_noise
+from utils.train.ablation import fmt_diff, summarise
 
 MAX_DROP, MIN_MINORITY_GAIN, MIN_MAP_GAIN = 0.02, 0.03, 0.01
 CONTROLS = ("hyp.slide-gain-control",)  # experiment controls under benchmarks/hyps: not shipped, not held to target 1
@@ -23,13 +23,6 @@ def _status(ok: bool, n: int, planned: int) -> str:
     return word if n >= planned else f"{word} so far ({n} of {planned} seeds)"
 
 
-def _diff(d: tuple[float, float], n: int) -> str:
-    """'-0.028 ± 0.002', '(noise)' when the t test cannot tell it from 0, '(1 seed)' for one."""
-    if n < 2:
-        return f"{d[0]:+.3f} (1 seed)"
-    return f"{d[0]:+.3f} ± {d[1]:.3f}" + (" (noise)" if within_noise(d[0], d[1], n) else "")
-
-
 def drop_rows(name: str, rows: list[dict], planned: int) -> list[list[str]]:
     """Target 1: one table row per shipped hyp file (the reference and controls excluded)."""
     out = []
@@ -37,7 +30,7 @@ def drop_rows(name: str, rows: list[dict], planned: int) -> list[list[str]]:
         if s["hyp"] in CONTROLS or not s["pairs"]:
             continue
         d = s["d_mAP50"]
-        out.append([name, f"{s['hyp']} not more than {MAX_DROP} mAP50 below the reference", _diff(d, s["pairs"]),
+        out.append([name, f"{s['hyp']} not more than {MAX_DROP} mAP50 below the reference", fmt_diff(d, s["pairs"]),
                     _status(d[0] >= -MAX_DROP, s["pairs"], planned)])
     return out
 
@@ -46,22 +39,23 @@ def best_recipe_row(name: str, rows: list[dict], planned: int) -> list[str]:
     """Target 2: the shipped recipe with the largest minority-class gain, against both thresholds."""
     candidates = [s for s in summarise(rows)[1:] if s["hyp"] not in CONTROLS and s["pairs"]]
     if not candidates:
-        return [name, "best recipe: minority AP50 +0.03 and mAP50 +0.01", "no paired rows yet", "-"]
+        goal = f"best recipe: minority AP50 +{MIN_MINORITY_GAIN} and mAP50 +{MIN_MAP_GAIN}"
+        return [name, goal, "no paired rows yet", "-"]
     best = max(candidates, key=lambda s: s["d_minority"][0])
     dm, d50, n = best["d_minority"], best["d_mAP50"], best["pairs"]
     ok = dm[0] >= MIN_MINORITY_GAIN and d50[0] >= MIN_MAP_GAIN
     return [name, f"best recipe ({best['hyp']}): minority AP50 +{MIN_MINORITY_GAIN} and mAP50 +{MIN_MAP_GAIN}",
-            f"minority {_diff(dm, n)}, mAP50 {_diff(d50, n)}", _status(ok, n, planned)]
+            f"minority {fmt_diff(dm, n)}, mAP50 {fmt_diff(d50, n)}", _status(ok, n, planned)]
 
 
 def ce_spread_row(name: str, rows: list[dict], planned: int, ce: str = "hyp.ce") -> list[str] | None:
     """Target 3: hyp.ce's seed-to-seed std of mAP50 against the reference's; None when ce has under 2 seeds."""
-    summary = {s["hyp"]: s for s in summarise(rows)}
-    ref = summarise(rows)[0]
-    if ce not in summary or summary[ce]["n"] < 2 or ref["n"] < 2:
+    summary = summarise(rows)
+    ref, mine = summary[0], next((s for s in summary if s["hyp"] == ce), None)
+    if mine is None or mine["n"] < 2 or ref["n"] < 2:
         return None
-    sd_ce, sd_ref = summary[ce]["mAP50"][1], ref["mAP50"][1]
-    n = min(summary[ce]["n"], ref["n"])
+    sd_ce, sd_ref = mine["mAP50"][1], ref["mAP50"][1]
+    n = min(mine["n"], ref["n"])
     return [name, f"{ce} spread no wider than the reference's", f"std {sd_ce:.3f} against {sd_ref:.3f}",
             _status(sd_ce <= sd_ref, n, planned)]
 
