@@ -65,6 +65,11 @@ def box_l1_loss(pxy: torch.Tensor, pwh: torch.Tensor, txy: torch.Tensor, twh: to
     return ((pxy - txy).abs().sum(1) + dwh.abs().sum(1)).mean()
 
 
+def level_balance(nl: int) -> list[float]:
+    """YOLOv5's objectness weight per level, P3 first: [4, 1, 0.4] for three levels, else [4, 1, 0.25, 0.06, 0.02]."""
+    return {3: [4.0, 1.0, 0.4]}.get(nl, [4.0, 1.0, 0.25, 0.06, 0.02])
+
+
 def describe_loss(hyp: dict) -> str:
     """One line naming the active loss options, e.g. 'box loss: CIoU | obj loss: bce + slide(ratio=1) | ...'."""
     gamma, alpha, ratio = hyp.get("fl_gamma", 0.0), hyp.get("fl_alpha", 0.25), hyp.get("slide_ratio", 0.0)
@@ -112,7 +117,7 @@ class ComputeLoss:
         if h["cls_loss_type"] == "ce" and self.nc < 2:
             raise ConfigError("hyp 'cls_loss_type': ce needs at least 2 classes (with nc=1 the softmax "
                               "cross-entropy is identically zero); use bce for single-class data")
-        self.balance = {3: [4.0, 1.0, 0.4]}.get(self.nl, [4.0, 1.0, 0.25, 0.06, 0.02])
+        self.balance = level_balance(self.nl)
         self.ssi = list(det.stride).index(16) if autobalance else 0
         self.autobalance, self.gr = autobalance, 1.0
         self.cp, self.cn = smooth_bce_targets(h["label_smoothing"])

@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ class TrainState:
     ema: ModelEMA | None = None
     scaler: torch.amp.GradScaler | None = None
     last_opt_step: int = -1
+    distill: Any = None  # utils.train.distill.Distiller with --teacher
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
 
@@ -106,6 +107,15 @@ def optimizer_step(state: TrainState, clip_norm: float) -> None:
         state.ema.update(state.model)
 
 
+def add_distillation(state: TrainState, cfg: EpochConfig, imgs: torch.Tensor, pred: list, loss: torch.Tensor,
+                     items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add the teacher's distillation loss (teacher forward under the same autocast as the student's)."""
+    with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype, enabled=cfg.amp):
+        tpred = state.distill.teacher_outputs(imgs)
+    dloss, ditems = state.distill.loss([p.float() for p in pred], tpred)
+    return loss + dloss, items + ditems
+
+
 def memory_str(device: torch.device) -> str:
     """Reserved CUDA memory as e.g. '1.23G', or '0G' on the CPU."""
     if device.type == "cuda" and torch.cuda.is_available():
@@ -153,6 +163,8 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
                 loss, items = state.compute_loss(pred, targets.to(cfg.device))
         if cfg.amp_dtype is not None:  # bfloat16 on the CPU: the model in bfloat16, the loss in float32
             loss, items = state.compute_loss([p.float() for p in pred], targets.to(cfg.device))
+        if state.distill is not None:
+            loss, items = add_distillation(state, cfg, imgs, pred, loss, items)
         check_finite(loss, items, epoch, i, cfg.device)
         if cfg.env.distributed:
             loss = loss * cfg.env.world_size  # DDP averages gradients over processes

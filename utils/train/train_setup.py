@@ -29,6 +29,7 @@ from utils.paths import increment_path
 from utils.torch_utils import training_autocast, training_memory_format
 from utils.train import dist
 from utils.train.autoanchor import check_anchors
+from utils.train.distill import Distiller, make_distiller
 from utils.train.ema import ModelEMA
 from utils.train.engine import EpochConfig, TrainState
 from utils.train.hyp import load_hyp
@@ -194,7 +195,9 @@ def make_state(opt: argparse.Namespace, plan: OptimizerPlan, model: torch.nn.Mod
 def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.nn.Module, dataset,
                               imgsz: int, save_dir: Path) -> None:
     """Main process, new runs: AutoAnchor check (unless --noautoanchor) and labels.jpg (unless --noplots)."""
-    if not opt.noautoanchor:
+    if getattr(opt, "teacher", ""):
+        get_logger().info("AutoAnchor skipped: with --teacher the student keeps the teacher's anchors")
+    elif not opt.noautoanchor:
         check_anchors(dataset, model, thr=hyp["anchor_t"], imgsz=imgsz, seed=opt.seed)
     if not opt.noplots:
         from utils.plots import plot_labels
@@ -203,12 +206,21 @@ def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.n
         plot_labels(labels, model.names, save_dir)
 
 
+def make_run_distiller(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> Distiller | None:
+    """--teacher: the run's Distiller (a student from scratch takes the teacher's anchors), else None."""
+    if not getattr(opt, "teacher", ""):
+        return None
+    return make_distiller(opt.teacher, opt.distill_weight, model, device, from_scratch=not opt.weights,
+                          memory_format=training_memory_format(device))
+
+
 def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
     """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
     amp, amp_dtype = training_autocast(device, getattr(opt, "bf16", False))  # a bad --bf16 fails before any work
     hyp, data, val, save_dir = setup_run(opt, env)
     init_seeds(opt.seed + 1 + env.rank)
     model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
+    distiller = make_run_distiller(opt, model, device)
     if env.is_main:
         get_logger().info(describe_loss(model.hyp))
     batch = opt.batch_size // env.world_size
@@ -218,6 +230,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
         prepare_anchors_and_plots(opt, hyp, model, dataset, imgsz, save_dir)
     plan = plan_run_optimizer(opt, hyp, len(loader), save_dir, env)
     state, scheduler = make_state(opt, plan, model, len(loader), device, env)
+    state.distill = distiller
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
     ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
