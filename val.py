@@ -133,12 +133,12 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         names, fp16 = data["names"], half
         imgsz = backend.input_size([imgsz])[0]
         batch_size = batch_size if backend.dynamic else backend.batch
-        rect = backend.pt  # rectangular batches need a model that accepts any size
+        rect = backend.dynamic  # rectangular batches need a model that accepts any size (.pt, dynamic exports)
         dataloader = _dataloader_for(data, task, imgsz, batch_size, backend.stride, 0.5 if rect else 0.0, rect,
                                      single_cls, workers)
         model_fn = functools.partial(backend, augment=True) if augment else backend
         if not rect and batch_size > 1:
-            log.info(f"{weights}: fixed-size or non-PyTorch model, square {imgsz} batches")
+            log.info(f"{weights}: fixed-size model, square {imgsz} batches")
     cfg = EvalConfig(conf_thres, iou_thres, max_det, single_cls, single_label, Path(save_dir) if save_dir else None,
                      plots, save_txt, save_conf, save_json)
     result = evaluate(model_fn, dataloader, names, cfg, compute_loss=compute_loss, device=device, fp16=fp16)

@@ -207,3 +207,18 @@ def test_openvino_folder_runs_in_detect_and_val(tmp_path):
     data = tiny_shapes_yaml(tmp_path, seed=2, n_train=2, n_val=2)
     results, _, _ = val.run(data=data, weights=str(folder), imgsz=64, batch_size=1, project=tmp_path / "v")
     assert len(results) == 7
+
+
+def test_formats_benchmark_exports_and_validates_every_format(tmp_path, capsys):
+    from benchmarks import formats
+
+    weights = save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=6)}, tmp_path / "m.pt")
+    data = tiny_shapes_yaml(tmp_path, seed=2, n_train=2, n_val=3)
+    rows = formats.main(["--weights", str(weights), "--data", data, "--imgsz", "64", "--threads", "1",
+                         "--workers", "0", "--project", str(tmp_path / "fmt")])
+    assert [r["format"] for r in rows] == list(formats.FORMATS) and all(r["status"] == "ok" for r in rows)
+    assert {r["file"] for r in rows} == {"m.pt", "m.torchscript", "m.onnx", "m_openvino_model"}
+    assert len({round(float(r["mAP50-95"]), 3) for r in rows}) == 1  # every format scores what the .pt scores
+    assert (tmp_path / "fmt" / "formats.csv").is_file() and "| onnx | m.onnx |" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="expected an existing .pt file"):
+        formats.main(["--weights", str(tmp_path / "gone.pt")])
