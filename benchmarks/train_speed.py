@@ -4,11 +4,13 @@ Usage:
     python benchmarks/train_speed.py                            # yolov5n, 320 px, batch 16, built-in data, 2 threads
     python benchmarks/train_speed.py --threads 4 --batches 40 --imgsz 640 --cfg yolov5s.yaml
     python benchmarks/train_speed.py --device 0 --batch-size 64 --workers 8   # CUDA, with AMP as train.py uses
+    python benchmarks/train_speed.py --bf16                     # CPU bfloat16 autocast (AVX-512 BF16 or AMX CPUs)
 
 Runs ``engine.train_one_epoch`` (warmup, accumulation, EMA, gradient clipping) over the first --warmup + --batches
 batches of the mosaic-augmented training loader; only the last --batches are timed. The model is in the memory
 format train.py trains in (channels_last on the CPU); on CUDA it trains with AMP and its gradient scaler, as
-train.py does. Peak memory is the resident set size high-water mark of this process and of its largest dataloader
+train.py does, and with --bf16 on the CPU under train.py --bf16's bfloat16 autocast (an error where the CPU has no
+fast bfloat16). Peak memory is the resident set size high-water mark of this process and of its largest dataloader
 worker (``resource.getrusage``).
 """
 
@@ -36,7 +38,7 @@ from utils.data.data_config import check_dataset  # noqa: E402
 from utils.data.dataset import create_dataloader  # noqa: E402
 from utils.errors import SlideYoloError  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
-from utils.torch_utils import select_device, training_memory_format  # noqa: E402
+from utils.torch_utils import select_device, training_autocast, training_memory_format  # noqa: E402
 from utils.train.ema import ModelEMA  # noqa: E402
 from utils.train.engine import EpochConfig, TrainState, train_one_epoch  # noqa: E402
 from utils.train.hyp import load_hyp  # noqa: E402
@@ -57,6 +59,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--batches", type=int, default=20, help="timed batches")
     p.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as 0")
+    p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast, as train.py --bf16")
     return p.parse_args(argv)
 
 
@@ -103,8 +106,9 @@ def main(opt: argparse.Namespace) -> float:
     loader, _ = create_dataloader(data["train"], opt.imgsz, opt.batch_size, 32, hyp=hyp, augment=True,
                                   workers=opt.workers, shuffle=True, nc=data["nc"], names=data["names"])
     device = select_device(opt.device)
+    amp, amp_dtype = training_autocast(device, opt.bf16)  # as train.py: AMP on CUDA, bfloat16 on the CPU if asked
     state = make_state(opt, data["nc"], data["names"], device)
-    cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=device, amp=device.type == "cuda",
+    cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=device, amp=amp, amp_dtype=amp_dtype,
                       memory_format=training_memory_format(device))
     n = opt.warmup + opt.batches
     if n > len(loader):
@@ -121,6 +125,7 @@ def main(opt: argparse.Namespace) -> float:
     gc.collect()
     own, child = peak_rss_mb()
     where = torch.cuda.get_device_name(device) + " (AMP), " if device.type == "cuda" else ""
+    where += "bfloat16 autocast, " if opt.bf16 else ""
     print(f"\n{Path(opt.cfg).stem} train {opt.imgsz}px batch {opt.batch_size}, {where}{opt.threads} torch threads, "
           f"{workers} workers, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}:\n  {ips:.1f} images/s ({dt / opt.batches:.3f} s/batch, data loading "

@@ -230,6 +230,21 @@ def test_train_speed_benchmark_prints_images_per_second(tiny_data, capsys):
     assert ips > 0 and f"{ips:.1f} images/s" in out and "peak RSS" in out
 
 
+def test_train_speed_benchmark_bf16_runs_under_autocast_or_names_the_flag(tiny_data, capsys, monkeypatch):
+    """--bf16 times train.py's bfloat16 autocast; on a CPU without fast bfloat16 it is train.py's one-line error."""
+    import utils.torch_utils
+    from benchmarks.train_speed import main, parse_opt
+    from utils.errors import ConfigError
+
+    opt = parse_opt(["--data", tiny_data, "--imgsz", "64", "--batch-size", "2", "--workers", "0", "--warmup", "1",
+                     "--batches", "1", "--threads", "1", "--bf16"])
+    monkeypatch.setattr(utils.torch_utils, "cpu_bf16_supported", lambda: False)
+    with pytest.raises(ConfigError, match="--bf16"):
+        main(opt)
+    monkeypatch.setattr(utils.torch_utils, "cpu_bf16_supported", lambda: True)  # autocast also runs (slowly) without
+    assert main(opt) > 0 and "bfloat16 autocast" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_centernet_hyp_trains_validates_and_exports_to_onnx(tiny_data, tmp_path, log_lines):
     import onnxruntime as ort
