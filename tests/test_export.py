@@ -20,6 +20,8 @@ from utils.deploy.export import (
     export_onnx,
     export_torchscript,
     onnx_parity_detail,
+    openvino_parity_detail,
+    split_difference,
 )
 from utils.errors import CheckpointError, ConfigError
 
@@ -62,6 +64,13 @@ def test_onnx_parity(tmp_path, models, kind):
     assert check_onnx_parity(model, file, im) < 1e-3
     detail = onnx_parity_detail(model, file, im)
     assert detail["scores"] < 1e-5 and detail["boxes"] < 1e-3
+
+
+def test_split_difference_separates_box_pixels_from_scores():
+    a = np.zeros((1, 2, 7), np.float32)
+    b = a.copy()
+    b[0, 1, 2], b[0, 0, 6] = 0.5, -0.01  # a box width off by half a pixel, a class score by 0.01
+    assert split_difference(a, b) == pytest.approx({"boxes": 0.5, "scores": 0.01})
 
 
 def test_export_restores_detect_flag_and_mode(tmp_path):
@@ -191,6 +200,8 @@ def test_openvino_export_parity_metadata_and_backend(tmp_path, kind):
     assert (got - expected).abs().max() < 1e-3
     if kind == "ce":
         torch.testing.assert_close(got[..., 5:].sum(-1), torch.ones(got.shape[:2]), atol=1e-4, rtol=0)
+    detail = openvino_parity_detail(ref, folder, x)  # what export.py prints: boxes in pixels, scores
+    assert set(detail) == {"boxes", "scores"} and detail["boxes"] < 1e-3 and detail["scores"] < 1e-4
     with pytest.raises(ConfigError, match="fixed input shape"):
         backend(torch.rand(1, 3, 96, 96))
 

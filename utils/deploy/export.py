@@ -132,12 +132,23 @@ def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path
 
 def openvino_parity(model: nn.Module, folder: Union[str, Path], im: torch.Tensor) -> float:
     """Max absolute difference between the PyTorch output and the OpenVINO output of an exported folder on im."""
+    return max(openvino_parity_detail(model, folder, im).values())
+
+
+def openvino_parity_detail(model: nn.Module, folder: Union[str, Path], im: torch.Tensor) -> dict[str, float]:
+    """OpenVINO's max absolute differences from PyTorch, split into 'boxes' (input pixels) and 'scores'."""
     from models.backend import DetectMultiBackend
 
     y_ov = DetectMultiBackend(folder)(im.float().cpu()).numpy()
     with export_mode(model), torch.no_grad():
         y_pt = model(im).float().cpu().numpy()
-    return float(np.abs(y_ov - y_pt).max())
+    return split_difference(y_ov, y_pt)
+
+
+def split_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Max |a - b| of two (bs, N, 5 + nc) outputs: 'boxes' over xywh, 'scores' over objectness and classes."""
+    d = np.abs(a - b)
+    return {"boxes": float(d[..., :4].max()), "scores": float(d[..., 4:].max())}
 
 
 def _simplify(proto, file: Path):
@@ -198,8 +209,7 @@ def check_onnx_parity(model: nn.Module, file: Union[str, Path], im: torch.Tensor
 
 def onnx_parity_detail(model: nn.Module, file: Union[str, Path], im: torch.Tensor) -> dict[str, float]:
     """Max absolute differences split into 'boxes' (xywh, input pixels) and 'scores' (objectness and classes)."""
-    d = np.abs(np.subtract(*_parity_outputs(model, file, im)))
-    return {"boxes": float(d[..., :4].max()), "scores": float(d[..., 4:].max())}
+    return split_difference(*_parity_outputs(model, file, im))
 
 
 def file_size_mb(file: Union[str, Path]) -> float:
