@@ -136,3 +136,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("lr0: [0.01\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_hyp(bad)
+
+
+CONTROLS = {  # benchmarks/hyps: a recipe with only its obj and cls gains raised by Slide's gradient ratios
+    "slide-gain-control": ("scratch-low", {"obj": 1.31, "cls": 0.78}),
+    "focal-gain-control": ("focal", {"obj": 0.0288, "cls": 0.265}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_gain_controls_change_only_the_gains(name):
+    base, changes = CONTROLS[name]
+    control = load_hyp(HYPS.parents[1] / "benchmarks" / "hyps" / f"hyp.{name}.yaml")
+    assert {k: v for k, v in control.items() if load_hyp(HYPS / f"hyp.{base}.yaml")[k] != v} == changes
