@@ -44,7 +44,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--imgsz", type=int, default=320, help="export and validation size")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="formats to measure")
     p.add_argument("--dynamic", action="store_true", help="dynamic-shape ONNX/OpenVINO (pads to the stride only)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, and so onnxruntime and OpenVINO)")
     p.add_argument("--workers", type=int, default=2, help="validation dataloader workers")
     p.add_argument("--project", type=str, default=str(ROOT / "runs/formats"), help="folder for files and tables")
     return p.parse_args(argv)
@@ -66,15 +66,16 @@ def measure(fmt: str, weights: Path, opt: argparse.Namespace) -> dict:
     row["format"] = fmt
     try:
         file, seconds = export_file(fmt, weights, opt)
-        size = sum(f.stat().st_size for f in file.rglob("*")) / 1e6 if file.is_dir() else file_size_mb(file)
+        size = sum(f.stat().st_size for f in file.rglob("*") if f.is_file()) / 1e6 if file.is_dir() \
+            else file_size_mb(file)
         row.update(file=file.name, size_mb=f"{size:.1f}", export_s=f"{seconds:.1f}")
         results, _, times = val.run(data=opt.data, weights=str(file), batch_size=1, imgsz=opt.imgsz, device="cpu",
                                     workers=opt.workers, plots=False, project=opt.project, name=f"val-{fmt}",
                                     exist_ok=True, engine="torch" if fmt == "pytorch" else "auto")
         row.update({"mAP50": f"{results[2]:.4f}", "mAP50-95": f"{results[3]:.4f}",
                     "inference_ms": f"{times[1]:.1f}", "status": "ok"})
-    except (SlideYoloError, ImportError, RuntimeError) as e:
-        row["status"] = f"failed: {str(e).splitlines()[0][:160]}"
+    except Exception as e:  # any exporter's or runtime's failure is this format's row, not the table's end
+        row["status"] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
     return row
 
 
@@ -98,7 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         shutil.copy2(src, weights)  # exports are written beside the weights: keep them out of the run folder
     rows = [measure(fmt, weights, opt) for fmt in tqdm(opt.formats, desc="formats")]
     table = markdown(rows)
-    print(f"\n{src}, {opt.imgsz} px, batch 1, {opt.threads} threads, torch {torch.__version__}\n\n{table}")
+    print(f"\n{src}, {opt.imgsz} px, batch 1, {opt.threads} threads (torch, onnxruntime and OpenVINO), "
+          f"torch {torch.__version__}\n\n{table}")
     (project / "formats.md").write_text(table + "\n")
     with (project / "formats.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)

@@ -165,9 +165,10 @@ class DetectMultiBackend(nn.Module):
         return {**_normalize_metadata(meta), "dynamic": False}
 
     def _load_onnx(self, w: Path) -> dict:
-        """Open an onnxruntime session (CUDA provider when the device is CUDA and it is available)."""
+        """Open an onnxruntime session (CUDA provider when the device is CUDA and it is available) with torch's
+        intra-op thread count, as the .pt files' onnxruntime engine has."""
         try:
-            self.session = onnx_session(w, self.device)
+            self.session = onnx_session(w, self.device, threads=torch.get_num_threads())
         except Exception as e:  # invalid protobuf, unsupported opset
             raise CheckpointError(f"weights {w}: cannot be opened by onnxruntime ({type(e).__name__}: {e})") from e
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
@@ -193,7 +194,8 @@ class DetectMultiBackend(nn.Module):
 
         try:
             model = ov.Core().read_model(str(xml))
-            self.session = ov.Core().compile_model(model, "CPU", OPENVINO_CPU_CONFIG)
+            config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": torch.get_num_threads()}  # as torch's
+            self.session = ov.Core().compile_model(model, "CPU", config)
         except Exception as e:  # missing .bin, not an IR
             raise CheckpointError(f"weights {xml}: cannot be read by OpenVINO ({type(e).__name__}: {e})") from e
         meta_file = xml.parent / "metadata.yaml"

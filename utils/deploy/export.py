@@ -130,11 +130,6 @@ def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path
     return folder
 
 
-def openvino_parity(model: nn.Module, folder: Union[str, Path], im: torch.Tensor) -> float:
-    """Max absolute difference between the PyTorch output and the OpenVINO output of an exported folder on im."""
-    return max(openvino_parity_detail(model, folder, im).values())
-
-
 def openvino_parity_detail(model: nn.Module, folder: Union[str, Path], im: torch.Tensor) -> dict[str, float]:
     """OpenVINO's max absolute differences from PyTorch, split into 'boxes' (input pixels) and 'scores'."""
     from models.backend import DetectMultiBackend
