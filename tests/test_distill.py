@@ -22,9 +22,11 @@ from utils.train.distill import (
     box_params,
     check_compatible,
     class_divergence,
+    reference_gains,
     teacher_class_probs,
 )
 from utils.train.hyp import load_hyp
+from utils.train.transfer import scale_loss_gains
 
 TINY = {"imgsz": 64, "batch_size": 4, "workers": 0, "seed": 0, "noplots": True}
 
@@ -127,3 +129,44 @@ def test_a_teacher_with_other_classes_or_a_zero_weight_is_a_clear_error(teacher_
         train.run(data=data, project=str(tmp_path), teacher=str(best), single_cls=True, epochs=1, **TINY)
     with pytest.raises(ConfigError, match="--distill-weight 0"):
         train.run(data=data, project=str(tmp_path), teacher=str(best), distill_weight=0.0, epochs=1, **TINY)
+
+
+def test_ce_class_term_is_divided_by_nc_and_one_class_has_no_class_term():
+    teacher, student = model(), model(cls_loss_type="ce")
+    distiller = Distiller(teacher, student)
+    pred, tpred = raw_outputs(student, 1), [p.detach() for p in raw_outputs(teacher, 2)]
+    _, items = distiller.loss(pred, tpred)
+    by_hand = sum((t[..., 4].sigmoid() * class_divergence(s[..., 5:], teacher_class_probs(t[..., 5:], "sigmoid", "ce"),
+                                                          "ce")).sum() / t[..., 4].sigmoid().sum()
+                  for s, t in zip(pred, tpred))
+    assert float(items[2]) == pytest.approx(float(by_hand.detach()) / 6 * distiller.gains[2], rel=1e-5)
+    single = model(nc=1)
+    _, items = Distiller(model(nc=1), single).loss(raw_outputs(single, 1), raw_outputs(single, 2))
+    assert float(items[2]) == 0.0 and float(items[1]) > 0  # as ComputeLoss: one class, no class loss
+
+
+def test_distillation_gains_are_the_reference_ones_whatever_the_recipe():
+    low = scale_loss_gains(load_hyp("data/hyps/hyp.scratch-low.yaml"), 3, 6, 64)
+    assert reference_gains(3, 6, 64) == pytest.approx((low["box"], low["obj"], low["cls"]))
+    focal = scale_loss_gains(load_hyp("data/hyps/hyp.focal.yaml"), 3, 6, 64)
+    assert focal["obj"] < reference_gains(3, 6, 64)[1] / 40  # what the student's own gain would have been
+
+
+def test_a_teacher_must_be_a_detector_with_the_same_class_names():
+    student = model()
+    with pytest.raises(ConfigError, match=r"--teacher x\.pt: not a YOLOv5 detector"):
+        check_compatible(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), student, "x.pt")
+    teacher = model()
+    teacher.names, student.names = {i: f"c{i}" for i in range(6)}, {i: f"d{i}" for i in range(6)}
+    with pytest.raises(ConfigError, match=r"class names \['c0'.*\(teacher\) vs \['d0'.*\(student\)"):
+        check_compatible(teacher, student, "t.pt")
+
+
+def test_a_missing_teacher_names_the_flag_and_a_relative_one_is_saved_absolute(teacher_run, tmp_path, monkeypatch):
+    data, best = teacher_run
+    with pytest.raises(ConfigError, match=r"--teacher nope\.pt: file not found"):
+        train.run(data=data, project=str(tmp_path), teacher="nope.pt", epochs=1, **TINY)
+    monkeypatch.chdir(best.parent)
+    train.run(data=data, project=str(tmp_path), cfg="yolov5-mobilenetv3s.yaml", teacher=best.name, epochs=1,
+              noval=True, **TINY)
+    assert yaml.safe_load((tmp_path / "exp" / "opt.yaml").read_text())["teacher"] == str(best.resolve())

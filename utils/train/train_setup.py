@@ -65,6 +65,10 @@ def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
         opt.batch_size = 16
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
+    if getattr(opt, "teacher", ""):  # absolute in opt.yaml, so --resume finds it from any folder
+        if not Path(opt.teacher).is_file():
+            raise ConfigError(f"--teacher {opt.teacher}: file not found")
+        opt.teacher = str(Path(opt.teacher).resolve())
 
 
 def prepare_save_dir(opt: argparse.Namespace, env: dist.DistEnv) -> Path:
@@ -206,12 +210,13 @@ def prepare_anchors_and_plots(opt: argparse.Namespace, hyp: dict, model: torch.n
         plot_labels(labels, model.names, save_dir)
 
 
-def make_run_distiller(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> Distiller | None:
+def make_run_distiller(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device,
+                       imgsz: int) -> Distiller | None:
     """--teacher: the run's Distiller (a student from scratch takes the teacher's anchors), else None."""
     if not getattr(opt, "teacher", ""):
         return None
     return make_distiller(opt.teacher, opt.distill_weight, model, device, from_scratch=not opt.weights,
-                          memory_format=training_memory_format(device))
+                          imgsz=imgsz, memory_format=training_memory_format(device))
 
 
 def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
@@ -220,7 +225,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     hyp, data, val, save_dir = setup_run(opt, env)
     init_seeds(opt.seed + 1 + env.rank)
     model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
-    distiller = make_run_distiller(opt, model, device)
+    distiller = make_run_distiller(opt, model, device, imgsz)
     if env.is_main:
         get_logger().info(describe_loss(model.hyp))
     batch = opt.batch_size // env.world_size
