@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The facemask loss ablation reported in the README: 10 recipes x seeds 1-5 (seed 0 was used to choose
+# The facemask loss ablation reported in the README: 10 recipes and the focal gain control x seeds 1-5 (seed 0 was used to choose
 # hyp.focal.yaml), fine-tuned from the official COCO yolov5n, 12 epochs at 320. Resumable: run it again after a stop.
 # Finished rows are also kept in docs/ablation/facemask.jsonl (committed; LEDGER= puts them elsewhere), so it resumes
 # even where runs/ is gone.
