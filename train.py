@@ -54,7 +54,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU: train under bfloat16 autocast (needs AVX-512 BF16 or AMX; about 1.3x faster per step)")
     p.add_argument("--teacher", type=str, default="", help="distil from this trained checkpoint (same classes, "
                    "strides and anchors; a student from scratch takes the teacher's anchors)")
-    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation terms (--teacher)")
+    p.add_argument("--distill-weight", type=float, default=None,
+                   help="weight of the distillation terms (with --teacher; default 1)")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
     p.add_argument("--optimizer", type=str, choices=OPTIMIZERS + (AUTO,), default=None,

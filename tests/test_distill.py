@@ -164,6 +164,8 @@ def test_a_teacher_must_be_a_detector_with_the_same_class_names():
 
 def test_a_missing_teacher_names_the_flag_and_a_relative_one_is_saved_absolute(teacher_run, tmp_path, monkeypatch):
     data, best = teacher_run
+    with pytest.raises(ConfigError, match=r"--distill-weight 0\.5 needs --teacher"):
+        train.run(data=data, project=str(tmp_path), distill_weight=0.5, epochs=1, **TINY)
     with pytest.raises(ConfigError, match=r"--teacher nope\.pt: file not found"):
         train.run(data=data, project=str(tmp_path), teacher="nope.pt", epochs=1, **TINY)
     monkeypatch.chdir(best.parent)

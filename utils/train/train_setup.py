@@ -65,6 +65,8 @@ def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
         opt.batch_size = 16
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
+    if not getattr(opt, "teacher", "") and getattr(opt, "distill_weight", None) is not None and not opt.resume:
+        raise ConfigError(f"--distill-weight {opt.distill_weight} needs --teacher (the model to distil from)")
     if getattr(opt, "teacher", ""):  # absolute in opt.yaml, so --resume finds it from any folder
         if not Path(opt.teacher).is_file():
             raise ConfigError(f"--teacher {opt.teacher}: file not found")
@@ -215,7 +217,8 @@ def make_run_distiller(opt: argparse.Namespace, model: torch.nn.Module, device: 
     """--teacher: the run's Distiller (a student from scratch takes the teacher's anchors), else None."""
     if not getattr(opt, "teacher", ""):
         return None
-    return make_distiller(opt.teacher, opt.distill_weight, model, device, from_scratch=not opt.weights,
+    weight = 1.0 if opt.distill_weight is None else opt.distill_weight
+    return make_distiller(opt.teacher, weight, model, device, from_scratch=not opt.weights,
                           imgsz=imgsz, memory_format=training_memory_format(device))
 
 
