@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from utils.log import get_logger
 from utils.train.dist import DistEnv, all_true
 from utils.train.ema import ModelEMA
 from utils.train.optim import Warmup
+
+if TYPE_CHECKING:
+    from utils.train.distill import Distiller
 
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
 BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"
@@ -44,7 +47,7 @@ class TrainState:
     ema: ModelEMA | None = None
     scaler: torch.amp.GradScaler | None = None
     last_opt_step: int = -1
-    distill: Any = None  # utils.train.distill.Distiller with --teacher
+    distill: Distiller | None = None  # with --teacher
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
 
