@@ -66,9 +66,7 @@ def measure(fmt: str, weights: Path, opt: argparse.Namespace) -> dict:
     row["format"] = fmt
     try:
         file, seconds = export_file(fmt, weights, opt)
-        size = sum(f.stat().st_size for f in file.rglob("*") if f.is_file()) / 1e6 if file.is_dir() \
-            else file_size_mb(file)
-        row.update(file=file.name, size_mb=f"{size:.1f}", export_s=f"{seconds:.1f}")
+        row.update(file=file.name, size_mb=f"{file_size_mb(file):.1f}", export_s=f"{seconds:.1f}")
         results, _, times = val.run(data=opt.data, weights=str(file), batch_size=1, imgsz=opt.imgsz, device="cpu",
                                     workers=opt.workers, plots=False, project=opt.project, name=f"val-{fmt}",
                                     exist_ok=True, engine="torch" if fmt == "pytorch" else "auto")

@@ -208,5 +208,7 @@ def onnx_parity_detail(model: nn.Module, file: Union[str, Path], im: torch.Tenso
 
 
 def file_size_mb(file: Union[str, Path]) -> float:
-    """Size of a file in MB (1e6 bytes)."""
-    return Path(file).stat().st_size / 1e6
+    """Size of a file, or of the files in a folder (an OpenVINO IR), in MB (1e6 bytes)."""
+    path = Path(file)
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files) / 1e6

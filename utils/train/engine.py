@@ -115,7 +115,7 @@ def add_distillation(state: TrainState, cfg: EpochConfig, imgs: torch.Tensor, pr
     """Add the teacher's distillation loss (teacher forward under the same autocast as the student's)."""
     with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype, enabled=cfg.amp):
         tpred = state.distill.teacher_outputs(imgs)
-    dloss, ditems = state.distill.loss([p.float() for p in pred], tpred)
+    dloss, ditems = state.distill.loss(pred, tpred)  # loss() works in float32
     return loss + dloss, items + ditems
 
 
