@@ -85,6 +85,19 @@ def test_a_student_equal_to_its_teacher_has_zero_loss_and_a_different_one_gets_g
     assert full.item() == pytest.approx(2 * half.item(), rel=1e-5)  # the weight scales every term
 
 
+def test_teacher_outputs_are_the_eval_models_raw_maps_without_decoding():
+    teacher = model()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        _, expected = deepcopy(teacher).eval()(x)  # the full eval path: decoded boxes and the raw maps
+    distiller = Distiller(teacher, deepcopy(teacher))
+    got = distiller.teacher_outputs(x)
+    norms = [m for m in distiller.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)  # BatchNorm keeps its running statistics
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
+
+
 def test_heads_must_match_and_a_fresh_student_takes_the_teachers_anchors():
     teacher = model()
     teacher.model[-1].anchors.mul_(1.5)  # as AutoAnchor might have left them

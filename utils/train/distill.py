@@ -112,6 +112,7 @@ class Distiller:
         check_compatible(teacher, student, source)
         h = de_parallel(student).hyp
         self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher.model[-1].train()  # the head alone in training mode: raw maps, no box decode (it has no BN)
         self.weight = float(weight)
         self.gains = gains or (float(h["box"]), float(h["obj"]), float(h["cls"]))
         self.kind = h.get("cls_loss_type", "bce")
@@ -122,7 +123,7 @@ class Distiller:
     @torch.no_grad()
     def teacher_outputs(self, imgs: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's raw head outputs (list of (bs, na, ny, nx, 5 + nc)) on a batch, without gradients."""
-        return [x.float() for x in self.teacher(imgs)[1]]
+        return [x.float() for x in self.teacher(imgs)]
 
     def loss(self, pred: list[torch.Tensor], tpred: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The formula of the module docstring for student outputs pred and teacher outputs tpred."""
