@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 
 import cv2
 import pytest
@@ -252,10 +253,25 @@ def test_a_damaged_ledger_is_named(tmp_path):
         runner.main(argv)
 
 
-def test_readme_tables_are_replaced_between_their_markers():
+def load_readme_tool():
+    """benchmarks/ablation_readme.py as a module."""
     spec = importlib.util.spec_from_file_location("ablation_readme", ROOT / "benchmarks" / "ablation_readme.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_every_refreshed_ablation_has_its_table_markers_and_ledger():
+    module = load_readme_tool()
+    readme = (ROOT / "README.md").read_text()
+    for name, script in module.ABLATIONS.items():
+        assert f"<!-- {name}-table -->" in readme and f"<!-- /{name}-table -->" in readme, name
+        ledger = re.search(r"--ledger \"\$\{LEDGER:-(docs/ablation/[\w.-]+\.jsonl)\}\"", (ROOT / script).read_text())
+        assert ledger and (ROOT / ledger.group(1)).stat().st_size > 0, script
+
+
+def test_readme_tables_are_replaced_between_their_markers():
+    module = load_readme_tool()
     readme = "intro\n<!-- shapes-table -->\n| old |\n<!-- /shapes-table -->\nafter\n"
     assert module.replace_table(readme, "shapes", "| new |\n") == (
         "intro\n<!-- shapes-table -->\n| new |\n<!-- /shapes-table -->\nafter\n")

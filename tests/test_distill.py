@@ -162,7 +162,7 @@ def test_distillation_gains_are_the_reference_ones_whatever_the_recipe():
     low = scale_loss_gains(load_hyp("data/hyps/hyp.scratch-low.yaml"), 3, 6, 64)
     assert reference_gains(3, 6, 64) == pytest.approx((low["box"], low["obj"], low["cls"]))
     focal = scale_loss_gains(load_hyp("data/hyps/hyp.focal.yaml"), 3, 6, 64)
-    assert focal["obj"] < reference_gains(3, 6, 64)[1] / 40  # what the student's own gain would have been
+    assert focal["obj"] < reference_gains(3, 6, 64)[1] / 30  # what the student's own gain would have been
 
 
 def test_a_teacher_must_be_a_detector_with_the_same_class_names():

@@ -44,7 +44,7 @@ def test_search_space_covers_yolov5_and_loss_keys():
     assert "cls_loss_type" not in search_space(1) and "cls_loss_type" in search_space(3)
     hyp = load_hyp("hyp.focal.yaml")
     start = start_params(hyp, search_space(3))
-    assert start["obj"] == 0.022 and start["loss_norm"] == "weighted" and start["fl_gamma"] == 1.5
+    assert start["obj"] == 0.0288 and start["loss_norm"] == "weighted" and start["fl_gamma"] == 1.5
     trial = optuna.trial.FixedTrial({"lr0": 0.003, "loss_norm": "pos"})
     assert suggest(trial, "lr0", SEARCH_SPACE["lr0"]) == 0.003
     assert suggest(trial, "loss_norm", SEARCH_SPACE["loss_norm"]) == "pos"

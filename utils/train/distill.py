@@ -15,7 +15,7 @@ objectness o = sigmoid(t_obj) and KL(q || p) the element-wise Bernoulli divergen
 
 with YOLOv5's level balance and gains: hyp.scratch-low's box 0.05, obj 1.0 and cls 0.5, scaled for levels, classes
 and image size as the run's own gains are (``scale_loss_gains``), whatever the student's recipe. Recipes that re-tune
-their obj or cls gain for a differently normalised loss (hyp.focal.yaml's obj is 46x smaller, hyp.centernet.yaml's
+their obj or cls gain for a differently normalised loss (hyp.focal.yaml's obj is 35x smaller, hyp.centernet.yaml's
 151x) would otherwise all but switch the distillation's objectness off; ``--distill-weight`` scales all three. The
 ce class term is divided by nc as ComputeLoss's ce term is, and with one class there is no class term (as in
 ComputeLoss). d is YOLOv5's box parameterisation in grid cells and anchor multiples, which is why teacher and student
