@@ -37,7 +37,7 @@ RECIPES = {  # every loss recipe is scratch-low with exactly these changes
     "ce": {"cls_loss_type": "ce"},
     "ce-balanced": {"cls_loss_type": "ce", "cls_weights": "effective", "loss_norm": "weighted"},
     "centernet": {"obj_loss_type": "gaussian_focal", "obj": 0.0066},
-    "box-l1": {"box_l1": 0.003},
+    "box-l1": {"box": 0.0333, "box_l1": 0.002},
     "slide-focal-ce": {"slide_ratio": 1.0, "fl_gamma": 1.5, "cls_loss_type": "ce", "loss_norm": "weighted",
                        "obj": 0.022, "cls": 0.28},
 }
