@@ -13,13 +13,13 @@ from conftest import tiny_shapes_yaml
 
 import train
 from models.yolo import DetectionModel
+from utils.boxes import box_params
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 from utils.train.distill import (
     Distiller,
     adopt_anchors,
     bernoulli_kl,
-    box_params,
     check_compatible,
     class_divergence,
     reference_gains,

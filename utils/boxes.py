@@ -98,6 +98,12 @@ def scale_boxes(img1_shape: tuple[int, int], boxes, img0_shape: tuple[int, int],
     return clip_boxes(boxes, img0_shape)
 
 
+def box_params(raw: torch.Tensor) -> torch.Tensor:
+    """YOLOv5's box outputs (..., 4) in grid cells and anchor multiples: (2 sig(xy) - 0.5, (2 sig(wh))^2)."""
+    y = raw.sigmoid() * 2
+    return torch.cat((y[..., :2] - 0.5, y[..., 2:] ** 2), -1)
+
+
 def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of xyxy boxes (N, 4) x (M, 4) -> (N, M): intersection / (area1 + area2 - intersection)."""
     area1 = (box1[:, 2] - box1[:, 0]) * (box1[:, 3] - box1[:, 1])

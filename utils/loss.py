@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils.boxes import bbox_iou
+from utils.boxes import bbox_iou, box_params
 from utils.errors import ConfigError
 from utils.heatmap import draw_heatmap, gaussian_focal_elementwise
 from utils.loss_terms import (
@@ -160,8 +160,9 @@ class ComputeLoss:
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
             iou = torch.zeros(0, device=dev)
             if b.shape[0]:
-                pxy, pwh, _, pcls = pi[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
-                pxy, pwh = pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]
+                pbox, _, pcls = pi[b, a, gj, gi].split((4, 1, self.nc), 1)
+                pxy, pwh = box_params(pbox).split(2, 1)
+                pwh = pwh * anchors[i]
                 iou = bbox_iou(torch.cat((pxy, pwh), 1), tbox[i], CIoU=True).squeeze(-1)
                 lbox += (1.0 - iou).mean()
                 if self.hyp["box_l1"] > 0:

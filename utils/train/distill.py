@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.boxes import box_params
 from utils.errors import CheckpointError, ConfigError
 from utils.log import colorstr, get_logger
 from utils.loss import level_balance
@@ -40,12 +41,6 @@ def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     q = teacher_logits.sigmoid()
     return (F.binary_cross_entropy_with_logits(student_logits, q, reduction="none")
             - F.binary_cross_entropy_with_logits(teacher_logits, q, reduction="none"))
-
-
-def box_params(raw: torch.Tensor) -> torch.Tensor:
-    """YOLOv5's box outputs (..., 4) in grid cells and anchor multiples: (2 sig(xy) - 0.5, (2 sig(wh))^2)."""
-    y = raw.sigmoid() * 2
-    return torch.cat((y[..., :2] - 0.5, y[..., 2:] ** 2), -1)
 
 
 def teacher_class_probs(t_cls: torch.Tensor, teacher_act: str, student_kind: str) -> torch.Tensor:
