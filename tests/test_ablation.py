@@ -9,6 +9,7 @@ import re
 
 import cv2
 import pytest
+import torch
 from conftest import ROOT, tiny_shapes_yaml
 
 from utils.train.ablation import (
@@ -277,3 +278,35 @@ def test_readme_tables_are_replaced_between_their_markers():
         "intro\n<!-- shapes-table -->\n| new |\n<!-- /shapes-table -->\nafter\n")
     with pytest.raises(ValueError, match="facemask-table"):
         module.replace_table(readme, "facemask", "| new |")
+
+
+def load_score_ranking():
+    spec = importlib.util.spec_from_file_location("score_ranking", ROOT / "benchmarks" / "score_ranking.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_score_ranking_neutralises_one_score_at_a_time():
+    module = load_score_ranking()
+    y = torch.tensor([[[5.0, 5.0, 2.0, 2.0, 0.3, 0.2, 0.7]]])  # one box: xywh, objectness 0.3, two classes
+    backend = lambda im: (y, None)  # noqa: E731  (a PyTorch model in eval mode returns (predictions, raw))
+    assert module.rescored(backend, "obj x cls")(None).tolist() == y.tolist()
+    assert module.rescored(backend, "cls only")(None)[0, 0, 4:].tolist() == pytest.approx([1.0, 0.2, 0.7])
+    assert module.rescored(backend, "obj only")(None)[0, 0, 4:].tolist() == pytest.approx([0.3, 0.0, 1.0])
+    assert y[0, 0, 4] == pytest.approx(0.3)  # the model's own output is left alone
+
+
+def test_score_ranking_scores_a_checkpoint_three_ways(tiny_data, tmp_path, capsys):
+    from models.yolo import DetectionModel
+    from utils.checkpoint import save_checkpoint
+    from utils.train.hyp import load_hyp
+
+    model = DetectionModel("yolov5n.yaml", nc=6)
+    model.hyp = load_hyp("hyp.scratch-low.yaml")
+    weights = save_checkpoint({"model": model, "epoch": -1}, tmp_path / "w.pt")
+    rows = load_score_ranking().main(["--data", tiny_data, "--weights", str(weights), "--imgsz", "64",
+                                      "--batch-size", "4", "--threads", "1"])
+    assert list(rows[0]) == ["weights", "obj x cls", "cls only", "obj only"]
+    assert all(0.0 <= m50 <= 1.0 and 0.0 <= m <= m50 + 1e-9 for m50, m in list(rows[0].values())[1:])
+    assert "obj only mAP50 / 50-95" in capsys.readouterr().out
