@@ -162,6 +162,22 @@ def test_draw_heatmap_of_one_object_with_two_neighbour_cells():
     assert ((heatmap >= 0) & (heatmap <= 1)).all()
 
 
+def test_peak_keeps_only_the_selected_matches_at_one():
+    cells = ((4, 5), (4, 4), (5, 5))  # centre cell, left neighbour, lower neighbour
+    every = draw_one(cells=cells)
+    m = len(cells)
+    centre_only = draw_heatmap((2, 3, 10, 10), torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.long),
+                               torch.tensor([[5.3, 4.6]] * m), torch.tensor([[16.0, 12.0]] * m),
+                               torch.tensor([4, 4, 5]), torch.tensor([5, 4, 5]),
+                               peak=torch.tensor([True, False, False]))
+    assert int((centre_only == 1.0).sum()) == 1 and centre_only[0, 0, 4, 5] == 1.0
+    # the neighbours keep the Gaussian: sigma 0.5, cell (4, 4) has its centre at (4.5, 4.5)
+    expected = math.exp(-((4.5 - 5.3) ** 2 + (4.5 - 4.6) ** 2) / (2 * 0.5**2))
+    assert centre_only[0, 0, 4, 4].item() == pytest.approx(expected, rel=1e-5)
+    away = (every != 1.0)
+    torch.testing.assert_close(centre_only[away], every[away], rtol=0.0, atol=0.0)  # nothing else moves
+
+
 def test_overlapping_objects_keep_the_elementwise_maximum():
     first = draw_one(cx=4.5, cy=4.5, cells=((4, 4),))
     second = draw_one(cx=6.2, cy=5.1, w=20.0, h=20.0, cells=((5, 6),))

@@ -274,7 +274,8 @@ def test_describe_loss_names_the_options():
 
 # ---- Phase 2 keys: loss_norm, class weights, slide_mu ema, heatmap objectness, box L1
 
-NEW_KEYS_OFF = {"loss_norm": "mean", "cls_weights": "none", "slide_mu": "batch", "obj_loss_type": "bce", "box_l1": 0.0}
+NEW_KEYS_OFF = {"loss_norm": "mean", "cls_weights": "none", "slide_mu": "batch", "obj_loss_type": "bce", "box_l1": 0.0,
+                "heatmap_peak": "centre"}  # heatmap_peak acts only with obj_loss_type gaussian_focal
 
 
 def test_new_keys_off_are_bit_identical_to_the_baseline():
@@ -415,13 +416,33 @@ def test_gaussian_focal_objectness_targets_and_value():
     assert items[1].item() == pytest.approx(4 * (0.25 * LN2 + neg), rel=1e-4)
 
 
+def test_heatmap_peak_centre_keeps_one_at_the_centre_cell_only():
+    model = one_level_model(obj_loss_type="gaussian_focal", heatmap_peak="centre")
+    p = [torch.zeros(1, 1, 4, 4, 7)]
+    targets = torch.tensor([[0.0, 1.0, 0.3, 0.3, 0.25, 0.25]])  # centre (1.2, 1.2) cells: in cell (1, 1), left half
+    loss = ComputeLoss(model)
+    _, tbox, indices, _ = loss.build_targets(p, targets)
+    _, _, gj, gi = indices[0]
+    assigned = loss.heatmap_targets(p[0].shape[:4], indices[0], tbox[0])
+    centre = loss.heatmap_targets(p[0].shape[:4], indices[0], tbox[0], centre_only=True)
+    assert len(gj) == 3 and int((assigned == 1).sum()) == 3  # YOLOv5's centre cell and its two nearest neighbours
+    assert int((centre == 1).sum()) == 1 and centre[0, 0, 1, 1] == 1.0
+    assert torch.equal(centre[assigned != 1], assigned[assigned != 1])
+    _, items = loss(p, targets)
+    # all logits 0 (p = 0.5): one positive, every other cell a negative at its Gaussian value
+    neg = sum((1 - float(y)) ** 4 * 0.25 * LN2 for y in centre.flatten() if y != 1.0)
+    assert items[1].item() == pytest.approx(4 * (0.25 * LN2 + neg), rel=1e-4)
+    assert "gaussian heatmap focal (CenterNet, peaks at centres)" in describe_loss(model.hyp)
+
+
 @pytest.mark.parametrize("norm, weights, mu, obj, slide, gamma, kind", list(itertools.product(
-    ["mean", "pos", "weighted"], ["none", "effective"], ["batch", "ema"], ["bce", "gaussian_focal"], [0.0, 1.0],
-    [0.0, 1.5], ["bce", "ce"])))
+    ["mean", "pos", "weighted"], ["none", "effective"], ["batch", "ema"], ["bce", "gaussian_focal", "centre"],
+    [0.0, 1.0], [0.0, 1.5], ["bce", "ce"])))
 def test_every_new_key_combination_gives_finite_loss_and_gradients(norm, weights, mu, obj, slide, gamma, kind):
     model = DetectionModel("yolov5n.yaml", nc=3)
     model.hyp = base_hyp(loss_norm=norm, cls_weights=weights, cls_weights_values=[0.6, 0.9, 1.5], slide_mu=mu,
-                         obj_loss_type=obj, slide_ratio=slide, fl_gamma=gamma, cls_loss_type=kind, box_l1=0.01)
+                         obj_loss_type="bce" if obj == "bce" else "gaussian_focal", slide_ratio=slide, fl_gamma=gamma,
+                         heatmap_peak="centre" if obj == "centre" else "assigned", cls_loss_type=kind, box_l1=0.01)
     p, t = deterministic_inputs()
     leaves = [x.clone().requires_grad_(True) for x in p]
     total, items = ComputeLoss(model)(leaves, t)

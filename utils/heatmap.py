@@ -123,13 +123,15 @@ def _window(centre: torch.Tensor, half: int, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def draw_heatmap(shape: tuple[int, int, int, int], b: torch.Tensor, a: torch.Tensor, centre_xy: torch.Tensor,
-                 wh: torch.Tensor, gj: torch.Tensor, gi: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
+                 wh: torch.Tensor, gj: torch.Tensor, gi: torch.Tensor, min_overlap: float = 0.7,
+                 peak: torch.Tensor | None = None) -> torch.Tensor:
     """Gaussian objectness targets of one level, (bs, na, ny, nx) float32, detached, on centre_xy's device.
 
     Match m draws exp(-(dx^2 + dy^2) / (2 sigma^2)) on heatmap[b[m], a[m]], dx = (column + 0.5) - cx,
     dy = (row + 0.5) - cy, with (cx, cy) = centre_xy[m] and sigma = gaussian_sigma(h, w) from wh[m] = (w, h),
     all in grid cells of this level; overlapping objects keep the element-wise maximum. Then the assigned cells
-    heatmap[b, a, gj, gi] are set to exactly 1.0, the positives of ``gaussian_focal_loss``. Each Gaussian is
+    heatmap[b, a, gj, gi] are set to exactly 1.0, the positives of ``gaussian_focal_loss``; ``peak``, a bool (M,),
+    limits that to the matches it selects (the others keep their Gaussian value). Each Gaussian is
     evaluated in a square window of +-ceil(14.5 sigma_max) cells around its centre: outside it the value underflows
     to exactly 0 in float32, so the window changes no value and memory is M * window^2 floats, not M * ny * nx.
     """
@@ -152,5 +154,9 @@ def draw_heatmap(shape: tuple[int, int, int, int], b: torch.Tensor, a: torch.Ten
     cell = (image_anchor[:, None, None] * ny + rows[:, :, None]) * nx + cols[:, None, :]  # flat index (M, ky, kx)
     heatmap.scatter_reduce_(0, cell.reshape(-1), gauss.reshape(-1), "amax")  # overlapping objects: the maximum
     heatmap = heatmap.view(bs * na, ny, nx)
-    heatmap[image_anchor, gj.to(device, torch.long).view(m), gi.to(device, torch.long).view(m)] = 1.0
+    gj, gi = gj.to(device, torch.long).view(m), gi.to(device, torch.long).view(m)
+    if peak is not None:
+        keep = peak.to(device, torch.bool).view(m)
+        image_anchor, gj, gi = image_anchor[keep], gj[keep], gi[keep]
+    heatmap[image_anchor, gj, gi] = 1.0
     return heatmap.view(bs, na, ny, nx)

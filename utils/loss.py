@@ -9,7 +9,9 @@ and ``utils.heatmap``::
 - ``base``: BCE with logits (sigmoid, multi-label; ``cls_loss_type: bce``) or softmax cross-entropy over class
   indices (mutually exclusive classes; ``cls_loss_type: ce``) for the class term; for objectness BCE
   (``obj_loss_type: bce``) or the penalty-reduced focal loss on Gaussian heatmap targets of CornerNet / CenterNet
-  (``obj_loss_type: gaussian_focal``; Law & Deng 2018, arXiv 1808.01244; Zhou et al. 2019, arXiv 1904.07850).
+  (``obj_loss_type: gaussian_focal``; Law & Deng 2018, arXiv 1808.01244; Zhou et al. 2019, arXiv 1904.07850),
+  whose positives (value 1) are every YOLOv5-assigned cell (``heatmap_peak: assigned``) or only the cell holding
+  each object's centre, CenterNet's single peak (``heatmap_peak: centre``).
 - ``focal_factor`` (``fl_gamma > 0``): Focal Loss, Lin et al. 2017, arXiv 1708.02002 (``fl_type: focal``, with
   ``fl_alpha``), or Quality Focal Loss, Li et al. 2020, arXiv 2006.04388 (``fl_type: quality``, for soft targets).
   It applies to the class term and the BCE objectness; the heatmap focal loss is already focal, so fl_gamma leaves
@@ -77,7 +79,8 @@ def describe_loss(hyp: dict) -> str:
     heat = hyp.get("obj_loss_type", "bce") == "gaussian_focal"
     box = ["CIoU"] + ([f"L1(gain={hyp['box_l1']:g})"] if hyp.get("box_l1", 0) > 0 else [])
     cls = ["ce (softmax, mutually exclusive)" if kind == "ce" else "bce (sigmoid, multi-label)"]
-    obj = ["gaussian heatmap focal (CenterNet)" if heat else "bce"]
+    peaks = ", peaks at centres" if hyp.get("heatmap_peak", "assigned") == "centre" else ""
+    obj = [f"gaussian heatmap focal (CenterNet{peaks})" if heat else "bce"]
     if gamma > 0:
         quality = hyp.get("fl_type", "focal") == "quality"
         sig = f"quality focal(gamma={gamma:g})" if quality else f"focal(gamma={gamma:g}, alpha={alpha:g})"
@@ -204,7 +207,7 @@ class ComputeLoss:
         """
         w = slide_weight(tobj, mu, self.slide_ratio) if self.slide_ratio > 0 else None
         if self.heatmap_obj:
-            heat = self.heatmap_targets(tobj.shape, index, tbox)
+            heat = self.heatmap_targets(tobj.shape, index, tbox, self.hyp["heatmap_peak"] == "centre")
             loss = gaussian_focal_elementwise(logits, heat)
             loss = loss * w if w is not None else loss
             return loss.sum() / max(int((heat == 1).sum()), 1)
@@ -222,11 +225,17 @@ class ComputeLoss:
         return focal_factor_bce(logits, targets, self.gamma, self.alpha)
 
     @staticmethod
-    def heatmap_targets(shape: torch.Size, index: tuple, tbox: torch.Tensor) -> torch.Tensor:
-        """Gaussian heatmap (bs, na, ny, nx): 1 at the YOLOv5-assigned cells, a Gaussian around each object centre."""
+    def heatmap_targets(shape: torch.Size, index: tuple, tbox: torch.Tensor, centre_only: bool = False
+                        ) -> torch.Tensor:
+        """Gaussian heatmap (bs, na, ny, nx): a Gaussian around each object centre, 1 at the YOLOv5-assigned cells.
+
+        centre_only (``heatmap_peak: centre``): 1 only at the assigned cells that hold the object's centre (offset
+        within [0, 1) in both axes, CenterNet's single peak); YOLOv5's two neighbour cells keep their Gaussian value.
+        """
         b, a, gj, gi = index
         centre = tbox[:, :2] + torch.stack((gi, gj), 1).to(tbox.dtype)
-        return draw_heatmap(tuple(shape), b, a, centre, tbox[:, 2:4], gj, gi)
+        peak = ((tbox[:, :2] >= 0) & (tbox[:, :2] < 1)).all(1) if centre_only else None
+        return draw_heatmap(tuple(shape), b, a, centre, tbox[:, 2:4], gj, gi, peak=peak)
 
     def class_loss(self, logits: torch.Tensor, tcls: torch.Tensor, iou: torch.Tensor, mu: torch.Tensor,
                    n_pos: int | None = None) -> torch.Tensor:

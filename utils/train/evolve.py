@@ -37,7 +37,7 @@ SEARCH_SPACE: dict[str, tuple] = {
     "slide_ratio": (0.0, 1.0), "fl_gamma": (0.0, 2.0), "fl_alpha": (0.05, 0.95), "box_l1": (0.0, 0.02),
     "cls_loss_type": ("bce", "ce"), "loss_norm": ("mean", "pos", "weighted"), "fl_type": ("focal", "quality"),
     "cls_weights": ("none", "inverse", "effective"), "slide_mu": ("batch", "ema"),
-    "obj_loss_type": ("bce", "gaussian_focal"),
+    "obj_loss_type": ("bce", "gaussian_focal"), "heatmap_peak": ("assigned", "centre"),
 }
 STUDY_NAME = "evolve"
 STORAGE_ATTEMPTS = 5

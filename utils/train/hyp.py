@@ -2,7 +2,8 @@
 
 A hyp file holds YOLOv5's keys (optimizer, loss gains, augmentation) plus this project's loss options:
 ``slide_ratio`` (Slide Loss blend), ``fl_gamma`` / ``fl_alpha`` (Focal Loss), ``cls_loss_type`` (bce | ce),
-``loss_norm``, ``cls_weights`` (class-balanced weights), ``slide_mu``, ``obj_loss_type`` and ``box_l1``.
+``loss_norm``, ``cls_weights`` (class-balanced weights), ``slide_mu``, ``obj_loss_type``, ``heatmap_peak`` and
+``box_l1``.
 """
 
 from __future__ import annotations
@@ -105,11 +106,14 @@ SCHEMA: dict[str, Key] = {
                    "batch", choices=("batch", "ema")),
     "obj_loss_type": _o("objectness loss: bce (YOLOv5) or gaussian_focal (CenterNet heatmap focal loss)", "bce",
                         choices=("bce", "gaussian_focal")),
+    "heatmap_peak": _o("cells at 1 in the gaussian_focal heatmap: assigned (every YOLOv5-assigned cell) or centre "
+                       "(only the cell holding the object's centre, as CenterNet)", "assigned",
+                       choices=("assigned", "centre")),
     "box_l1": _o("gain of an L1 term on the positives' box regression (0 = off)", 0.0, 0),
 }
 
 LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "fl_type", "cls_loss_type", "loss_norm", "cls_weights",
-             "cls_weights_beta", "slide_mu", "obj_loss_type", "box_l1")
+             "cls_weights_beta", "slide_mu", "obj_loss_type", "heatmap_peak", "box_l1")
 
 
 def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
