@@ -23,12 +23,17 @@ from utils.train.ablation import (
 )
 
 
-def load_runner():
-    """The benchmark script as a module."""
-    spec = importlib.util.spec_from_file_location("loss_ablation", ROOT / "benchmarks" / "loss_ablation.py")
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_runner():
+    """The ablation runner, benchmarks/loss_ablation.py."""
+    return load_benchmark("loss_ablation")
 
 
 def row(hyp: str, seed: int, map50: float, rare: float) -> dict:
@@ -184,9 +189,7 @@ def test_plan_runs_every_recipe_at_each_seed_first(tmp_path):
 
 
 def test_loss_scale_prints_ratios_to_the_first_hyp(tiny_data, capsys):
-    spec = importlib.util.spec_from_file_location("loss_scale", ROOT / "benchmarks" / "loss_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("loss_scale")
     rows = module.main(["--data", tiny_data, "--hyps", "hyp.scratch-low.yaml", "hyp.focal.yaml", "hyp.ce-balanced.yaml",
                         "--imgsz", "64", "--batch-size", "4", "--batches", "1"])
     base, focal = rows[0], rows[1]
@@ -195,9 +198,7 @@ def test_loss_scale_prints_ratios_to_the_first_hyp(tiny_data, capsys):
 
 
 def test_model_zoo_table_with_a_short_training(tiny_data, tmp_path):
-    spec = importlib.util.spec_from_file_location("model_zoo", ROOT / "benchmarks" / "model_zoo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("model_zoo")
     argv = ["yolov5n.yaml", "yolov5-mobilenetv3s.yaml", "--sizes", "64", "--warmup", "1", "--runs", "2",
             "--epochs", "1", "--data", tiny_data, "--imgsz", "64", "--project", str(tmp_path / "zoo")]
     rows = module.main(argv)
@@ -256,10 +257,7 @@ def test_a_damaged_ledger_is_named(tmp_path):
 
 def load_readme_tool():
     """benchmarks/ablation_readme.py as a module."""
-    spec = importlib.util.spec_from_file_location("ablation_readme", ROOT / "benchmarks" / "ablation_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ablation_readme")
 
 
 def test_every_refreshed_ablation_has_its_table_markers_and_ledger():
@@ -281,10 +279,8 @@ def test_readme_tables_are_replaced_between_their_markers():
 
 
 def load_score_ranking():
-    spec = importlib.util.spec_from_file_location("score_ranking", ROOT / "benchmarks" / "score_ranking.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/score_ranking.py as a module."""
+    return load_benchmark("score_ranking")
 
 
 def test_score_ranking_neutralises_one_score_at_a_time():
