@@ -42,6 +42,18 @@ def random_case(with_positives: bool) -> tuple[torch.Tensor, torch.Tensor]:
 # ---- focal loss
 
 
+def test_quality_targets_take_quality_focal_loss_at_the_positives():
+    logits = torch.zeros(1, 3)  # p = 0.5 everywhere
+    heatmap = torch.tensor([[1.0, 1.0, 0.5]])
+    quality = torch.tensor([[0.6, 1.0, 0.0]])
+    loss = gaussian_focal_elementwise(logits, heatmap, quality=quality)
+    # QFL: -|q - p|^2 (q log p + (1 - q) log(1 - p)) = |q - 0.5|^2 ln 2 at p = 0.5; a negative ignores q
+    assert loss[0, 0].item() == pytest.approx(0.01 * math.log(2), rel=1e-5)
+    one = gaussian_focal_elementwise(logits, heatmap)
+    assert loss[0, 1].item() == pytest.approx(one[0, 1].item())  # q = 1 is CornerNet's positive term
+    assert loss[0, 2].item() == pytest.approx(one[0, 2].item())
+
+
 def test_focal_loss_by_hand_on_a_3x3_heatmap():
     logits = [[-1.0, 0.0, -2.0], [0.5, 2.0, -3.0], [1.0, -0.5, 0.0]]
     heat = [[0.0, 0.5, 0.0], [0.8, 1.0, 0.3], [0.0, 0.6, 0.1]]

@@ -275,7 +275,7 @@ def test_describe_loss_names_the_options():
 # ---- Phase 2 keys: loss_norm, class weights, slide_mu ema, heatmap objectness, box L1
 
 NEW_KEYS_OFF = {"loss_norm": "mean", "cls_weights": "none", "slide_mu": "batch", "obj_loss_type": "bce", "box_l1": 0.0,
-                "heatmap_peak": "centre"}  # heatmap_peak acts only with obj_loss_type gaussian_focal
+                "heatmap_peak": "centre", "heatmap_target": "iou"}  # both act only with obj_loss_type gaussian_focal
 
 
 def test_new_keys_off_are_bit_identical_to_the_baseline():
@@ -435,14 +435,30 @@ def test_heatmap_peak_centre_keeps_one_at_the_centre_cell_only():
     assert "gaussian heatmap focal (CenterNet, peaks at centres)" in describe_loss(model.hyp)
 
 
+def test_heatmap_target_iou_scores_each_positive_against_its_ciou():
+    model = one_level_model(obj_loss_type="gaussian_focal", heatmap_target="iou")
+    p, targets, ciou = hand_example()
+    loss = ComputeLoss(model)
+    _, tbox, indices, _ = loss.build_targets(p, targets)
+    heat = loss.heatmap_targets(p[0].shape[:4], indices[0], tbox[0])
+    _, items = loss(p, targets)
+    # the one positive: objectness logit 0 (p = 0.5), q = its CIoU; QFL -|q - p|^2 (q log p + (1 - q) log(1 - p))
+    # = (q - 0.5)^2 ln 2; the negatives as CornerNet's
+    pos = (ciou - 0.5) ** 2 * LN2
+    neg = sum((1 - float(y)) ** 4 * 0.25 * LN2 for y in heat[0, 0].flatten()[1:])
+    assert items[1].item() == pytest.approx(4 * (pos + neg), rel=1e-4)
+    assert "IoU-valued peaks" in describe_loss(model.hyp)
+
+
 @pytest.mark.parametrize("norm, weights, mu, obj, slide, gamma, kind", list(itertools.product(
-    ["mean", "pos", "weighted"], ["none", "effective"], ["batch", "ema"], ["bce", "gaussian_focal", "centre"],
+    ["mean", "pos", "weighted"], ["none", "effective"], ["batch", "ema"], ["bce", "gaussian_focal", "centre", "iou"],
     [0.0, 1.0], [0.0, 1.5], ["bce", "ce"])))
 def test_every_new_key_combination_gives_finite_loss_and_gradients(norm, weights, mu, obj, slide, gamma, kind):
     model = DetectionModel("yolov5n.yaml", nc=3)
     model.hyp = base_hyp(loss_norm=norm, cls_weights=weights, cls_weights_values=[0.6, 0.9, 1.5], slide_mu=mu,
                          obj_loss_type="bce" if obj == "bce" else "gaussian_focal", slide_ratio=slide, fl_gamma=gamma,
-                         heatmap_peak="centre" if obj == "centre" else "assigned", cls_loss_type=kind, box_l1=0.01)
+                         heatmap_peak="centre" if obj == "centre" else "assigned",
+                         heatmap_target="iou" if obj == "iou" else "one", cls_loss_type=kind, box_l1=0.01)
     p, t = deterministic_inputs()
     leaves = [x.clone().requires_grad_(True) for x in p]
     total, items = ComputeLoss(model)(leaves, t)

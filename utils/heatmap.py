@@ -35,18 +35,24 @@ def _clamped_probs(pred_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def gaussian_focal_elementwise(pred_logits: torch.Tensor, heatmap: torch.Tensor, alpha: float = 2.0,
-                               beta: float = 4.0) -> torch.Tensor:
+                               beta: float = 4.0, quality: torch.Tensor | None = None) -> torch.Tensor:
     """Per-element penalty-reduced focal loss (CornerNet Eq. 1 before the 1/N), >= 0, same shape as the inputs.
 
     loss = -(1 - p)^alpha * log(p)                 where heatmap == 1 (positives)
          = -(1 - y)^beta * p^alpha * log(1 - p)    elsewhere (negatives, down-weighted near a centre)
-    Gradients flow into pred_logits only; the heatmap is a target.
+    With ``quality`` q (same shape, in [0, 1]) the positives take Quality Focal Loss instead (Li et al. 2020, GFL,
+    arXiv 2006.04388, Eq. 2, its beta = alpha here): -|q - p|^alpha * (q log(p) + (1 - q) log(1 - p)), which is the
+    positive term above when q = 1. Gradients flow into pred_logits only; heatmap and quality are targets.
     """
     if pred_logits.shape != heatmap.shape:
         raise ValueError(f"pred_logits {tuple(pred_logits.shape)} and heatmap {tuple(heatmap.shape)} differ in shape")
     y = heatmap.detach().to(pred_logits.dtype)
     p, log_p, log_1mp = _clamped_probs(pred_logits)
-    pos = -(1.0 - p).pow(alpha) * log_p
+    if quality is None:
+        pos = -(1.0 - p).pow(alpha) * log_p
+    else:
+        q = quality.detach().to(pred_logits.dtype)
+        pos = -(q - p).abs().pow(alpha) * (q * log_p + (1.0 - q) * log_1mp)
     neg = -(1.0 - y).pow(beta) * p.pow(alpha) * log_1mp
     return torch.where(y == 1.0, pos, neg)
 

@@ -11,7 +11,8 @@ and ``utils.heatmap``::
   (``obj_loss_type: bce``) or the penalty-reduced focal loss on Gaussian heatmap targets of CornerNet / CenterNet
   (``obj_loss_type: gaussian_focal``; Law & Deng 2018, arXiv 1808.01244; Zhou et al. 2019, arXiv 1904.07850),
   whose positives (value 1) are every YOLOv5-assigned cell (``heatmap_peak: assigned``) or only the cell holding
-  each object's centre, CenterNet's single peak (``heatmap_peak: centre``).
+  each object's centre, CenterNet's single peak (``heatmap_peak: centre``); their target is 1 (``heatmap_target:
+  one``, the papers) or their box's CIoU as YOLOv5's objectness, with Quality Focal Loss (``heatmap_target: iou``).
 - ``focal_factor`` (``fl_gamma > 0``): Focal Loss, Lin et al. 2017, arXiv 1708.02002 (``fl_type: focal``, with
   ``fl_alpha``), or Quality Focal Loss, Li et al. 2020, arXiv 2006.04388 (``fl_type: quality``, for soft targets).
   It applies to the class term and the BCE objectness; the heatmap focal loss is already focal, so fl_gamma leaves
@@ -80,6 +81,7 @@ def describe_loss(hyp: dict) -> str:
     box = ["CIoU"] + ([f"L1(gain={hyp['box_l1']:g})"] if hyp.get("box_l1", 0) > 0 else [])
     cls = ["ce (softmax, mutually exclusive)" if kind == "ce" else "bce (sigmoid, multi-label)"]
     peaks = ", peaks at centres" if hyp.get("heatmap_peak", "assigned") == "centre" else ""
+    peaks += ", IoU-valued peaks" if hyp.get("heatmap_target", "one") == "iou" else ""
     obj = [f"gaussian heatmap focal (CenterNet{peaks})" if heat else "bce"]
     if gamma > 0:
         quality = hyp.get("fl_type", "focal") == "quality"
@@ -208,7 +210,8 @@ class ComputeLoss:
         w = slide_weight(tobj, mu, self.slide_ratio) if self.slide_ratio > 0 else None
         if self.heatmap_obj:
             heat = self.heatmap_targets(tobj.shape, index, tbox, self.hyp["heatmap_peak"] == "centre")
-            loss = gaussian_focal_elementwise(logits, heat)
+            quality = tobj if self.hyp["heatmap_target"] == "iou" else None  # tobj: each positive's CIoU
+            loss = gaussian_focal_elementwise(logits, heat, quality=quality)
             loss = loss * w if w is not None else loss
             return loss.sum() / max(int((heat == 1).sum()), 1)
         loss = bce_elementwise(logits, tobj, self.hyp["obj_pw"])

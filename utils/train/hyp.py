@@ -2,8 +2,8 @@
 
 A hyp file holds YOLOv5's keys (optimizer, loss gains, augmentation) plus this project's loss options:
 ``slide_ratio`` (Slide Loss blend), ``fl_gamma`` / ``fl_alpha`` (Focal Loss), ``cls_loss_type`` (bce | ce),
-``loss_norm``, ``cls_weights`` (class-balanced weights), ``slide_mu``, ``obj_loss_type``, ``heatmap_peak`` and
-``box_l1``.
+``loss_norm``, ``cls_weights`` (class-balanced weights), ``slide_mu``, ``obj_loss_type``, ``heatmap_peak``,
+``heatmap_target`` and ``box_l1``.
 """
 
 from __future__ import annotations
@@ -109,11 +109,14 @@ SCHEMA: dict[str, Key] = {
     "heatmap_peak": _o("cells at 1 in the gaussian_focal heatmap: assigned (every YOLOv5-assigned cell) or centre "
                        "(only the cell holding the object's centre, as CenterNet)", "assigned",
                        choices=("assigned", "centre")),
+    "heatmap_target": _o("target of the gaussian_focal positives: one (CornerNet) or iou (their box's CIoU, as "
+                         "YOLOv5's objectness, with Quality Focal Loss)", "one", choices=("one", "iou")),
     "box_l1": _o("gain of an L1 term on the positives' box regression (0 = off)", 0.0, 0),
 }
 
 LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "fl_type", "cls_loss_type", "loss_norm", "cls_weights",
-             "cls_weights_beta", "slide_mu", "obj_loss_type", "heatmap_peak", "box_l1")
+             "cls_weights_beta", "slide_mu", "obj_loss_type", "heatmap_peak", "heatmap_target",
+             "box_l1")
 
 
 def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
