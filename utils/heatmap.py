@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from utils.loss_terms import bce_elementwise, focal_factor_quality
+
 PROB_EPS = 1e-4  # p is clamped to [PROB_EPS, 1 - PROB_EPS], as CenterNet's _sigmoid
 REDUCTIONS = ("pos", "sum", "none")
 
@@ -40,9 +42,10 @@ def gaussian_focal_elementwise(pred_logits: torch.Tensor, heatmap: torch.Tensor,
 
     loss = -(1 - p)^alpha * log(p)                 where heatmap == 1 (positives)
          = -(1 - y)^beta * p^alpha * log(1 - p)    elsewhere (negatives, down-weighted near a centre)
-    With ``quality`` q (same shape, in [0, 1]) the positives take Quality Focal Loss instead (Li et al. 2020, GFL,
-    arXiv 2006.04388, Eq. 2, its beta = alpha here): -|q - p|^alpha * (q log(p) + (1 - q) log(1 - p)), which is the
-    positive term above when q = 1. Gradients flow into pred_logits only; heatmap and quality are targets.
+    With ``quality`` q (same shape, in [0, 1]) the positives take Quality Focal Loss instead, built from the pieces
+    ``fl_type: quality`` uses (``utils.loss_terms``: ``focal_factor_quality`` x ``bce_elementwise``, GFL's beta =
+    alpha here): -|q - p|^alpha * (q log(p) + (1 - q) log(1 - p)) with p unclamped, the positive term above when
+    q = 1. Gradients flow into pred_logits only; heatmap and quality are targets.
     """
     if pred_logits.shape != heatmap.shape:
         raise ValueError(f"pred_logits {tuple(pred_logits.shape)} and heatmap {tuple(heatmap.shape)} differ in shape")
@@ -52,7 +55,7 @@ def gaussian_focal_elementwise(pred_logits: torch.Tensor, heatmap: torch.Tensor,
         pos = -(1.0 - p).pow(alpha) * log_p
     else:
         q = quality.detach().to(pred_logits.dtype)
-        pos = -(q - p).abs().pow(alpha) * (q * log_p + (1.0 - q) * log_1mp)
+        pos = focal_factor_quality(pred_logits, q, alpha) * bce_elementwise(pred_logits, q)
     neg = -(1.0 - y).pow(beta) * p.pow(alpha) * log_1mp
     return torch.where(y == 1.0, pos, neg)
 
