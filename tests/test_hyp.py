@@ -102,6 +102,8 @@ def test_out_of_range_names_file_key_and_range(tmp_path):
     ("obj_loss_type", "focal", r"'obj_loss_type' is 'focal', allowed values: one of bce, gaussian_focal"),
     ("heatmap_peak", "peak", r"'heatmap_peak' is 'peak', allowed values: one of assigned, centre"),
     ("heatmap_target", "soft", r"'heatmap_target' is 'soft', allowed values: one of one, iou"),
+    ("heatmap_alpha", -1.0, r"'heatmap_alpha' is -1.0, allowed range: >= 0"),
+    ("heatmap_beta", "four", r"'heatmap_beta' is 'four', expected a number"),
     ("box_l1", -0.1, r"'box_l1' is -0.1, allowed range: >= 0")])
 def test_phase2_loss_keys_are_validated(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=r"hyp\.yaml: " + message):
@@ -113,7 +115,7 @@ def test_phase2_loss_keys_default_to_yolov5(tmp_path):
     assert (hyp["loss_norm"], hyp["cls_weights"], hyp["slide_mu"], hyp["obj_loss_type"], hyp["box_l1"]) == (
         "mean", "none", "batch", "bce", 0.0)
     assert hyp["cls_weights_values"] is None and hyp["cls_weights_beta"] == 0.999 and hyp["heatmap_peak"] == "assigned"
-    assert hyp["heatmap_target"] == "one"
+    assert hyp["heatmap_target"] == "one" and (hyp["heatmap_alpha"], hyp["heatmap_beta"]) == (2.0, 4.0)
     assert load_hyp(write_hyp(tmp_path, cls_weights_values=[0.5, 2]))["cls_weights_values"] == [0.5, 2]
 
 

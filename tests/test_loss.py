@@ -450,6 +450,20 @@ def test_heatmap_target_iou_scores_each_positive_against_its_ciou():
     assert "IoU-valued peaks" in describe_loss(model.hyp)
 
 
+def test_heatmap_alpha_and_beta_are_cornernets_exponents():
+    model = one_level_model(obj_loss_type="gaussian_focal", heatmap_alpha=1.0, heatmap_beta=2.0)
+    p, targets, _ = hand_example()
+    loss = ComputeLoss(model)
+    _, tbox, indices, _ = loss.build_targets(p, targets)
+    heat = loss.heatmap_targets(p[0].shape[:4], indices[0], tbox[0])
+    _, items = loss(p, targets)
+    # logits 0 (p = 0.5): positive (1 - p)^1 log p, negatives (1 - y)^2 p^1 log(1 - p); one positive cell
+    neg = sum((1 - float(y)) ** 2 * 0.5 * LN2 for y in heat[0, 0].flatten()[1:])
+    assert items[1].item() == pytest.approx(4 * (0.5 * LN2 + neg), rel=1e-4)
+    assert "alpha=1, beta=2" in describe_loss(model.hyp)
+    assert "alpha=" not in describe_loss(one_level_model(obj_loss_type="gaussian_focal").hyp)
+
+
 @pytest.mark.parametrize("norm, weights, mu, obj, slide, gamma, kind", list(itertools.product(
     ["mean", "pos", "weighted"], ["none", "effective"], ["batch", "ema"], ["bce", "gaussian_focal", "centre", "iou"],
     [0.0, 1.0], [0.0, 1.5], ["bce", "ce"])))

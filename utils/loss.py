@@ -12,7 +12,8 @@ and ``utils.heatmap``::
   (``obj_loss_type: gaussian_focal``; Law & Deng 2018, arXiv 1808.01244; Zhou et al. 2019, arXiv 1904.07850),
   whose positives (value 1) are every YOLOv5-assigned cell (``heatmap_peak: assigned``) or only the cell holding
   each object's centre, CenterNet's single peak (``heatmap_peak: centre``); their target is 1 (``heatmap_target:
-  one``, the papers) or their box's CIoU as YOLOv5's objectness, with Quality Focal Loss (``heatmap_target: iou``).
+  one``, the papers) or their box's CIoU as YOLOv5's objectness, with Quality Focal Loss (``heatmap_target: iou``);
+  CornerNet's exponents alpha and beta (Eq. 1; 2 and 4 in both papers) are ``heatmap_alpha`` / ``heatmap_beta``.
 - ``focal_factor`` (``fl_gamma > 0``): Focal Loss, Lin et al. 2017, arXiv 1708.02002 (``fl_type: focal``, with
   ``fl_alpha``), or Quality Focal Loss, Li et al. 2020, arXiv 2006.04388 (``fl_type: quality``, for soft targets).
   It applies to the class term and the BCE objectness; the heatmap focal loss is already focal, so fl_gamma leaves
@@ -82,6 +83,8 @@ def describe_loss(hyp: dict) -> str:
     cls = ["ce (softmax, mutually exclusive)" if kind == "ce" else "bce (sigmoid, multi-label)"]
     peaks = ", peaks at centres" if hyp.get("heatmap_peak", "assigned") == "centre" else ""
     peaks += ", IoU-valued peaks" if hyp.get("heatmap_target", "one") == "iou" else ""
+    if (hyp.get("heatmap_alpha", 2.0), hyp.get("heatmap_beta", 4.0)) != (2.0, 4.0):
+        peaks += f", alpha={hyp['heatmap_alpha']:g}, beta={hyp['heatmap_beta']:g}"
     obj = [f"gaussian heatmap focal (CenterNet{peaks})" if heat else "bce"]
     if gamma > 0:
         quality = hyp.get("fl_type", "focal") == "quality"
@@ -211,7 +214,8 @@ class ComputeLoss:
         if self.heatmap_obj:
             heat = self.heatmap_targets(tobj.shape, index, tbox, self.hyp["heatmap_peak"] == "centre")
             quality = tobj if self.hyp["heatmap_target"] == "iou" else None  # tobj: each positive's CIoU
-            loss = gaussian_focal_elementwise(logits, heat, quality=quality)
+            alpha, beta = self.hyp["heatmap_alpha"], self.hyp["heatmap_beta"]
+            loss = gaussian_focal_elementwise(logits, heat, alpha, beta, quality)
             loss = loss * w if w is not None else loss
             return loss.sum() / max(int((heat == 1).sum()), 1)
         loss = bce_elementwise(logits, tobj, self.hyp["obj_pw"])

@@ -38,7 +38,7 @@ SEARCH_SPACE: dict[str, tuple] = {
     "cls_loss_type": ("bce", "ce"), "loss_norm": ("mean", "pos", "weighted"), "fl_type": ("focal", "quality"),
     "cls_weights": ("none", "inverse", "effective"), "slide_mu": ("batch", "ema"),
     "obj_loss_type": ("bce", "gaussian_focal"), "heatmap_peak": ("assigned", "centre"),
-    "heatmap_target": ("one", "iou"),
+    "heatmap_target": ("one", "iou"), "heatmap_alpha": (0.0, 3.0), "heatmap_beta": (1.0, 6.0),
 }
 STUDY_NAME = "evolve"
 STORAGE_ATTEMPTS = 5

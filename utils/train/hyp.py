@@ -3,7 +3,7 @@
 A hyp file holds YOLOv5's keys (optimizer, loss gains, augmentation) plus this project's loss options:
 ``slide_ratio`` (Slide Loss blend), ``fl_gamma`` / ``fl_alpha`` (Focal Loss), ``cls_loss_type`` (bce | ce),
 ``loss_norm``, ``cls_weights`` (class-balanced weights), ``slide_mu``, ``obj_loss_type``, ``heatmap_peak``,
-``heatmap_target`` and ``box_l1``.
+``heatmap_target``, ``heatmap_alpha`` / ``heatmap_beta`` (CornerNet's exponents) and ``box_l1``.
 """
 
 from __future__ import annotations
@@ -111,12 +111,16 @@ SCHEMA: dict[str, Key] = {
                        choices=("assigned", "centre")),
     "heatmap_target": _o("target of the gaussian_focal positives: one (CornerNet) or iou (their box's CIoU, as "
                          "YOLOv5's objectness, with Quality Focal Loss)", "one", choices=("one", "iou")),
+    "heatmap_alpha": _o("CornerNet's alpha in the gaussian_focal loss: the focal exponent on (1 - p) at the positives "
+                        "and on p at the negatives", 2.0, 0),
+    "heatmap_beta": _o("CornerNet's beta in the gaussian_focal loss: the exponent of (1 - y), the penalty reduction "
+                       "of negatives near a centre", 4.0, 0),
     "box_l1": _o("gain of an L1 term on the positives' box regression (0 = off)", 0.0, 0),
 }
 
 LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "fl_type", "cls_loss_type", "loss_norm", "cls_weights",
              "cls_weights_beta", "slide_mu", "obj_loss_type", "heatmap_peak", "heatmap_target",
-             "box_l1")
+             "heatmap_alpha", "heatmap_beta", "box_l1")
 
 
 def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
