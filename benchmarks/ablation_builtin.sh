@@ -11,6 +11,6 @@ export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec python3 benchmarks/loss_ablation.py --data data/shapes.yaml \
   --hyps hyp.scratch-low.yaml hyp.focal.yaml hyp.ce.yaml hyp.ce-balanced.yaml hyp.slide.yaml hyp.centernet.yaml \
   hyp.box-l1.yaml hyp.slide-ema.yaml benchmarks/hyps/hyp.slide-gain-control.yaml hyp.slide-focal-ce.yaml \
-  benchmarks/hyps/hyp.focal-v1.yaml benchmarks/hyps/hyp.box-l1-v1.yaml benchmarks/hyps/hyp.centernet-a0.yaml \
+  benchmarks/hyps/hyp.focal-v1.yaml benchmarks/hyps/hyp.box-l1-v1.yaml benchmarks/hyps/hyp.centernet-v1.yaml \
   --seeds 0 1 2 --project runs/ablation/shapes --noplots \
   --ledger "${LEDGER:-docs/ablation/shapes.jsonl}" "$@"

@@ -36,7 +36,7 @@ RECIPES = {  # every loss recipe is scratch-low with exactly these changes
     "focal": {"fl_gamma": 1.5, "loss_norm": "weighted", "obj": 0.0288, "cls": 0.265},
     "ce": {"cls_loss_type": "ce"},
     "ce-balanced": {"cls_loss_type": "ce", "cls_weights": "effective", "loss_norm": "weighted"},
-    "centernet": {"obj_loss_type": "gaussian_focal", "obj": 0.0066},
+    "centernet": {"obj_loss_type": "gaussian_focal", "obj": 0.0054, "heatmap_alpha": 0.0},
     "box-l1": {"box": 0.0333, "box_l1": 0.002},
     "slide-focal-ce": {"slide_ratio": 1.0, "fl_gamma": 1.5, "cls_loss_type": "ce", "loss_norm": "weighted",
                        "obj": 0.022, "cls": 0.28},

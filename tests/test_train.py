@@ -254,7 +254,7 @@ def test_centernet_hyp_trains_validates_and_exports_to_onnx(tiny_data, tmp_path,
     results = _run(tiny_data, tmp_path, hyp=str(ROOT / "data" / "hyps" / "hyp.centernet.yaml"), epochs=1,
                    noplots=True)
     assert len(results) == 7 and all(x == x for x in results)  # validated: finite P, R, mAP and val losses
-    assert any("obj loss: gaussian heatmap focal (CenterNet)" in m for m in log_lines)
+    assert any("obj loss: gaussian heatmap focal (CenterNet, alpha=0, beta=4)" in m for m in log_lines)
     assert (tmp_path / "exp" / "per_class.csv").read_text().startswith("class,images,instances")
     best = tmp_path / "exp" / "weights" / "best.pt"
     onnx_file = export_cli.run(weights=str(best), imgsz=(64, 64), include=("onnx",))["onnx"]
