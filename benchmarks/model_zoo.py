@@ -1,7 +1,7 @@
 """Model zoo table: parameters, GFLOPs, CPU speed (PyTorch and onnxruntime) and accuracy after the default recipe.
 
 Usage:
-    python benchmarks/model_zoo.py                                   # yolov5n and the four light models
+    python benchmarks/model_zoo.py                                   # yolov5n and the six light models
     python benchmarks/model_zoo.py yolov5s-ghost.yaml --epochs 0     # more models; --epochs 0: no training
     python benchmarks/model_zoo.py --epochs 40 --project runs/zoo    # accuracy after `python train.py --cfg ...`
 
@@ -39,7 +39,8 @@ from utils.plots import pyplot_agg, save_figure  # noqa: E402
 from utils.torch_utils import count_flops  # noqa: E402
 
 DEFAULT_MODELS = ("yolov5n.yaml", "yolov5-shufflenetv2.yaml", "yolov5-mobilenetv3s.yaml",
-                  "yolov5-shufflenetv2-0.5.yaml", "yolov5n-ghost.yaml")
+                  "yolov5-shufflenetv2-0.5.yaml", "yolov5n-ghost.yaml", "yolov5-mobilenetv3s-slim.yaml",
+                  "yolov5-shufflenetv2-0.5-slim.yaml")
 
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -59,7 +59,8 @@ def test_transformer_block_keeps_shape_and_exports_to_onnx(tmp_path):
 
 
 LIGHT_PARAMS = {"yolov5-shufflenetv2.yaml": 1_645_473, "yolov5-mobilenetv3s.yaml": 1_663_069,
-                "yolov5-shufflenetv2-0.5.yaml": 955_613, "yolov5n-ghost.yaml": 1_049_217}
+                "yolov5-shufflenetv2-0.5.yaml": 955_613, "yolov5n-ghost.yaml": 1_049_217,
+                "yolov5-mobilenetv3s-slim.yaml": 1_342_637, "yolov5-shufflenetv2-0.5-slim.yaml": 630_189}
 
 
 @pytest.mark.parametrize("cfg", list(LIGHT_PARAMS))
@@ -212,3 +213,13 @@ def test_official_checkpoint_unpickles_into_our_classes_and_runs():
     assert model.class_act == "sigmoid" and model.names[0] == "person"
     y, _ = model(torch.rand(1, 3, 320, 320))
     assert y.shape == (1, 6300, 85) and torch.isfinite(y).all()
+
+
+def test_slim_heads_are_their_base_models_with_a_narrower_head():
+    for base in ("yolov5-mobilenetv3s", "yolov5-shufflenetv2-0.5"):
+        slim, full = DetectionModel(f"{base}-slim.yaml"), DetectionModel(f"{base}.yaml")
+        assert [m.in_channels for m in slim.model[-1].m] == [48, 96, 192]  # 0.1875 x 256 / 512 / 1024
+        assert [m.in_channels for m in full.model[-1].m] == [64, 128, 256]
+        n_backbone = len(slim.yaml["backbone"])
+        for a, b in zip(slim.model[:n_backbone], full.model[:n_backbone]):  # identical backbone layers
+            assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]

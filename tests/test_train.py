@@ -330,7 +330,8 @@ def test_image_weights_trains_and_reweights_each_epoch(tiny_data, tmp_path, monk
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg, imgsz", [("yolov5n6.yaml", 128), ("yolov5s-ghost.yaml", 64),
                                         ("yolov5-shufflenetv2.yaml", 64), ("yolov5-mobilenetv3s.yaml", 64),
-                                        ("yolov5-shufflenetv2-0.5.yaml", 64), ("yolov5n-ghost.yaml", 64)])
+                                        ("yolov5-shufflenetv2-0.5.yaml", 64), ("yolov5n-ghost.yaml", 64),
+                                        ("yolov5-mobilenetv3s-slim.yaml", 64)])
 def test_p6_and_hub_models_train_validate_export_and_detect(tiny_data, tmp_path, cfg, imgsz):
     import detect
     import export as export_cli
