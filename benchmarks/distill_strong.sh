@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue #11: a MobileNetV3-Small student on the default recipe, distilled from a stronger teacher than the README's
 # first table: yolov5n trained with hyp.focal.yaml on the built-in data, seed 0 (fixed before any student ran).
-# Usage: bash benchmarks/distill_strong.sh teacher          # trains the teacher (once)
-#        bash benchmarks/distill_strong.sh student SEED...  # one distilled student per seed
+# Usage: bash benchmarks/distill_strong.sh teacher                # trains the teacher (once)
+#        bash benchmarks/distill_strong.sh student SEED...        # one distilled student per seed
+#        bash benchmarks/distill_strong.sh student-focal SEED...  # the same with the student on hyp.focal.yaml
+#          (pre-registered in docs/ablation/DISTILL_FOCAL.md; rows kept in docs/ablation/distill.jsonl, LEDGER=)
 # Both go through benchmarks/loss_ablation.py, so a finished run is skipped, an interrupted one resumes, and
 # DIR/ablation.md has each run's figures and wall time.
 set -euo pipefail
@@ -16,5 +18,9 @@ case "${1:-}" in
     [ -f "$TEACHER" ] || { echo "no teacher at $TEACHER: run '$0 teacher' first" >&2; exit 2; }
     exec python3 benchmarks/loss_ablation.py --hyps hyp.scratch-low.yaml --seeds "$@" --project runs/distill/kd-strong \
       --noplots --cfg yolov5-mobilenetv3s.yaml --teacher "$TEACHER" ;;
-  *) echo "usage: $0 teacher | student SEED..." >&2; exit 2 ;;
+  student-focal) shift
+    [ -f "$TEACHER" ] || { echo "no teacher at $TEACHER: run '$0 teacher' first" >&2; exit 2; }
+    exec python3 benchmarks/loss_ablation.py --hyps hyp.focal.yaml --seeds "$@" --project runs/distill/kd-strong-focal \
+      --noplots --cfg yolov5-mobilenetv3s.yaml --teacher "$TEACHER" --ledger "${LEDGER:-docs/ablation/distill.jsonl}" ;;
+  *) echo "usage: $0 teacher | student SEED... | student-focal SEED..." >&2; exit 2 ;;
 esac
