@@ -14,13 +14,13 @@ TEACHER=$PWD/runs/distill/teacher/hyp.focal/seed0/weights/best.pt
 
 case "${1:-}" in
   teacher) exec python3 benchmarks/loss_ablation.py --hyps hyp.focal.yaml --seeds 0 --project runs/distill/teacher --noplots ;;
-  student) shift
+  student|student-focal)  # the default hyp file, or hyp.focal.yaml with its rows kept in a ledger
     [ -f "$TEACHER" ] || { echo "no teacher at $TEACHER: run '$0 teacher' first" >&2; exit 2; }
-    exec python3 benchmarks/loss_ablation.py --hyps hyp.scratch-low.yaml --seeds "$@" --project runs/distill/kd-strong \
-      --noplots --cfg yolov5-mobilenetv3s.yaml --teacher "$TEACHER" ;;
-  student-focal) shift
-    [ -f "$TEACHER" ] || { echo "no teacher at $TEACHER: run '$0 teacher' first" >&2; exit 2; }
-    exec python3 benchmarks/loss_ablation.py --hyps hyp.focal.yaml --seeds "$@" --project runs/distill/kd-strong-focal \
-      --noplots --cfg yolov5-mobilenetv3s.yaml --teacher "$TEACHER" --ledger "${LEDGER:-docs/ablation/distill.jsonl}" ;;
+    if [ "$1" = student ]; then args=(--hyps hyp.scratch-low.yaml --project runs/distill/kd-strong)
+    else args=(--hyps hyp.focal.yaml --project runs/distill/kd-strong-focal --ledger "${LEDGER:-docs/ablation/distill.jsonl}")
+    fi
+    shift
+    exec python3 benchmarks/loss_ablation.py "${args[@]}" --seeds "$@" --noplots --cfg yolov5-mobilenetv3s.yaml \
+      --teacher "$TEACHER" ;;
   *) echo "usage: $0 teacher | student SEED... | student-focal SEED..." >&2; exit 2 ;;
 esac

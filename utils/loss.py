@@ -51,7 +51,7 @@ from utils.loss_terms import (
     smooth_bce_targets,
 )
 from utils.torch_utils import de_parallel
-from utils.train.hyp import validate_hyp
+from utils.train.hyp import SCHEMA, validate_hyp
 
 
 def box_l1_loss(pxy: torch.Tensor, pwh: torch.Tensor, txy: torch.Tensor, twh: torch.Tensor,
@@ -83,7 +83,8 @@ def describe_loss(hyp: dict) -> str:
     cls = ["ce (softmax, mutually exclusive)" if kind == "ce" else "bce (sigmoid, multi-label)"]
     peaks = ", peaks at centres" if hyp.get("heatmap_peak", "assigned") == "centre" else ""
     peaks += ", IoU-valued peaks" if hyp.get("heatmap_target", "one") == "iou" else ""
-    if (hyp.get("heatmap_alpha", 2.0), hyp.get("heatmap_beta", 4.0)) != (2.0, 4.0):
+    exponents = {k: SCHEMA[k].default for k in ("heatmap_alpha", "heatmap_beta")}  # CornerNet's 2 and 4
+    if {k: hyp.get(k, v) for k, v in exponents.items()} != exponents:
         peaks += f", alpha={hyp['heatmap_alpha']:g}, beta={hyp['heatmap_beta']:g}"
     obj = [f"gaussian heatmap focal (CenterNet{peaks})" if heat else "bce"]
     if gamma > 0:
