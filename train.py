@@ -50,6 +50,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--cpu-dp", type=int, default=1, metavar="N",
+                   help="CPU: split each batch into N parts trained side by side in N threads (as DDP with N "
+                   "processes: BatchNorm statistics per part); about 1.4x faster per step with 2 on 2 cores")
     p.add_argument("--bf16", action="store_true",
                    help="CPU: train under bfloat16 autocast (needs AVX-512 BF16 or AMX; about 1.3x faster per step)")
     p.add_argument("--teacher", type=str, default="", help="distil from this trained checkpoint (same classes, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -26,6 +27,7 @@ from utils.train.optim import Warmup
 
 if TYPE_CHECKING:
     from utils.train.distill import Distiller
+    from utils.train.thread_dp import ThreadDataParallel
 
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
 BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"
@@ -48,6 +50,7 @@ class TrainState:
     scaler: torch.amp.GradScaler | None = None
     last_opt_step: int = -1
     distill: Distiller | None = None  # with --teacher
+    dp: ThreadDataParallel | None = None  # with --cpu-dp N > 1
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
 
@@ -119,6 +122,18 @@ def add_distillation(state: TrainState, cfg: EpochConfig, imgs: torch.Tensor, pr
     return loss + dloss, items + ditems
 
 
+def _forward_loss(model: nn.Module, compute_loss: Callable, imgs: torch.Tensor, targets: torch.Tensor,
+                  cfg: EpochConfig, keep_pred: bool = False) -> tuple:
+    """The model's forward pass and loss under the run's autocast: (loss, items), or (pred, loss, items)."""
+    with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype, enabled=cfg.amp):
+        pred = model(imgs)
+        if cfg.amp_dtype is None:  # CUDA float16 AMP, as YOLOv5: the loss under autocast too
+            loss, items = compute_loss(pred, targets.to(cfg.device))
+    if cfg.amp_dtype is not None:  # bfloat16 on the CPU: the model in bfloat16, the loss in float32
+        loss, items = compute_loss([p.float() for p in pred], targets.to(cfg.device))
+    return (pred, loss, items) if keep_pred else (loss, items)
+
+
 def memory_str(device: torch.device) -> str:
     """Reserved CUDA memory as e.g. '1.23G', or '0G' on the CPU."""
     if device.type == "cuda" and torch.cuda.is_available():
@@ -160,18 +175,18 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
             state.accumulate = state.warmup(ni, epoch, state.optimizer)
         if cfg.multi_scale:
             imgs = rescale_batch(imgs, multi_scale_size(cfg.imgsz, cfg.grid, state.rng), cfg.grid)
-        with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype, enabled=cfg.amp):
-            pred = model(imgs)
-            if cfg.amp_dtype is None:  # CUDA float16 AMP, as YOLOv5: the loss under autocast too
-                loss, items = state.compute_loss(pred, targets.to(cfg.device))
-        if cfg.amp_dtype is not None:  # bfloat16 on the CPU: the model in bfloat16, the loss in float32
-            loss, items = state.compute_loss([p.float() for p in pred], targets.to(cfg.device))
-        if state.distill is not None:
-            loss, items = add_distillation(state, cfg, imgs, pred, loss, items)
-        check_finite(loss, items, epoch, i, cfg.device)
-        if cfg.env.distributed:
-            loss = loss * cfg.env.world_size  # DDP averages gradients over processes
-        (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+        if state.dp is not None:  # --cpu-dp: the batch in parts, each in its own thread (utils/train/thread_dp.py)
+            loss, items = state.dp.losses(imgs, targets, partial(_forward_loss, cfg=cfg))
+            check_finite(loss, items, epoch, i, cfg.device)
+            state.dp.backward()
+        else:
+            pred, loss, items = _forward_loss(model, state.compute_loss, imgs, targets, cfg, keep_pred=True)
+            if state.distill is not None:
+                loss, items = add_distillation(state, cfg, imgs, pred, loss, items)
+            check_finite(loss, items, epoch, i, cfg.device)
+            if cfg.env.distributed:
+                loss = loss * cfg.env.world_size  # DDP averages gradients over processes
+            (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
         if ni - state.last_opt_step >= state.accumulate:
             optimizer_step(state, cfg.clip_norm)
             state.last_opt_step = ni

@@ -45,6 +45,7 @@ from utils.train.optim import (
     warmup_iterations,
 )
 from utils.train.run_logger import TensorBoardLogger
+from utils.train.thread_dp import ThreadDataParallel
 from utils.train.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
 from utils.train.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
 
@@ -222,9 +223,34 @@ def make_run_distiller(opt: argparse.Namespace, model: torch.nn.Module, device: 
                           imgsz=imgsz, memory_format=training_memory_format(device))
 
 
+def check_cpu_dp(opt: argparse.Namespace) -> int:
+    """--cpu-dp's number of parts (1: off); ConfigError for a value below 1."""
+    n = getattr(opt, "cpu_dp", 1)
+    n = 1 if n is None else n
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--cpu-dp {n}: the number of batch parts must be an integer of at least 1")
+    return n
+
+
+def make_cpu_dp(n: int, state: TrainState, device: torch.device, env: dist.DistEnv) -> ThreadDataParallel | None:
+    """--cpu-dp N > 1: thread data parallelism over the state's model, or None (with the reason logged) where it
+    does not apply: CUDA, DDP and --teacher runs train as without it."""
+    if n == 1:
+        return None
+    reason = ("it is for CPU training" if device.type != "cpu" else "DDP already splits the batch" if env.distributed
+              else "not combined with --teacher" if state.distill is not None else "")
+    if reason:
+        get_logger().warning(f"--cpu-dp {n} ignored: {reason}; training in one thread group")
+        return None
+    dp = ThreadDataParallel(state.model, n, state.compute_loss, ComputeLoss)
+    get_logger().info(f"--cpu-dp {n}: each batch in {n} parts side by side, {dp.per_part} intra-op thread(s) each")
+    return dp
+
+
 def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
     """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
     amp, amp_dtype = training_autocast(device, getattr(opt, "bf16", False))  # a bad --bf16 fails before any work
+    cpu_dp = check_cpu_dp(opt)
     hyp, data, val, save_dir = setup_run(opt, env)
     init_seeds(opt.seed + 1 + env.rank)
     model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
@@ -241,6 +267,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     state.distill = distiller
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
+    state.dp = make_cpu_dp(cpu_dp, state, device, env)
     ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
                      tb=TensorBoardLogger(save_dir) if env.is_main else None)
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=amp, amp_dtype=amp_dtype, multi_scale=opt.multi_scale,
@@ -250,7 +277,11 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
                       f"workers\nLogging results to {colorstr('bold', str(save_dir))} (TensorBoard: tensorboard "
                       f"--logdir {save_dir.parent})\nStarting training for "
                       f"{opt.epochs} epochs...")
-    results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
+    try:
+        results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
+    finally:
+        if state.dp is not None:
+            state.dp.close()
     if opt.weights_hash:
         print(f"weights-hash rank {env.rank}: {parameters_hash(state.model)}", flush=True)
     interrupted = opt.stop_after is not None and last_epoch + 1 < opt.epochs

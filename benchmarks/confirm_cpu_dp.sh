@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# docs/ablation/CONFIRM_CPU_DP.md: the built-in baseline recipe with --cpu-dp 2 (arm A) and --cpu-dp 2 --bf16
+# (arm B), seeds 0-2, one run at a time on 2 intra-op threads. Resumable; rows in docs/ablation/shapes_cpu_dp.jsonl.
+# Arm B needs a CPU with fast bfloat16 (AVX-512 BF16 or AMX); ARMS=A runs arm A only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+LEDGER="${LEDGER:-docs/ablation/shapes_cpu_dp.jsonl}"
+for arm in ${ARMS:-A B}; do
+  case $arm in
+    A) extra=(--cpu-dp 2); project=runs/ablation/cpu_dp ;;
+    B) extra=(--cpu-dp 2 --bf16); project=runs/ablation/cpu_dp_bf16 ;;
+    *) echo "unknown arm $arm (A or B)" >&2; exit 2 ;;
+  esac
+  python3 benchmarks/loss_ablation.py --data data/shapes.yaml --hyps hyp.scratch-low.yaml --seeds 0 1 2 \
+    --project "$project" --noplots --ledger "$LEDGER" "${extra[@]}" "$@"
+done
