@@ -1,22 +1,28 @@
-"""Whole-process speed of val.py and detect.py (and upstream YOLOv5's, side by side): wall seconds, ms per image and
-peak RSS, median of --runs alternating runs after one warm-up.
+"""Whole-process speed of val.py, detect.py and train.py (and upstream YOLOv5's, side by side): wall seconds, ms per
+image and peak RSS, median of --runs alternating runs after one warm-up.
 
 Usage:
     python benchmarks/cli_speed.py --weights ../shared/weights/yolov5n_v6.1_coco80.pt \\
         --data ../shared/data/coco128/coco128.yaml --source ../shared/samples
     python benchmarks/cli_speed.py ... --upstream /path/to/yolov5 --upstream-python /path/to/venv/bin/python
     python benchmarks/cli_speed.py ... --cold      # a fresh onnxruntime-engine cache for each run (export included)
+    python benchmarks/cli_speed.py --commands train --upstream ... --variant "--cpu-dp 2" --variant "--cpu-dp 2 --bf16"
 
 Each run is a new process (start-up, imports, model loading, data, plots: everything a user waits for). Peak RSS is
 the main process's own (``os.wait4``), without dataloader workers. Upstream is given the same weights, data (with
 its ``path:`` made absolute), source and sizes; the ratio is ours / upstream per pair of runs, so a machine whose
-speed drifts moves both sides. Run it on an otherwise idle machine.
+speed drifts moves both sides. ``train`` is one epoch of yolov5n from scratch (320, batch 16, ``--noval
+--noplots``) on --train-images generated built-in images (each side its own copy, as the label caches differ).
+Every ``--variant`` is one more side of ours with those options added, timed in the same rounds. Run it on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,20 +47,28 @@ from utils.data.label_scan import list_image_files  # noqa: E402
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description="Whole-process val.py / detect.py timings, optionally against upstream")
-    p.add_argument("--weights", required=True, help="a .pt file both projects can load")
-    p.add_argument("--data", required=True, help="data YAML for val.py")
-    p.add_argument("--source", required=True, help="detect.py source (images, a video, a folder of both)")
+    p.add_argument("--weights", default=None, help="a .pt file both projects can load (val, detect)")
+    p.add_argument("--data", default=None, help="data YAML for val.py")
+    p.add_argument("--source", default=None, help="detect.py source (images, a video, a folder of both)")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch-size", type=int, default=32, help="val.py batch size")
     p.add_argument("--runs", type=int, default=3, help="timed runs per command (after one warm-up)")
-    p.add_argument("--commands", nargs="+", default=["val", "detect"], choices=["val", "detect"])
+    p.add_argument("--commands", nargs="+", default=["val", "detect"], choices=["val", "detect", "train"])
+    p.add_argument("--train-images", type=int, default=512, help="generated training images for train")
+    p.add_argument("--variant", action="append", default=[], metavar="ARGS",
+                   help="options added to our command, timed as one more side (repeatable), e.g. '--cpu-dp 2'")
     p.add_argument("--upstream", default=None, help="an upstream YOLOv5 checkout to time alongside")
     p.add_argument("--upstream-python", default=sys.executable, help="the Python that runs --upstream")
     p.add_argument("--cold", action="store_true", help="empty onnxruntime-engine cache for every run of ours")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both (default: unset)")
     p.add_argument("--video-frames", type=int, default=0,
                    help="detect on --source's images plus its first video looped (forth and back) to this many frames")
-    return p.parse_args(argv)
+    opt = p.parse_args(argv)
+    need = {"val": ("weights", "data"), "detect": ("weights", "source")}
+    missing = sorted({f"--{k}" for c in opt.commands for k in need.get(c, ()) if getattr(opt, k) is None})
+    if missing:
+        p.error(f"{', '.join(missing)} needed for {' and '.join(c for c in opt.commands if c in need)}")
+    return opt
 
 
 def absolute_data_yaml(data: str, folder: Path) -> Path:
@@ -93,11 +107,31 @@ def looped_source(source: str, frames: int, folder: Path) -> Path:
     return out
 
 
-def count_inputs(opt: argparse.Namespace, data_yaml: Path) -> dict[str, int]:
-    """Images per command: the val split's images; detect's images plus video frames."""
+def train_data(n_train: int, folder: Path, sides: list[str]) -> dict[str, Path]:
+    """A generated built-in set of n_train images (32 val) at 320; a copy and data YAML per project (ours, upstream)."""
+    from utils.data import synth
+
+    root = synth.generate(folder / "shapes", seed=0, n_train=n_train, n_val=32, imgsz=320)
+    names = yaml.safe_load((ROOT / "data" / "shapes.yaml").read_text())["names"]
+    out = {}
+    for project in {"upstream" if s == "upstream" else "ours" for s in sides}:
+        copy = folder / project / "shapes"
+        shutil.copytree(root, copy)
+        out[project] = folder / project / "data.yaml"
+        out[project].write_text(yaml.safe_dump({"path": str(copy), "train": "images/train", "val": "images/val",
+                                                "names": names}))
+    return out
+
+
+def count_inputs(opt: argparse.Namespace, data_yaml: Path | None) -> dict[str, int]:
+    """Images per command: the val split's images; detect's images plus video frames; train's generated images."""
     import cv2
 
-    val_images = len(list_image_files(check_dataset(str(data_yaml))["val"]))
+    counts = {"train": opt.train_images}
+    if data_yaml is not None:
+        counts["val"] = len(list_image_files(check_dataset(str(data_yaml))["val"]))
+    if opt.source is None:
+        return counts
     frames = 0
     src = Path(opt.source)
     for f in sorted(src.iterdir()) if src.is_dir() else [src]:
@@ -105,15 +139,24 @@ def count_inputs(opt: argparse.Namespace, data_yaml: Path) -> dict[str, int]:
             frames += int(cv2.VideoCapture(str(f)).get(cv2.CAP_PROP_FRAME_COUNT))
         elif f.suffix.lower()[1:] in IMAGE_SUFFIXES:
             frames += 1
-    return {"val": val_images, "detect": frames}
+    return {**counts, "detect": frames}
 
 
-def command(which: str, side: str, opt: argparse.Namespace, data_yaml: Path, out: Path) -> tuple[list[str], Path]:
-    """(argv, cwd) of one val.py / detect.py run of ours or upstream's."""
-    python, cwd = (sys.executable, ROOT) if side == "ours" else (opt.upstream_python, Path(opt.upstream))
-    common = ["--weights", str(Path(opt.weights).resolve()), "--img", str(opt.imgsz), "--project", str(out / side)]
+def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Path) -> tuple[list[str], Path]:
+    """(argv, cwd) of one val.py / detect.py / train.py run of upstream's, ours, or ours with a --variant's options
+    (side "ours --cpu-dp 2"); data holds the val YAML ("val") and each project's train YAML."""
+    upstream = side == "upstream"
+    python, cwd = (opt.upstream_python, Path(opt.upstream)) if upstream else (sys.executable, ROOT)
+    extra = [] if upstream else shlex.split(side[len("ours"):])
+    project = ["--project", str(out / str(abs(hash(side))))]
+    if which == "train":
+        yaml_file = data["upstream" if upstream else "ours"]
+        return [python, "train.py", "--data", str(yaml_file), "--cfg", "models/yolov5n.yaml", "--weights", "",
+                "--epochs", "1", "--img", "320", "--batch-size", "16", "--noval", "--noplots", *project,
+                *extra], cwd
+    common = ["--weights", str(Path(opt.weights).resolve()), "--img", str(opt.imgsz), *project, *extra]
     if which == "val":
-        return [python, "val.py", "--data", str(data_yaml), "--batch-size", str(opt.batch_size), *common], cwd
+        return [python, "val.py", "--data", str(data["val"]), "--batch-size", str(opt.batch_size), *common], cwd
     return [python, "detect.py", "--source", str(Path(opt.source).resolve()), *common], cwd
 
 
@@ -142,20 +185,22 @@ def environment(opt: argparse.Namespace, side: str, cache: Path) -> dict:
 
 def bench(opt: argparse.Namespace) -> list[dict]:
     """Time every command: one warm-up each, then --runs alternating rounds; returns one summary row per command."""
-    sides = ["ours"] + (["upstream"] if opt.upstream else [])
+    sides = ["ours"] + [f"ours {v}" for v in opt.variant] + (["upstream"] if opt.upstream else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data_yaml = absolute_data_yaml(opt.data, tmp)
+        data = {"val": absolute_data_yaml(opt.data, tmp) if opt.data else None}
+        if "train" in opt.commands:
+            data.update(train_data(opt.train_images, tmp / "train_data", sides))
         if opt.video_frames:
             opt.source = str(looped_source(opt.source, opt.video_frames, tmp))
-        counts = count_inputs(opt, data_yaml)
+        counts = count_inputs(opt, data["val"])
         for which in opt.commands:
             times: dict[str, list[tuple[float, float]]] = {s: [] for s in sides}
             bar = tqdm(range(opt.runs + 1), desc=f"{which}.py", unit="round")
             for i in bar:
                 for side in sides:
-                    argv, cwd = command(which, side, opt, data_yaml, tmp / "out")
+                    argv, cwd = command(which, side, opt, data, tmp / "out")
                     result = run_once(argv, cwd, environment(opt, side, tmp))
                     if i:  # round 0 is the warm-up
                         times[side].append(result)
@@ -171,6 +216,10 @@ def summarise(which: str, times: dict[str, list[tuple[float, float]]], n: int) -
         row[side] = (statistics.median(walls), min(walls), max(walls), max(r for _, r in runs))
     if "upstream" in times:
         row["ratio"] = statistics.median(a / b for (a, _), (b, _) in zip(times["ours"], times["upstream"]))
+        for side in times:  # each --variant against upstream, paired the same way
+            if side.startswith("ours "):
+                row[f"ratio {side}"] = statistics.median(a / b for (a, _), (b, _) in
+                                                         zip(times[side], times["upstream"]))
     return row
 
 
@@ -186,6 +235,11 @@ def print_table(rows: list[dict]) -> None:
             umed, ulo, uhi, urss = r["upstream"]
             line += f" {umed:10.2f} ({ulo:6.2f}-{uhi:6.2f}) {urss:9.0f} {r['ratio']:6.3f}"
         print(line)
+        for side in [k for k in r if k.startswith("ours ")]:
+            med, lo, hi, rss = r[side]
+            ratio = f" ratio {r['ratio ' + side]:.3f}" if "ratio " + side in r else ""
+            print(f"  {side}: {med:.2f} s ({lo:.2f}-{hi:.2f}), {1000 * med / r['images']:.1f} ms/img, "
+                  f"peak {rss:.0f} MiB{ratio}")
 
 
 def main(opt: argparse.Namespace) -> list[dict]:

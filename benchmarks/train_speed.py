@@ -5,6 +5,7 @@ Usage:
     python benchmarks/train_speed.py --threads 4 --batches 40 --imgsz 640 --cfg yolov5s.yaml
     python benchmarks/train_speed.py --device 0 --batch-size 64 --workers 8   # CUDA, with AMP as train.py uses
     python benchmarks/train_speed.py --bf16                     # CPU bfloat16 autocast (AVX-512 BF16 or AMX CPUs)
+    python benchmarks/train_speed.py --cpu-dp 2                 # each batch as 2 parts in 2 threads (train.py's)
 
 Runs ``engine.train_one_epoch`` (warmup, accumulation, EMA, gradient clipping) over the first --warmup + --batches
 batches of the mosaic-augmented training loader; only the last --batches are timed. The model is in the memory
@@ -43,6 +44,7 @@ from utils.train.ema import ModelEMA  # noqa: E402
 from utils.train.engine import EpochConfig, TrainState, train_one_epoch  # noqa: E402
 from utils.train.hyp import load_hyp  # noqa: E402
 from utils.train.optim import Warmup, accumulate_steps, build_optimizer, build_scheduler, warmup_iterations  # noqa: E402
+from utils.train.thread_dp import ThreadDataParallel  # noqa: E402
 from utils.train.transfer import scale_loss_gains  # noqa: E402
 
 
@@ -60,6 +62,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=20, help="timed batches")
     p.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as 0")
     p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast, as train.py --bf16")
+    p.add_argument("--cpu-dp", type=int, default=1, help="CPU: the batch in this many parts in threads, as train.py")
     return p.parse_args(argv)
 
 
@@ -110,6 +113,8 @@ def main(opt: argparse.Namespace) -> float:
     state = make_state(opt, data["nc"], data["names"], device)
     cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=device, amp=amp, amp_dtype=amp_dtype,
                       memory_format=training_memory_format(device))
+    if opt.cpu_dp > 1:
+        state.dp = ThreadDataParallel(state.model, opt.cpu_dp, state.compute_loss, ComputeLoss)
     n = opt.warmup + opt.batches
     if n > len(loader):
         raise SystemExit(f"--warmup + --batches = {n} exceeds the {len(loader)} batches of one epoch")
@@ -119,6 +124,8 @@ def main(opt: argparse.Namespace) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
+    if state.dp is not None:
+        state.dp.close()
     ips = opt.batches * opt.batch_size / dt
     workers = loader.num_workers
     del loader  # ends the persistent workers, so their peak memory is counted as finished children
@@ -126,6 +133,7 @@ def main(opt: argparse.Namespace) -> float:
     own, child = peak_rss_mb()
     where = torch.cuda.get_device_name(device) + " (AMP), " if device.type == "cuda" else ""
     where += "bfloat16 autocast, " if opt.bf16 else ""
+    where += f"--cpu-dp {opt.cpu_dp}, " if opt.cpu_dp > 1 else ""
     print(f"\n{Path(opt.cfg).stem} train {opt.imgsz}px batch {opt.batch_size}, {where}{opt.threads} torch threads, "
           f"{workers} workers, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}:\n  {ips:.1f} images/s ({dt / opt.batches:.3f} s/batch, data loading "

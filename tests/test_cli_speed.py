@@ -69,3 +69,27 @@ def test_times_our_val_and_detect(tmp_path, capsys):
     assert (val_row["images"], detect_row["images"]) == (4, 4)
     assert val_row["ours"][0] > 0 and detect_row["ours"][3] > 0  # wall seconds, peak MiB
     assert "ms/img" in capsys.readouterr().out
+
+
+def test_train_command_and_variants_are_sides_paired_with_upstream(tmp_path):
+    cli = load_cli_speed()
+    opt = cli.parse_opt(["--commands", "train", "--upstream", str(tmp_path), "--upstream-python", "/up/python",
+                         "--variant", "--cpu-dp 2"])
+    data = {"ours": tmp_path / "ours.yaml", "upstream": tmp_path / "up.yaml"}
+    argv, cwd = cli.command("train", "ours --cpu-dp 2", opt, data, tmp_path / "out")
+    assert cwd == ROOT and argv[1:3] == ["train.py", "--data"] and argv[3] == str(data["ours"])
+    assert argv[-2:] == ["--cpu-dp", "2"] and {"--noval", "--noplots"} <= set(argv)
+    up, up_cwd = cli.command("train", "upstream", opt, data, tmp_path / "out")
+    assert up[0] == "/up/python" and up_cwd == tmp_path and up[3] == str(data["upstream"]) and "--cpu-dp" not in up
+    row = cli.summarise("train", {"ours": [(30.0, 1)], "ours --cpu-dp 2": [(20.0, 1)], "upstream": [(40.0, 1)]}, 512)
+    assert row["ratio"] == pytest.approx(0.75) and row["ratio ours --cpu-dp 2"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit):  # val needs --weights and --data
+        cli.parse_opt(["--commands", "val"])
+
+
+@pytest.mark.slow
+def test_times_our_train_on_generated_images(capsys):
+    cli = load_cli_speed()
+    (row,) = cli.main(cli.parse_opt(["--commands", "train", "--train-images", "4", "--runs", "1"]))
+    assert row["images"] == 4 and row["ours"][0] > 0 and row["ours"][3] > 0
+    assert "train" in capsys.readouterr().out

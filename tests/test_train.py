@@ -228,6 +228,9 @@ def test_train_speed_benchmark_prints_images_per_second(tiny_data, capsys):
     ips = main(opt)
     out = capsys.readouterr().out
     assert ips > 0 and f"{ips:.1f} images/s" in out and "peak RSS" in out
+    ips = main(parse_opt(["--data", tiny_data, "--imgsz", "64", "--batch-size", "2", "--workers", "0", "--warmup", "1",
+                          "--batches", "2", "--threads", "2", "--cpu-dp", "2"]))  # train.py --cpu-dp's loop
+    assert ips > 0 and "--cpu-dp 2, 2 torch threads" in capsys.readouterr().out
 
 
 def test_train_speed_benchmark_bf16_runs_under_autocast_or_names_the_flag(tiny_data, capsys, monkeypatch):
@@ -342,6 +345,17 @@ def test_p6_and_hub_models_train_validate_export_and_detect(tiny_data, tmp_path,
     onnx_file = export_cli.run(weights=str(best), imgsz=(imgsz, imgsz), include=("onnx",))["onnx"]
     out = detect.run(weights=onnx_file, source=ROOT / "data" / "images", imgsz=(imgsz, imgsz), project=tmp_path / "d")
     assert len(out["predictions"]) == 2
+
+
+def test_cpu_dp_trains_the_batch_in_parts_and_resumes(tiny_data, tmp_path, log_lines):
+    """--cpu-dp 2: each batch of 4 as two parts of 2 in two threads; a run stopped after epoch 0 resumes."""
+    results = _run(tiny_data, tmp_path, epochs=2, noplots=True, cpu_dp=2, stop_after=1)
+    assert any("--cpu-dp 2: each batch in 2 parts" in line for line in log_lines)
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 0 and all(x == x for x in results)
+    results = train.run(resume=str(last), cpu_dp=2)
+    assert len(results) == 7 and all(x == x for x in results)  # finite losses and metrics
+    assert load_checkpoint(last)["optimizer"] is None  # finished runs are stripped
 
 
 def test_autocast_is_float16_amp_on_cuda_and_bfloat16_on_the_cpu_only_when_asked():

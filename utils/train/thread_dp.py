@@ -81,6 +81,8 @@ class ThreadDataParallel:
 
         ``part(model, loss_fn, imgs, targets)`` returns one part's (loss, items) as the single-process loop would.
         """
+        for rep in self.replicas[1:]:
+            rep.train(self.model.training)  # the replicas follow the model's mode (BatchNorm, Detect)
         bounds = part_bounds(imgs.shape[0], self.n)
         tparts = split_targets(targets, bounds)
         futures: list[Future] = [pool.submit(part, rep, fn, imgs[lo:hi], t) for pool, rep, fn, (lo, hi), t in
