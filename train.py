@@ -6,6 +6,7 @@ Usage:
     python train.py --data data.yaml --weights path/to/yolov5n.pt  # fine-tune from a checkpoint
     python train.py --resume                                     # continue the newest run under --project
     torchrun --nproc_per_node 2 train.py --data data.yaml ...     # DistributedDataParallel
+    python train.py --cpu-dp 2                                   # CPU: each batch as 2 parts in 2 threads
 
 Outputs go to runs/train/exp{N}: weights/last.pt and best.pt, hyp.yaml, opt.yaml, results.csv and plots.
 """

@@ -77,8 +77,11 @@ def test_part_bounds_and_targets_per_part():
 def test_gradients_are_the_parts_summed_in_order_and_reproducible():
     imgs, targets = _batch()
     model = ConvBN()
+    main_threads = torch.get_num_threads()
     dp = ThreadDataParallel(model, 2, box_loss, lambda m: box_loss, threads=2)
     try:
+        assert [pool.submit(torch.get_num_threads).result() for pool in dp.pools] == [1, 1]  # one core per part
+        assert torch.get_num_threads() == main_threads  # the main thread keeps its own
         loss, items = dp.losses(imgs, targets, _part)
         dp.backward()
         grads = [p.grad.clone() for p in model.parameters()]

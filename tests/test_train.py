@@ -358,6 +358,15 @@ def test_cpu_dp_trains_the_batch_in_parts_and_resumes(tiny_data, tmp_path, log_l
     assert load_checkpoint(last)["optimizer"] is None  # finished runs are stripped
 
 
+def test_cpu_dp_runs_with_one_seed_give_the_same_weights(tiny_data, tmp_path):
+    """The parts' gradients are summed in a fixed order, so threads do not make training irreproducible."""
+    weights = []
+    for name in ("a", "b"):
+        _run(tiny_data, tmp_path, name=name, epochs=1, noplots=True, noval=True, cpu_dp=2)
+        weights.append(load_checkpoint(tmp_path / name / "weights" / "last.pt")["model"].state_dict())
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
+
+
 def test_autocast_is_float16_amp_on_cuda_and_bfloat16_on_the_cpu_only_when_asked():
     from utils.errors import ConfigError
     from utils.torch_utils import training_autocast
