@@ -6,18 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-LEDGER="${LEDGER:-docs/ablation/shapes_cpu_dp.jsonl}"
+SHAPES=(--data data/shapes.yaml --seeds 0 1 2 --ledger "${LEDGER:-docs/ablation/shapes_cpu_dp.jsonl}")
+FACEMASK=(--data ../shared/data/facemask/facemask.yaml --seeds 1 2 3 4 5
+  --ledger "${FACEMASK_LEDGER:-docs/ablation/facemask_cpu_dp.jsonl}" --weights ../shared/weights/yolov5n_v6.1_coco80.pt
+  --optimizer auto --epochs 12 --imgsz 320)
 for arm in ${ARMS:-A B}; do
   case $arm in
-    A) extra=(--cpu-dp 2); project=runs/ablation/cpu_dp ;;
-    B) extra=(--cpu-dp 2 --bf16); project=runs/ablation/cpu_dp_bf16 ;;
-    F) python3 benchmarks/loss_ablation.py --data ../shared/data/facemask/facemask.yaml --hyps hyp.scratch-low.yaml \
-         --seeds 1 2 3 4 5 --project runs/ablation/facemask_cpu_dp --weights ../shared/weights/yolov5n_v6.1_coco80.pt \
-         --optimizer auto --epochs 12 --imgsz 320 --noplots --ledger "${FACEMASK_LEDGER:-docs/ablation/facemask_cpu_dp.jsonl}" \
-         --cpu-dp 2 "$@"
-       continue ;;
+    A) recipe=("${SHAPES[@]}"); extra=(--cpu-dp 2); project=runs/ablation/cpu_dp ;;
+    B) recipe=("${SHAPES[@]}"); extra=(--cpu-dp 2 --bf16); project=runs/ablation/cpu_dp_bf16 ;;
+    F) recipe=("${FACEMASK[@]}"); extra=(--cpu-dp 2); project=runs/ablation/facemask_cpu_dp ;;
     *) echo "unknown arm $arm (A, B or F)" >&2; exit 2 ;;
   esac
-  python3 benchmarks/loss_ablation.py --data data/shapes.yaml --hyps hyp.scratch-low.yaml --seeds 0 1 2 \
-    --project "$project" --noplots --ledger "$LEDGER" "${extra[@]}" "$@"
+  python3 benchmarks/loss_ablation.py --hyps hyp.scratch-low.yaml "${recipe[@]}" --project "$project" --noplots \
+    "${extra[@]}" "$@"
 done
