@@ -6,13 +6,16 @@ Usage:
         --data ../shared/data/coco128/coco128.yaml --source ../shared/samples
     python benchmarks/cli_speed.py ... --upstream /path/to/yolov5 --upstream-python /path/to/venv/bin/python
     python benchmarks/cli_speed.py ... --cold      # a fresh onnxruntime-engine cache for each run (export included)
-    python benchmarks/cli_speed.py --commands train --upstream ... --variant "--cpu-dp 2" --variant "--cpu-dp 2 --bf16"
+    python benchmarks/cli_speed.py --commands train --upstream ... --variant "--cpu-dp 1" --variant "--bf16"
+    python benchmarks/cli_speed.py --commands train --train-epochs 1 3 --upstream ...   # and the time per epoch
 
 Each run is a new process (start-up, imports, model loading, data, plots: everything a user waits for). Peak RSS is
 the main process's own (``os.wait4``), without dataloader workers. Upstream is given the same weights, data (with
 its ``path:`` made absolute), source and sizes; the ratio is ours / upstream per pair of runs, so a machine whose
 speed drifts moves both sides. ``train`` is one epoch of yolov5n from scratch (320, batch 16, ``--noval
---noplots``) on --train-images generated built-in images (each side its own copy, as the label caches differ).
+--noplots``) on --train-images generated built-in images (each side its own copy, as the label caches differ);
+with ``--train-epochs 1 3`` it runs at both lengths in every round, and a "train per epoch" row gives each side's
+time per added epoch, (T3 - T1) / 2 per round, which leaves out the start-up and the end of a run.
 Every ``--variant`` is one more side of ours with those options added, timed in the same rounds. Run it on an
 otherwise idle machine.
 """
@@ -55,6 +58,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="timed runs per command (after one warm-up)")
     p.add_argument("--commands", nargs="+", default=["val", "detect"], choices=["val", "detect", "train"])
     p.add_argument("--train-images", type=int, default=512, help="generated training images for train")
+    p.add_argument("--train-epochs", type=int, nargs="+", default=[1], metavar="E",
+                   help="train's --epochs; two values (1 3) add the time per epoch between them")
     p.add_argument("--variant", action="append", default=[], metavar="ARGS",
                    help="options added to our command, timed as one more side (repeatable), e.g. '--cpu-dp 2'")
     p.add_argument("--upstream", default=None, help="an upstream YOLOv5 checkout to time alongside")
@@ -142,9 +147,10 @@ def count_inputs(opt: argparse.Namespace, data_yaml: Path | None) -> dict[str, i
     return {**counts, "detect": frames}
 
 
-def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Path) -> tuple[list[str], Path]:
-    """(argv, cwd) of one val.py / detect.py / train.py run of upstream's, ours, or ours with a --variant's options
-    (side "ours --cpu-dp 2"); data holds the val YAML ("val") and each project's train YAML."""
+def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Path,
+            epochs: int = 1) -> tuple[list[str], Path]:
+    """(argv, cwd) of one val.py / detect.py / train.py (of ``epochs`` epochs) run of upstream's, ours, or ours with a
+    --variant's options (side "ours --cpu-dp 2"); data holds the val YAML ("val") and each project's train YAML."""
     upstream = side == "upstream"
     python, cwd = (opt.upstream_python, Path(opt.upstream)) if upstream else (sys.executable, ROOT)
     extra = [] if upstream else shlex.split(side[len("ours"):])
@@ -152,7 +158,7 @@ def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Pat
     if which == "train":
         yaml_file = data["upstream" if upstream else "ours"]
         return [python, "train.py", "--data", str(yaml_file), "--cfg", "models/yolov5n.yaml", "--weights", "",
-                "--epochs", "1", "--img", "320", "--batch-size", "16", "--noval", "--noplots", *project,
+                "--epochs", str(epochs), "--img", "320", "--batch-size", "16", "--noval", "--noplots", *project,
                 *extra], cwd
     common = ["--weights", str(Path(opt.weights).resolve()), "--img", str(opt.imgsz), *project, *extra]
     if which == "val":
@@ -183,6 +189,11 @@ def environment(opt: argparse.Namespace, side: str, cache: Path) -> dict:
     return env
 
 
+def tasks(opt: argparse.Namespace) -> list[tuple[str, int]]:
+    """(command, train epochs) in the order they are timed: train once per --train-epochs value."""
+    return [(w, e) for w in opt.commands for e in (opt.train_epochs if w == "train" else [1])]
+
+
 def bench(opt: argparse.Namespace) -> list[dict]:
     """Time every command: one warm-up each, then --runs alternating rounds; returns one summary row per command."""
     sides = ["ours"] + [f"ours {v}" for v in opt.variant] + (["upstream"] if opt.upstream else [])
@@ -196,16 +207,29 @@ def bench(opt: argparse.Namespace) -> list[dict]:
             opt.source = str(looped_source(opt.source, opt.video_frames, tmp))
         counts = count_inputs(opt, data["val"])
         for which in opt.commands:
-            times: dict[str, list[tuple[float, float]]] = {s: [] for s in sides}
+            lengths = [e for w, e in tasks(opt) if w == which]
+            times: dict[int, dict[str, list[tuple[float, float]]]] = {e: {s: [] for s in sides} for e in lengths}
             bar = tqdm(range(opt.runs + 1), desc=f"{which}.py", unit="round")
             for i in bar:
-                for side in sides:
-                    argv, cwd = command(which, side, opt, data, tmp / "out")
-                    result = run_once(argv, cwd, environment(opt, side, tmp))
-                    if i:  # round 0 is the warm-up
-                        times[side].append(result)
-            rows.append(summarise(which, times, counts[which]))
+                for e in lengths:
+                    for side in sides:
+                        argv, cwd = command(which, side, opt, data, tmp / "out", epochs=e)
+                        result = run_once(argv, cwd, environment(opt, side, tmp))
+                        if i:  # round 0 is the warm-up
+                            times[e][side].append(result)
+            for e in lengths:
+                rows.append(summarise(which if len(lengths) == 1 else f"{which} e{e}", times[e], counts[which]))
+            if len(lengths) > 1:
+                rows.append(summarise("train per epoch", per_epoch(times[lengths[0]], times[lengths[-1]],
+                                                                   lengths[-1] - lengths[0]), counts[which]))
     return rows
+
+
+def per_epoch(short: dict[str, list[tuple[float, float]]], long: dict[str, list[tuple[float, float]]],
+              extra_epochs: int) -> dict[str, list[tuple[float, float]]]:
+    """Each side's seconds per added epoch in every round, (long - short) / extra_epochs, with the longer run's RSS."""
+    return {side: [((b - a) / extra_epochs, rss) for (a, _), (b, rss) in zip(short[side], long[side])]
+            for side in short}
 
 
 def summarise(which: str, times: dict[str, list[tuple[float, float]]], n: int) -> dict:
@@ -225,11 +249,11 @@ def summarise(which: str, times: dict[str, list[tuple[float, float]]], n: int) -
 
 def print_table(rows: list[dict]) -> None:
     """One line per command."""
-    print(f"{'command':8} {'images':>6} {'ours s (min-max)':>22} {'ms/img':>7} {'peak MiB':>9} "
+    print(f"{'command':15} {'images':>6} {'ours s (min-max)':>22} {'ms/img':>7} {'peak MiB':>9} "
           f"{'upstream s (min-max)':>24} {'peak MiB':>9} {'ratio':>6}")
     for r in rows:
         med, lo, hi, rss = r["ours"]
-        line = f"{r['command']:8} {r['images']:6d} {med:8.2f} ({lo:6.2f}-{hi:6.2f}) {1000 * med / r['images']:7.1f} "
+        line = f"{r['command']:15} {r['images']:6d} {med:8.2f} ({lo:6.2f}-{hi:6.2f}) {1000 * med / r['images']:7.1f} "
         line += f"{rss:9.0f}"
         if "upstream" in r:
             umed, ulo, uhi, urss = r["upstream"]

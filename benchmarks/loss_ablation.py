@@ -81,12 +81,17 @@ def job_env(jobs: int) -> dict[str, str]:
 
 
 def train_command(run: AblationRun, data: str, extra: list[str]) -> list[str]:
-    """The train.py command of a run: resume its last.pt when there is one, else start it afresh."""
+    """The train.py command of a run: resume its last.pt when there is one, else start it afresh.
+
+    Unless the recipe names ``--cpu-dp``, runs train the batch in one part (``--cpu-dp 1``), as every ledger row
+    before ``--cpu-dp auto`` became train.py's default was trained, so old and new rows of a recipe stay comparable.
+    """
     train = [sys.executable, str(ROOT / "train.py")]
     if run.last_pt.is_file():
         return [*train, "--resume", str(run.last_pt)]
+    pin = [] if any(a.startswith("--cpu-dp") for a in extra) else ["--cpu-dp", "1"]  # the ledgers' rows: one part
     return [*train, "--data", data, "--hyp", run.hyp, "--seed", str(run.seed), "--project",
-            str(run.folder.parent), "--name", run.folder.name, "--exist-ok", *extra]
+            str(run.folder.parent), "--name", run.folder.name, "--exist-ok", *extra, *pin]
 
 
 def execute(run: AblationRun, data: str, extra: list[str], env: dict[str, str] | None = None) -> dict:

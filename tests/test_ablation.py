@@ -152,7 +152,9 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     runner = load_runner()
     run = AblationRun("hyp.slide.yaml", 3, tmp_path)
     fresh = runner.train_command(run, "data.yaml", ["--epochs", "5"])
-    assert fresh[-2:] == ["--epochs", "5"] and "--resume" not in fresh and fresh[fresh.index("--seed") + 1] == "3"
+    assert fresh[-4:] == ["--epochs", "5", "--cpu-dp", "1"]  # one part, as the ledgers' rows were trained
+    assert "--resume" not in fresh and fresh[fresh.index("--seed") + 1] == "3"
+    assert runner.train_command(run, "data.yaml", ["--cpu-dp", "2"])[-2:] == ["--cpu-dp", "2"]  # a recipe's own
     run.last_pt.parent.mkdir(parents=True)
     run.last_pt.write_bytes(b"checkpoint")
     assert runner.train_command(run, "data.yaml", ["--epochs", "5"])[-2:] == ["--resume", str(run.last_pt)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 
 import cv2
 import numpy as np
@@ -85,6 +86,21 @@ def test_train_command_and_variants_are_sides_paired_with_upstream(tmp_path):
     assert row["ratio"] == pytest.approx(0.75) and row["ratio ours --cpu-dp 2"] == pytest.approx(0.5)
     with pytest.raises(SystemExit):  # val needs --weights and --data
         cli.parse_opt(["--commands", "val"])
+
+
+def test_train_at_two_lengths_gives_the_time_per_added_epoch(tmp_path):
+    cli = load_cli_speed()
+    opt = cli.parse_opt(["--commands", "val", "train", "--weights", "w.pt", "--data", "d.yaml",
+                         "--train-epochs", "1", "3"])
+    assert cli.tasks(opt) == [("val", 1), ("train", 1), ("train", 3)]
+    argv, _ = cli.command("train", "ours", opt, {"ours": tmp_path / "o.yaml"}, tmp_path / "out", epochs=3)
+    assert argv[argv.index("--epochs") + 1] == "3"
+    short = {"ours": [(20.0, 900), (22.0, 910)], "upstream": [(30.0, 1000), (31.0, 1000)]}
+    long = {"ours": [(30.0, 950), (34.0, 960)], "upstream": [(50.0, 1100), (53.0, 1100)]}
+    marginal = cli.per_epoch(short, long, 2)  # start-up and the end of a run cancel out
+    assert marginal == {"ours": [(5.0, 950), (6.0, 960)], "upstream": [(10.0, 1100), (11.0, 1100)]}
+    row = cli.summarise("train per epoch", marginal, 512)
+    assert row["ratio"] == pytest.approx(statistics.median([0.5, 6 / 11]))
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from utils.train.engine import (
     check_finite,
     multi_scale_size,
     rescale_batch,
+    to_float_images,
     train_one_epoch,
 )
 from utils.train.optim import (
@@ -317,3 +318,13 @@ def test_restore_state_roundtrip(tmp_path):
     assert all(torch.equal(m_new[k]["momentum_buffer"], m_old[k]["momentum_buffer"]) for k in m_old)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         restore_state({**ckpt, "epoch": -1, "optimizer": None}, fresh, sched, "best.pt", epochs=3)
+
+
+def test_a_uint8_batch_becomes_float_in_zero_one_in_the_training_memory_format():
+    imgs = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    out = to_float_images(imgs, torch.device("cpu"), torch.channels_last)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, imgs.float() / 255)  # the same values as the plain conversion
+    already = imgs.float()
+    to_float_images(already, torch.device("cpu"), torch.contiguous_format)
+    assert torch.equal(already, imgs.float())  # a float input is copied, not divided in place

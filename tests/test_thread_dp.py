@@ -17,7 +17,7 @@ from utils.train.ema import ModelEMA
 from utils.train.engine import EpochConfig, TrainState, train_one_epoch
 from utils.train.optim import Warmup, build_optimizer, build_scheduler
 from utils.train.thread_dp import ThreadDataParallel, part_bounds, shared_replica, split_targets
-from utils.train.train_setup import check_cpu_dp, make_cpu_dp
+from utils.train.train_setup import auto_cpu_dp, check_cpu_dp, make_cpu_dp
 
 HYP = {"lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "warmup_epochs": 3.0,
        "warmup_momentum": 0.8, "warmup_bias_lr": 0.1}
@@ -154,8 +154,11 @@ def test_epoch_loop_with_cpu_dp_steps_like_the_plain_loop():
 
 def test_cpu_dp_option_checks_and_where_it_does_not_apply():
     assert check_cpu_dp(argparse.Namespace(cpu_dp=2)) == 2 and check_cpu_dp(argparse.Namespace()) == 1
-    with pytest.raises(ConfigError, match="--cpu-dp 0"):
-        check_cpu_dp(argparse.Namespace(cpu_dp=0))
+    assert check_cpu_dp(argparse.Namespace(cpu_dp="3")) == 3
+    assert check_cpu_dp(argparse.Namespace(cpu_dp="Auto")) == "auto"
+    for bad in (0, "0", "two", 1.5):
+        with pytest.raises(ConfigError, match=f"--cpu-dp {bad}"):
+            check_cpu_dp(argparse.Namespace(cpu_dp=bad))
     model = ConvBN()
     opt = build_optimizer(model, "SGD", lr=0.01)
     state = TrainState(model, opt, box_loss, None, accumulate=1)
@@ -173,3 +176,41 @@ def test_cpu_dp_option_checks_and_where_it_does_not_apply():
         get_logger().removeHandler(handler)
     text = "\n".join(lines)
     assert "for CPU training" in text and "DDP already splits" in text and "--teacher" in text
+
+
+def test_cpu_dp_auto_gives_each_thread_a_part_of_at_least_eight_images():
+    assert auto_cpu_dp(batch=16, threads=2) == 2  # the checked split: two parts of 8 on 2 cores
+    assert auto_cpu_dp(batch=16, threads=16) == 2  # more cores: more threads per part, never parts under 8
+    assert auto_cpu_dp(batch=64, threads=16) == 8
+    assert auto_cpu_dp(batch=15, threads=2) == 1 and auto_cpu_dp(batch=32, threads=1) == 1  # off
+
+
+def test_cpu_dp_auto_is_silently_off_where_it_does_not_apply_and_on_for_a_cpu_batch_of_16():
+    from models.yolo import DetectionModel
+    from utils.loss import ComputeLoss
+    from utils.train.hyp import load_hyp
+
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = load_hyp("hyp.scratch-low.yaml")
+    state = TrainState(model, build_optimizer(model, "SGD", lr=0.01), ComputeLoss(model), None, accumulate=1)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    get_logger().addHandler(handler)
+    threads = torch.get_num_threads()
+    try:
+        assert make_cpu_dp("auto", state, torch.device("cuda", 0), DistEnv(), batch=16) is None
+        assert make_cpu_dp("auto", state, torch.device("cpu"), DistEnv(rank=0, local_rank=0, world_size=2),
+                           batch=16) is None
+        assert make_cpu_dp("auto", state, torch.device("cpu"), DistEnv(), batch=8) is None  # one part of 8
+        assert not lines  # auto does not warn where it stays off
+        torch.set_num_threads(2)
+        dp = make_cpu_dp("auto", state, torch.device("cpu"), DistEnv(), batch=16)
+        try:
+            assert dp is not None and dp.n == 2 and dp.per_part == 1
+        finally:
+            dp.close()
+    finally:
+        torch.set_num_threads(threads)
+        get_logger().removeHandler(handler)
+    assert any("--cpu-dp 2: each batch in 2 parts" in line for line in lines)

@@ -15,7 +15,7 @@ from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, tiny_shapes_yaml
 
 import train
 from utils.checkpoint import attempt_load, load_checkpoint
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, ConfigError
 from utils.log import get_logger
 from utils.train import train_setup
 from utils.train.engine import TrainingDivergedError
@@ -356,6 +356,21 @@ def test_cpu_dp_trains_the_batch_in_parts_and_resumes(tiny_data, tmp_path, log_l
     results = train.run(resume=str(last), cpu_dp=2)
     assert len(results) == 7 and all(x == x for x in results)  # finite losses and metrics
     assert load_checkpoint(last)["optimizer"] is None  # finished runs are stripped
+
+
+def test_cpu_dp_is_auto_by_default_and_a_bad_value_is_a_clear_error(tiny_data, tmp_path, log_lines):
+    """The default splits a batch of 16 on 2 torch threads into two parts of 8; a bad value names the option."""
+    assert train.parse_opt([]).cpu_dp == "auto"
+    with pytest.raises(ConfigError, match="--cpu-dp two: the number of batch parts must be 'auto' or an integer"):
+        _run(tiny_data, tmp_path, cpu_dp="two")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = _run(tiny_data, tmp_path, name="auto", epochs=1, noplots=True, noval=True, batch_size=16)
+    finally:
+        torch.set_num_threads(threads)
+    assert any("--cpu-dp 2: each batch in 2 parts side by side, 1 intra-op" in line for line in log_lines)
+    assert len(results) == 7 and all(x == x for x in results)
 
 
 def test_cpu_dp_runs_with_one_seed_give_the_same_weights(tiny_data, tmp_path):

@@ -223,22 +223,44 @@ def make_run_distiller(opt: argparse.Namespace, model: torch.nn.Module, device: 
                           imgsz=imgsz, memory_format=training_memory_format(device))
 
 
-def check_cpu_dp(opt: argparse.Namespace) -> int:
-    """--cpu-dp's number of parts (1: off); ConfigError for a value below 1."""
+CPU_DP_AUTO = "auto"
+AUTO_PART_IMAGES = 8  # auto's smallest part: 8 images of 16, the split docs/ablation/CONFIRM_CPU_DP.md checked
+
+
+def check_cpu_dp(opt: argparse.Namespace) -> int | str:
+    """--cpu-dp's number of parts (1: off) or "auto"; ConfigError for anything else."""
     n = getattr(opt, "cpu_dp", 1)
     n = 1 if n is None else n
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"--cpu-dp {n}: the number of batch parts must be an integer of at least 1")
+    if isinstance(n, str):
+        n = n.strip().lower()
+        n = int(n) if n.isdigit() else n
+    if n == CPU_DP_AUTO:
+        return n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"--cpu-dp {n}: the number of batch parts must be 'auto' or an integer of at least 1")
     return n
 
 
-def make_cpu_dp(n: int, state: TrainState, device: torch.device, env: dist.DistEnv) -> ThreadDataParallel | None:
-    """--cpu-dp N > 1: thread data parallelism over the state's model, or None (with the reason logged) where it
-    does not apply: CUDA, DDP and --teacher runs train as without it."""
+def auto_cpu_dp(batch: int, threads: int) -> int:
+    """--cpu-dp auto's parts on the CPU: one per intra-op thread, each of at least AUTO_PART_IMAGES images (1: off)."""
+    return max(1, min(threads, batch // AUTO_PART_IMAGES))
+
+
+def cpu_dp_off_reason(state: TrainState, device: torch.device, env: dist.DistEnv) -> str:
+    """Why thread data parallelism cannot run here ("" where it can): CUDA, DDP and --teacher train without it."""
+    return ("it is for CPU training" if device.type != "cpu" else "DDP already splits the batch" if env.distributed
+            else "not combined with --teacher" if state.distill is not None else "")
+
+
+def make_cpu_dp(n: int | str, state: TrainState, device: torch.device, env: dist.DistEnv,
+                batch: int = 0) -> ThreadDataParallel | None:
+    """--cpu-dp N > 1 (or auto, resolved by auto_cpu_dp for a batch of this size): thread data parallelism over the
+    state's model, or None where it does not apply (an explicit N logs the reason; auto is silently off)."""
+    reason = cpu_dp_off_reason(state, device, env)
+    if n == CPU_DP_AUTO:
+        n = 1 if reason else auto_cpu_dp(batch, torch.get_num_threads())
     if n == 1:
         return None
-    reason = ("it is for CPU training" if device.type != "cpu" else "DDP already splits the batch" if env.distributed
-              else "not combined with --teacher" if state.distill is not None else "")
     if reason:
         get_logger().warning(f"--cpu-dp {n} ignored: {reason}; training in one thread group")
         return None
@@ -267,7 +289,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     state.distill = distiller
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
-    state.dp = make_cpu_dp(cpu_dp, state, device, env)
+    state.dp = make_cpu_dp(cpu_dp, state, device, env, batch)
     ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
                      tb=TensorBoardLogger(save_dir) if env.is_main else None)
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=amp, amp_dtype=amp_dtype, multi_scale=opt.multi_scale,
