@@ -8,6 +8,7 @@ Usage:
     python benchmarks/cli_speed.py ... --cold      # a fresh onnxruntime-engine cache for each run (export included)
     python benchmarks/cli_speed.py --commands train --upstream ... --variant "--cpu-dp 1" --variant "--bf16"
     python benchmarks/cli_speed.py --commands train --train-epochs 1 3 --upstream ...   # and the time per epoch
+    python benchmarks/cli_speed.py --commands train --baseline /path/to/older/checkout  # against this project's past
 
 Each run is a new process (start-up, imports, model loading, data, plots: everything a user waits for). Peak RSS is
 the main process's own (``os.wait4``), without dataloader workers. Upstream is given the same weights, data (with
@@ -16,8 +17,10 @@ speed drifts moves both sides. ``train`` is one epoch of yolov5n from scratch (3
 --noplots``) on --train-images generated built-in images (each side its own copy, as the label caches differ);
 with ``--train-epochs 1 3`` it runs at both lengths in every round, and a "train per epoch" row gives each side's
 time per added epoch, (T3 - T1) / 2 per round, which leaves out the start-up and the end of a run.
-Every ``--variant`` is one more side of ours with those options added, timed in the same rounds. Run it on an
-otherwise idle machine.
+Every ``--variant`` is one more side of ours with those options added, timed in the same rounds; ``--baseline`` is
+one more side too: another checkout of this project (a ``git worktree`` at an earlier commit), run with the same
+Python and data, so a change's cost in time or memory is measured on the machine at hand. Run it on an otherwise
+idle machine.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="options added to our command, timed as one more side (repeatable), e.g. '--cpu-dp 2'")
     p.add_argument("--upstream", default=None, help="an upstream YOLOv5 checkout to time alongside")
     p.add_argument("--upstream-python", default=sys.executable, help="the Python that runs --upstream")
+    p.add_argument("--baseline", default=None,
+                   help="another checkout of this project (e.g. a git worktree at an older commit) timed as a side")
     p.add_argument("--cold", action="store_true", help="empty onnxruntime-engine cache for every run of ours")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both (default: unset)")
     p.add_argument("--video-frames", type=int, default=0,
@@ -153,7 +158,9 @@ def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Pat
     --variant's options (side "ours --cpu-dp 2"); data holds the val YAML ("val") and each project's train YAML."""
     upstream = side == "upstream"
     python, cwd = (opt.upstream_python, Path(opt.upstream)) if upstream else (sys.executable, ROOT)
-    extra = [] if upstream else shlex.split(side[len("ours"):])
+    if side == "baseline":
+        cwd = Path(opt.baseline)
+    extra = shlex.split(side[len("ours"):]) if side.startswith("ours") else []
     project = ["--project", str(out / str(abs(hash(side))))]
     if which == "train":
         yaml_file = data["upstream" if upstream else "ours"]
@@ -196,7 +203,8 @@ def tasks(opt: argparse.Namespace) -> list[tuple[str, int]]:
 
 def bench(opt: argparse.Namespace) -> list[dict]:
     """Time every command: one warm-up each, then --runs alternating rounds; returns one summary row per command."""
-    sides = ["ours"] + [f"ours {v}" for v in opt.variant] + (["upstream"] if opt.upstream else [])
+    sides = (["ours"] + [f"ours {v}" for v in opt.variant] + (["baseline"] if opt.baseline else [])
+             + (["upstream"] if opt.upstream else []))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -232,18 +240,24 @@ def per_epoch(short: dict[str, list[tuple[float, float]]], long: dict[str, list[
             for side in short}
 
 
+def paired_ratio(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Median over rounds of a's seconds / b's seconds in the same round."""
+    return statistics.median(x / y for (x, _), (y, _) in zip(a, b))
+
+
 def summarise(which: str, times: dict[str, list[tuple[float, float]]], n: int) -> dict:
-    """Medians, ranges, ms per image, and the median ratio ours / upstream paired by round."""
+    """Medians, ranges, ms per image, and median ratios paired by round: every other side against upstream
+    ("ratio" for ours, "ratio <side>" for the rest) and against --baseline ("vs baseline <side>")."""
     row = {"command": which, "images": n}
     for side, runs in times.items():
         walls = [w for w, _ in runs]
         row[side] = (statistics.median(walls), min(walls), max(walls), max(r for _, r in runs))
     if "upstream" in times:
-        row["ratio"] = statistics.median(a / b for (a, _), (b, _) in zip(times["ours"], times["upstream"]))
-        for side in times:  # each --variant against upstream, paired the same way
-            if side.startswith("ours "):
-                row[f"ratio {side}"] = statistics.median(a / b for (a, _), (b, _) in
-                                                         zip(times[side], times["upstream"]))
+        for side in (s for s in times if s != "upstream"):
+            row["ratio" if side == "ours" else f"ratio {side}"] = paired_ratio(times[side], times["upstream"])
+    if "baseline" in times:
+        for side in (s for s in times if s.startswith("ours")):
+            row[f"vs baseline {side}"] = paired_ratio(times[side], times["baseline"])
     return row
 
 
@@ -259,11 +273,14 @@ def print_table(rows: list[dict]) -> None:
             umed, ulo, uhi, urss = r["upstream"]
             line += f" {umed:10.2f} ({ulo:6.2f}-{uhi:6.2f}) {urss:9.0f} {r['ratio']:6.3f}"
         print(line)
-        for side in [k for k in r if k.startswith("ours ")]:
+        for side in [k for k in r if k.startswith("ours ") or k == "baseline"]:
             med, lo, hi, rss = r[side]
             ratio = f" ratio {r['ratio ' + side]:.3f}" if "ratio " + side in r else ""
             print(f"  {side}: {med:.2f} s ({lo:.2f}-{hi:.2f}), {1000 * med / r['images']:.1f} ms/img, "
                   f"peak {rss:.0f} MiB{ratio}")
+        against = [f"{k[len('vs baseline '):]} {v:.3f}" for k, v in r.items() if k.startswith("vs baseline ")]
+        if against:
+            print(f"  time against the baseline (paired median): {', '.join(against)}")
 
 
 def main(opt: argparse.Namespace) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
+import sys
 
 import cv2
 import numpy as np
@@ -87,6 +88,20 @@ def test_train_command_and_variants_are_sides_paired_with_upstream(tmp_path):
     with pytest.raises(SystemExit):  # val needs --weights and --data
         cli.parse_opt(["--commands", "val"])
 
+
+
+def test_an_older_checkout_of_ours_is_a_baseline_side(tmp_path):
+    cli = load_cli_speed()
+    opt = cli.parse_opt(["--commands", "train", "--baseline", str(tmp_path / "old"), "--variant", "--cpu-dp 1"])
+    data = {"ours": tmp_path / "ours.yaml"}
+    argv, cwd = cli.command("train", "baseline", opt, data, tmp_path / "out")
+    assert cwd == tmp_path / "old" and argv[0] == sys.executable and argv[3] == str(data["ours"])
+    assert "--cpu-dp" not in argv  # the baseline runs with its own defaults
+    row = cli.summarise("train", {"ours": [(30.0, 1), (33.0, 1)], "ours --cpu-dp 1": [(36.0, 1), (40.0, 1)],
+                                  "baseline": [(40.0, 1), (44.0, 1)]}, 512)
+    assert row["vs baseline ours"] == pytest.approx(0.75) and row["vs baseline ours --cpu-dp 1"] == pytest.approx(
+        statistics.median([0.9, 40 / 44]))
+    assert "ratio" not in row  # no upstream side, no ratio to it
 
 def test_train_at_two_lengths_gives_the_time_per_added_epoch(tmp_path):
     cli = load_cli_speed()
