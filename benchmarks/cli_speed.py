@@ -154,12 +154,13 @@ def count_inputs(opt: argparse.Namespace, data_yaml: Path | None) -> dict[str, i
 
 def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Path,
             epochs: int = 1) -> tuple[list[str], Path]:
-    """(argv, cwd) of one val.py / detect.py / train.py (of ``epochs`` epochs) run of upstream's, ours, or ours with a
-    --variant's options (side "ours --cpu-dp 2"); data holds the val YAML ("val") and each project's train YAML."""
+    """(argv, cwd) of one val.py / detect.py / train.py (of ``epochs`` epochs) run of upstream's, the --baseline
+    checkout's, ours, or ours with a --variant's options (side "ours --cpu-dp 2"); data holds the val YAML ("val")
+    and each project's train YAML."""
     upstream = side == "upstream"
-    python, cwd = (opt.upstream_python, Path(opt.upstream)) if upstream else (sys.executable, ROOT)
-    if side == "baseline":
-        cwd = Path(opt.baseline)
+    python, cwd = {"upstream": (opt.upstream_python, opt.upstream),
+                   "baseline": (sys.executable, opt.baseline)}.get(side, (sys.executable, ROOT))
+    cwd = Path(cwd)
     extra = shlex.split(side[len("ours"):]) if side.startswith("ours") else []
     project = ["--project", str(out / str(abs(hash(side))))]
     if which == "train":

@@ -89,7 +89,6 @@ def test_train_command_and_variants_are_sides_paired_with_upstream(tmp_path):
         cli.parse_opt(["--commands", "val"])
 
 
-
 def test_an_older_checkout_of_ours_is_a_baseline_side(tmp_path):
     cli = load_cli_speed()
     opt = cli.parse_opt(["--commands", "train", "--baseline", str(tmp_path / "old"), "--variant", "--cpu-dp 1"])
@@ -102,6 +101,7 @@ def test_an_older_checkout_of_ours_is_a_baseline_side(tmp_path):
     assert row["vs baseline ours"] == pytest.approx(0.75) and row["vs baseline ours --cpu-dp 1"] == pytest.approx(
         statistics.median([0.9, 40 / 44]))
     assert "ratio" not in row  # no upstream side, no ratio to it
+
 
 def test_train_at_two_lengths_gives_the_time_per_added_epoch(tmp_path):
     cli = load_cli_speed()
