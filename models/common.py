@@ -37,7 +37,12 @@ class Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply conv, norm and activation."""
-        return self.act(self.bn(self.conv(x)))
+        y = self.bn(self.conv(x))
+        if y.requires_grad and type(self.act) is nn.SiLU:
+            # SiLU's derivative needs its input, so under autograd an in-place SiLU (YOLOv5 sets inplace=True)
+            # first copies y; out of place it makes the same numbers without that extra pass over the activation
+            return nn.functional.silu(y)
+        return self.act(y)
 
 
 class DWConv(Conv):

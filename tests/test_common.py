@@ -53,3 +53,24 @@ def test_mobilenetv3_block_options_reach_torchvision_layers():
     assert depthwise[0].kernel_size == (5, 5)
     plain = MobileNetV3Block(24, 24, 3, 88, 0, "RE", 1)
     assert not {"SqueezeExcitation", "Hardswish"} & {type(m).__name__ for m in plain.modules()}
+
+
+def test_conv_under_autograd_applies_silu_out_of_place_with_the_same_numbers():
+    from torch.profiler import profile
+
+    from models.common import Conv
+
+    torch.manual_seed(0)
+    conv = Conv(3, 8, 3)
+    conv.act = torch.nn.SiLU(inplace=True)  # as initialize_weights and official checkpoints set it
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    with profile() as prof:
+        y = conv(x)
+    assert "aten::clone" not in {e.name for e in prof.events()}  # no copy of the activation before SiLU
+    y.square().sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = conv.act(conv.bn(conv.conv(x_ref)))  # the in-place path
+    y_ref.square().sum().backward()
+    assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
+    with torch.no_grad():  # without autograd the activation stays in place
+        assert torch.equal(conv(x), y)
