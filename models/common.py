@@ -23,6 +23,14 @@ def autopad(k: int | list[int], p: int | list[int] | None = None, d: int = 1) ->
     return p
 
 
+def activate(act: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """act(y), but SiLU out of place under autograd: its derivative needs its input, so an in-place SiLU (YOLOv5's
+    initialisation sets inplace=True) would first be copied by autograd; out of place gives the same numbers."""
+    if y.requires_grad and type(act) is nn.SiLU:
+        return nn.functional.silu(y)
+    return act(y)
+
+
 class Conv(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> activation (SiLU by default). After fusing, ``bn`` is an Identity."""
 
@@ -37,12 +45,7 @@ class Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply conv, norm and activation."""
-        y = self.bn(self.conv(x))
-        if y.requires_grad and type(self.act) is nn.SiLU:
-            # SiLU's derivative needs its input, so under autograd an in-place SiLU (YOLOv5 sets inplace=True)
-            # first copies y; out of place it makes the same numbers without that extra pass over the activation
-            return nn.functional.silu(y)
-        return self.act(y)
+        return activate(self.act, self.bn(self.conv(x)))
 
 
 class DWConv(Conv):
@@ -86,7 +89,7 @@ class BottleneckCSP(nn.Module):
         """Two branches, concatenated, normalised and fused by cv4."""
         y1 = self.cv3(self.m(self.cv1(x)))
         y2 = self.cv2(x)
-        return self.cv4(self.act(self.bn(torch.cat((y1, y2), 1))))
+        return self.cv4(activate(self.act, self.bn(torch.cat((y1, y2), 1))))
 
 
 class C3(nn.Module):
