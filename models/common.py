@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from models import bn_silu
+
 
 def autopad(k: int | list[int], p: int | list[int] | None = None, d: int = 1) -> int | list[int]:
     """Padding that keeps the spatial size for stride 1 ('same'), for kernel k and dilation d."""
@@ -44,8 +46,11 @@ class Conv(nn.Module):
         self.act = self.default_act if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply conv, norm and activation."""
-        return activate(self.act, self.bn(self.conv(x)))
+        """Apply conv, norm and activation (norm and SiLU as one kernel when training on the CPU: models/bn_silu.py)."""
+        y = self.conv(x)
+        if bn_silu.applies(self.bn, self.act, y):
+            return bn_silu.bn_silu(self.bn, y)
+        return activate(self.act, self.bn(y))
 
 
 class DWConv(Conv):

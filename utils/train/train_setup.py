@@ -19,6 +19,7 @@ import torch
 import yaml
 from torch.optim.lr_scheduler import LambdaLR
 
+from models import bn_silu
 from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
 from utils.errors import ConfigError
@@ -273,6 +274,8 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
     amp, amp_dtype = training_autocast(device, getattr(opt, "bf16", False))  # a bad --bf16 fails before any work
     cpu_dp = check_cpu_dp(opt)
+    if device.type == "cpu":
+        bn_silu.prepare(not getattr(opt, "eager_bn", False))
     hyp, data, val, save_dir = setup_run(opt, env)
     init_seeds(opt.seed + 1 + env.rank)
     model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
