@@ -6,6 +6,7 @@ Usage:
     python benchmarks/train_speed.py --device 0 --batch-size 64 --workers 8   # CUDA, with AMP as train.py uses
     python benchmarks/train_speed.py --bf16                     # CPU bfloat16 autocast (AVX-512 BF16 or AMX CPUs)
     python benchmarks/train_speed.py --cpu-dp 2                 # each batch as 2 parts in 2 threads (train.py's)
+    python benchmarks/train_speed.py --eager-bn                 # ATen's BatchNorm and SiLU, not the fused kernel
 
 Runs ``engine.train_one_epoch`` (warmup, accumulation, EMA, gradient clipping) over the first --warmup + --batches
 batches of the mosaic-augmented training loader; only the last --batches are timed. The model is in the memory
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from models import bn_silu  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 from utils.data.data_config import check_dataset  # noqa: E402
 from utils.data.dataset import create_dataloader  # noqa: E402
@@ -63,6 +65,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as 0")
     p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast, as train.py --bf16")
     p.add_argument("--cpu-dp", type=int, default=1, help="CPU: the batch in this many parts in threads, as train.py")
+    p.add_argument("--eager-bn", action="store_true", help="CPU: ATen's BatchNorm and SiLU, not the fused kernel")
     return p.parse_args(argv)
 
 
@@ -113,6 +116,8 @@ def main(opt: argparse.Namespace) -> float:
     state = make_state(opt, data["nc"], data["names"], device)
     cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=device, amp=amp, amp_dtype=amp_dtype,
                       memory_format=training_memory_format(device))
+    if device.type == "cpu":  # the fused BatchNorm+SiLU kernel, as train.py
+        bn_silu.prepare(not opt.eager_bn)
     if opt.cpu_dp > 1:
         state.dp = ThreadDataParallel(state.model, opt.cpu_dp, state.compute_loss, ComputeLoss)
     n = opt.warmup + opt.batches
@@ -134,6 +139,7 @@ def main(opt: argparse.Namespace) -> float:
     where = torch.cuda.get_device_name(device) + " (AMP), " if device.type == "cuda" else ""
     where += "bfloat16 autocast, " if opt.bf16 else ""
     where += f"--cpu-dp {opt.cpu_dp}, " if opt.cpu_dp > 1 else ""
+    where += "ATen BatchNorm+SiLU, " if device.type == "cpu" and not bn_silu.KERNEL.active else ""
     print(f"\n{Path(opt.cfg).stem} train {opt.imgsz}px batch {opt.batch_size}, {where}{opt.threads} torch threads, "
           f"{workers} workers, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}:\n  {ips:.1f} images/s ({dt / opt.batches:.3f} s/batch, data loading "

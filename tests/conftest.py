@@ -31,6 +31,17 @@ def _onnx_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fused_kernel_built():
+    """Build the fused BatchNorm+SiLU training kernel (or load its cached build) once, before any test trains, so
+    that train.py subprocesses with time limits only load it; tests then start with it off until a run prepares it."""
+    from models import bn_silu
+
+    bn_silu.prepare()
+    bn_silu.disable("not prepared")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Make each test deterministic and keep it on the 2 CPU cores."""

@@ -121,3 +121,12 @@ def test_yolov5n_gradients_are_as_close_to_float64_as_atens(kernel):
 
     fused, eager = error(grads(copy.deepcopy(base), imgs, True)), error(grads(copy.deepcopy(base), imgs, False))
     assert fused < 1e-3 and fused <= 2 * eager, (fused, eager)  # both about 1e-4: float32 sums in another order
+
+
+def test_speed_benchmark_prints_both_sides_per_shape(kernel, capsys):
+    from benchmarks.bn_silu_speed import YOLOV5N_SHAPES, main, parse_opt
+
+    fused, aten = main(parse_opt(["--batch", "2", "--imgsz", "64", "--rounds", "1"]))
+    out = capsys.readouterr().out
+    assert fused > 0 and aten > 0 and out.count("\n") == len(YOLOV5N_SHAPES) + 3
+    assert out.splitlines()[-1].split()[0] == "sum" and bn_silu.KERNEL.active
