@@ -8,7 +8,8 @@ ATen's vectorised 20-ulp ``exp``. Results agree with ``silu(batch_norm(x))`` to 
 statistics and ``num_batches_tracked`` are updated as ``nn.BatchNorm2d`` does.
 
 The kernel is compiled once per machine by ``torch.utils.cpp_extension`` (the system C++ compiler and ninja,
-about 40 s; cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). ``prepare`` does that
+about 45 s on 2 cores; cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``,
+one build per checkout and source text). ``prepare`` does that
 and switches it on; it is off until then, and wherever it cannot be used (no compiler, a CPU without AVX2 and FMA,
 CUDA, bfloat16, eval mode, no autograd) ``Conv`` runs ATen's kernels unchanged. ``train.py`` prepares it on the
 CPU unless ``--eager-bn`` is given.
@@ -16,6 +17,7 @@ CPU unless ``--eager-bn`` is given.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -29,7 +31,13 @@ from utils.log import get_logger
 
 SOURCE = Path(__file__).parent / "csrc" / "bn_silu.cpp"
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-EXTENSION_NAME = "yolo_bn_silu"
+
+
+def extension_name(source: Path = SOURCE) -> str:
+    """The build's name: one per source text and checkout, so that two checkouts (a benchmark's baseline worktree)
+    never rebuild each other's copy in torch's extension cache."""
+    digest = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes() + " ".join(CFLAGS).encode())
+    return f"yolo_bn_silu_{digest.hexdigest()[:12]}"
 
 
 @dataclass
@@ -65,7 +73,7 @@ def build() -> ModuleType:
     finally:
         cpp_logger.setLevel(level)
     os.environ.setdefault("MAX_JOBS", "2")
-    return load(EXTENSION_NAME, [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
+    return load(extension_name(), [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
 
 
 def prepare(enabled: bool = True) -> bool:

@@ -130,3 +130,25 @@ def test_speed_benchmark_prints_both_sides_per_shape(kernel, capsys):
     out = capsys.readouterr().out
     assert fused > 0 and aten > 0 and out.count("\n") == len(YOLOV5N_SHAPES) + 3
     assert out.splitlines()[-1].split()[0] == "sum" and bn_silu.KERNEL.active
+
+
+def test_each_checkout_and_source_text_gets_its_own_build(tmp_path):
+    a, b = tmp_path / "a" / "bn_silu.cpp", tmp_path / "b" / "bn_silu.cpp"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_text("// kernel\n")
+    assert bn_silu.extension_name(a) == bn_silu.extension_name(a) != bn_silu.extension_name(b)
+    before = bn_silu.extension_name(a)
+    a.write_text("// kernel, edited\n")
+    assert bn_silu.extension_name(a) != before and bn_silu.extension_name(a).startswith("yolo_bn_silu_")
+
+
+def test_train_setup_prepares_the_kernel_on_the_cpu_unless_eager_bn(kernel, monkeypatch):
+    from argparse import Namespace
+
+    from utils.train.train_setup import prepare_bn_silu
+
+    assert not prepare_bn_silu(Namespace(eager_bn=True), torch.device("cpu")) and not bn_silu.KERNEL.active
+    assert prepare_bn_silu(Namespace(eager_bn=False), torch.device("cpu")) and bn_silu.KERNEL.active
+    monkeypatch.setattr(bn_silu, "prepare", lambda enabled=True: pytest.fail("CUDA training never builds it"))
+    assert not prepare_bn_silu(Namespace(eager_bn=False), torch.device("cuda"))

@@ -213,13 +213,16 @@ struct BnSilu : public torch::autograd::Function<BnSilu> {
     auto a = at::empty_like(x, at::MemoryFormat::ChannelsLast);
     float* pa = a.data_ptr<float>();
     for_rows(bl, [&](int64_t r0, int64_t r1) { silu_block(px, pa, C, r0, r1, sc.data(), sh.data()); });
-    ctx->save_for_backward({x, weight, bias, mean, invstd});
+    ctx->save_for_backward({x, weight, bias});
+    ctx->saved_data["mean"] = mean;  // intermediates: saved_data, not save_for_backward (inputs and outputs only)
+    ctx->saved_data["invstd"] = invstd;
     return a;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3], &invstd = saved[4];
+    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const at::Tensor mean = ctx->saved_data["mean"].toTensor(), invstd = ctx->saved_data["invstd"].toTensor();
     const Rows ga = rows_of(grads[0]);
     const int64_t C = x.size(1), M = x.numel() / C;
     const float *px = x.data_ptr<float>(), *pw = weight.data_ptr<float>(), *pb = bias.data_ptr<float>();

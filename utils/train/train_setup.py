@@ -270,6 +270,13 @@ def make_cpu_dp(n: int | str, state: TrainState, device: torch.device, env: dist
     return dp
 
 
+def prepare_bn_silu(opt: argparse.Namespace, device: torch.device) -> bool:
+    """The fused BatchNorm+SiLU kernel on for CPU training unless --eager-bn (models/bn_silu.py); True when on."""
+    if device.type != "cpu":
+        return False
+    return bn_silu.prepare(not getattr(opt, "eager_bn", False))
+
+
 def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> tuple:
     """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
     amp, amp_dtype = training_autocast(device, getattr(opt, "bf16", False))  # a bad --bf16 fails before any work
@@ -291,8 +298,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
     state.dp = make_cpu_dp(cpu_dp, state, device, env, batch)
-    if device.type == "cpu":  # after every input check: a bad data YAML fails before any compiling
-        bn_silu.prepare(not getattr(opt, "eager_bn", False))
+    prepare_bn_silu(opt, device)  # after every input check: a bad data YAML fails before any compiling
     ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
                      tb=TensorBoardLogger(save_dir) if env.is_main else None)
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=amp, amp_dtype=amp_dtype, multi_scale=opt.multi_scale,
