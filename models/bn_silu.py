@@ -72,8 +72,20 @@ def build() -> ModuleType:
         from torch.utils.cpp_extension import load
     finally:
         cpp_logger.setLevel(level)
-    os.environ.setdefault("MAX_JOBS", "2")
-    return load(extension_name(), [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
+    jobs = os.environ.get("MAX_JOBS")
+    os.environ["MAX_JOBS"] = jobs or "2"  # one source file: two jobs are plenty, and the setting is put back
+    try:
+        return load(extension_name(), [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
+    finally:
+        if jobs is None:
+            del os.environ["MAX_JOBS"]
+
+
+def build_error_line(e: Exception) -> str:
+    """The line of a failed build that says why: the compiler's first 'error' line, else the message's last line."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
+    compiler = [line for line in lines if "error:" in line]
+    return (compiler[0] if compiler else lines[-1])[:200]
 
 
 def prepare(enabled: bool = True) -> bool:
@@ -83,13 +95,12 @@ def prepare(enabled: bool = True) -> bool:
     if KERNEL.ext is None:
         reason = KERNEL.build_error or unavailable_reason()
         if not reason:
-            get_logger().info(f"Fused BatchNorm+SiLU kernel: compiling {SOURCE.name} (once per machine, about a "
-                              "minute) or loading its cached build")
+            get_logger().info(f"Fused BatchNorm+SiLU kernel: loading the cached build of {SOURCE.name}, or compiling "
+                              "it where there is none yet (once per checkout, about a minute)")
             try:
                 KERNEL.ext = build()
             except Exception as e:  # no compiler, no ninja, a failed build: train with ATen's kernels
-                lines = str(e).strip().splitlines() or [""]
-                reason = KERNEL.build_error = f"it could not be built ({type(e).__name__}: {lines[-1][:200]})"
+                reason = KERNEL.build_error = f"it could not be built ({type(e).__name__}: {build_error_line(e)})"
         if reason:
             get_logger().warning(f"Fused BatchNorm+SiLU kernel off: {reason}; training with ATen's kernels")
             return disable(reason)

@@ -85,11 +85,12 @@ def test_a_failed_build_logs_why_and_training_uses_atens_kernels(monkeypatch, lo
     monkeypatch.setattr(bn_silu, "KERNEL", bn_silu.KernelState())
 
     def no_compiler():
-        raise RuntimeError("Ninja is required to load C++ extensions\nerror: no compiler")
+        raise RuntimeError("Error building extension 'yolo_bn_silu':\nbn_silu.cpp:1: error: no compiler\n"
+                           "ninja: build stopped: subcommand failed.")
 
     monkeypatch.setattr(bn_silu, "build", no_compiler)
     assert not bn_silu.prepare()
-    assert any("kernel off: it could not be built (RuntimeError: error: no compiler)" in m for m in logs)
+    assert any("kernel off: it could not be built (RuntimeError: bn_silu.cpp:1: error: no compiler)" in m for m in logs)
     monkeypatch.setattr(bn_silu, "build", lambda: pytest.fail("a failed build is not retried in the same process"))
     assert not bn_silu.prepare()
     conv = Conv(3, 8, 3).train()
@@ -152,3 +153,22 @@ def test_train_setup_prepares_the_kernel_on_the_cpu_unless_eager_bn(kernel, monk
     assert prepare_bn_silu(Namespace(eager_bn=False), torch.device("cpu")) and bn_silu.KERNEL.active
     monkeypatch.setattr(bn_silu, "prepare", lambda enabled=True: pytest.fail("CUDA training never builds it"))
     assert not prepare_bn_silu(Namespace(eager_bn=False), torch.device("cuda"))
+
+
+def test_variance_is_exact_with_an_outlying_first_pixel(kernel):
+    conv = Conv(8, 8, 1).train()
+    x = torch.randn(16, 8, 40, 40)
+    x[0, :, 0, 0] = 1000.0  # the first row of every block-wise sum: no cancellation against it
+    x = x.contiguous(memory_format=CL)
+    conv.bn.momentum = 1.0  # running_var becomes this batch's unbiased variance
+    with torch.no_grad():
+        y = conv.conv(x)
+    bn_silu.bn_silu(conv.bn, y.requires_grad_())
+    assert_near(conv.bn.running_var.double(), y.detach().double().var(dim=(0, 2, 3)), 1e-5)
+
+
+def test_double_backward_is_refused_not_silently_wrong(kernel):
+    conv = Conv(4, 8, 3).train()
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=CL).requires_grad_()
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(conv(x).square().sum(), x, create_graph=True)

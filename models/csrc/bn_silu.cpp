@@ -84,30 +84,48 @@ void column_sums(const Blocks& bl, int64_t C, std::vector<float>& part_s, std::v
   }
 }
 
-// Shifted sums of x and x^2 per channel over rows [r0, r1) (shift: the first row, against cancellation).
-void stats_block(const float* x, int64_t C, int64_t r0, int64_t r1, const float* shift, float* s_out, float* q_out) {
+// Per channel over rows [r0, r1): the block's mean and sum of squared deviations from it, by two passes over the
+// block (it is in L1 by then), as ATen's two-pass statistics; blocks are merged in double (merge_moments).
+void moments_block(const float* x, int64_t C, int64_t r0, int64_t r1, float* mean_out, float* m2_out) {
   const int64_t V = Vec::size(), Cv = C - C % V;
+  const float inv_n = 1.f / float(r1 - r0);
   for (int64_t c = 0; c < Cv; c += V) {
     Vec s(0.f), q(0.f);
-    const Vec sh = Vec::loadu(shift + c);
+    for (int64_t r = r0; r < r1; ++r) s = s + Vec::loadu(x + r * C + c);
+    const Vec m = s * Vec(inv_n);
     for (int64_t r = r0; r < r1; ++r) {
-      const Vec d = Vec::loadu(x + r * C + c) - sh;
-      s = s + d;
+      const Vec d = Vec::loadu(x + r * C + c) - m;
       q = at::vec::fmadd(d, d, q);
     }
-    s.store(s_out + c);
-    q.store(q_out + c);
+    m.store(mean_out + c);
+    q.store(m2_out + c);
   }
   for (int64_t c = Cv; c < C; ++c) {
     float s = 0.f, q = 0.f;
-    for (int64_t r = r0; r < r1; ++r) {
-      const float d = x[r * C + c] - shift[c];
-      s += d;
-      q += d * d;
-    }
-    s_out[c] = s;
-    q_out[c] = q;
+    for (int64_t r = r0; r < r1; ++r) s += x[r * C + c];
+    const float m = s * inv_n;
+    for (int64_t r = r0; r < r1; ++r) q += (x[r * C + c] - m) * (x[r * C + c] - m);
+    mean_out[c] = m;
+    m2_out[c] = q;
   }
+}
+
+// Mean and biased variance per channel from the blocks' (mean, M2): Chan, Golub & LeVeque (1979), pairwise update.
+void merge_moments(const Blocks& bl, int64_t C, const std::vector<float>& means, const std::vector<float>& m2s,
+                   std::vector<double>& mean, std::vector<double>& var) {
+  mean.assign(C, 0.0);
+  var.assign(C, 0.0);
+  double n = 0.0;
+  for (int64_t b = 0; b < bl.count; ++b) {
+    const double nb = double(std::min(bl.rows, (b + 1) * bl.block) - b * bl.block), w = nb / (n + nb);
+    for (int64_t c = 0; c < C; ++c) {
+      const double delta = means[b * C + c] - mean[c];
+      mean[c] += delta * w;
+      var[c] += m2s[b * C + c] + delta * delta * n * w;
+    }
+    n += nb;
+  }
+  for (int64_t c = 0; c < C; ++c) var[c] /= n;
 }
 
 // a = y * sigmoid(y), y = x * scale + shift, over rows [r0, r1).
@@ -190,24 +208,26 @@ struct BnSilu : public torch::autograd::Function<BnSilu> {
     const int64_t C = x.size(1), M = x.numel() / C;
     const float* px = x.data_ptr<float>();
     const Blocks bl = blocks_of(M, C);
-    std::vector<float> shift(px, px + C), ps, pq;
-    std::vector<double> ss, sq;
-    column_sums(bl, C, ps, pq, ss, sq, [&](int64_t r0, int64_t r1, float* s, float* q) {
-      stats_block(px, C, r0, r1, shift.data(), s, q);
+    std::vector<float> bm(bl.count * C), b2(bl.count * C);
+    at::parallel_for(0, bl.count, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        moments_block(px, C, b * bl.block, std::min(M, (b + 1) * bl.block), bm.data() + b * C, b2.data() + b * C);
+      }
     });
+    std::vector<double> mu, var;
+    merge_moments(bl, C, bm, b2, mu, var);
     auto mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options());
     float *pm = mean.data_ptr<float>(), *pi = invstd.data_ptr<float>();
     float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
     const float *pw = weight.data_ptr<float>(), *pb = bias.data_ptr<float>();
     std::vector<float> sc(C), sh(C);
     for (int64_t c = 0; c < C; ++c) {
-      const double d = ss[c] / M, var = std::max(0.0, sq[c] / M - d * d), m = d + shift[c];
-      pm[c] = float(m);
-      pi[c] = float(1.0 / std::sqrt(var + eps));
+      pm[c] = float(mu[c]);
+      pi[c] = float(1.0 / std::sqrt(var[c] + eps));
       sc[c] = pi[c] * pw[c];
       sh[c] = pb[c] - pm[c] * sc[c];
-      rm[c] = float((1.0 - momentum) * rm[c] + momentum * m);
-      rv[c] = float((1.0 - momentum) * rv[c] + momentum * var * M / (M - 1));
+      rm[c] = float((1.0 - momentum) * rm[c] + momentum * mu[c]);
+      rv[c] = float((1.0 - momentum) * rv[c] + momentum * var[c] * M / (M - 1));
     }
     num_batches.add_(1);
     auto a = at::empty_like(x, at::MemoryFormat::ChannelsLast);
@@ -220,6 +240,8 @@ struct BnSilu : public torch::autograd::Function<BnSilu> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), "the fused BatchNorm+SiLU kernel has no double backward "
+                "(create_graph=True): train with --eager-bn (models/bn_silu.py)");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     const at::Tensor mean = ctx->saved_data["mean"].toTensor(), invstd = ctx->saved_data["invstd"].toTensor();
@@ -262,11 +284,19 @@ at::Tensor bn_silu_train(const at::Tensor& x, const at::Tensor& weight, const at
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "bn_silu_train: x must be a channels_last float32 4-D tensor");
   TORCH_CHECK(x.numel() / x.size(1) > 1, "bn_silu_train: more than one value per channel is needed");
+  for (const at::Tensor* t : {&weight, &bias, &running_mean, &running_var}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == x.size(1),
+                "bn_silu_train: weight, bias and running statistics must be float32 vectors of the channel count");
+  }
+  TORCH_CHECK(num_batches.scalar_type() == at::kLong && num_batches.numel() == 1,
+              "bn_silu_train: num_batches_tracked must be one int64");
   return BnSilu::apply(x, weight, bias, running_mean, running_var, num_batches, momentum, eps);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("bn_silu_train", &bn_silu_train, "BatchNorm2d (training) + SiLU over channels_last float32 (CPU)");
+  // no Python object is touched: --cpu-dp's part threads run their forward passes side by side
+  m.def("bn_silu_train", &bn_silu_train, "BatchNorm2d (training) + SiLU over channels_last float32 (CPU)",
+        py::call_guard<py::gil_scoped_release>());
 }
