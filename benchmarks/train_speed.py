@@ -47,6 +47,7 @@ from utils.train.engine import EpochConfig, TrainState, train_one_epoch  # noqa:
 from utils.train.hyp import load_hyp  # noqa: E402
 from utils.train.optim import Warmup, accumulate_steps, build_optimizer, build_scheduler, warmup_iterations  # noqa: E402
 from utils.train.thread_dp import ThreadDataParallel  # noqa: E402
+from utils.train.train_setup import prepare_bn_silu  # noqa: E402
 from utils.train.transfer import scale_loss_gains  # noqa: E402
 
 
@@ -116,8 +117,7 @@ def main(opt: argparse.Namespace) -> float:
     state = make_state(opt, data["nc"], data["names"], device)
     cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=device, amp=amp, amp_dtype=amp_dtype,
                       memory_format=training_memory_format(device))
-    if device.type == "cpu":  # the fused BatchNorm+SiLU kernel, as train.py
-        bn_silu.prepare(not opt.eager_bn)
+    prepare_bn_silu(opt, device)  # the fused BatchNorm+SiLU kernel on the CPU, as train.py
     if opt.cpu_dp > 1:
         state.dp = ThreadDataParallel(state.model, opt.cpu_dp, state.compute_loss, ComputeLoss)
     n = opt.warmup + opt.batches

@@ -63,16 +63,23 @@ Blocks blocks_of(int64_t M, int64_t C) {
   return {M, b, (M + b - 1) / b};
 }
 
-// Per-block column sums of f(row, c) and g(row, c) into part_s/part_q [count, C]; then totals in double.
+// body(r0, r1) over the blocks' row ranges, blocks spread over torch's intra-op threads.
 template <typename F>
-void column_sums(const Blocks& bl, int64_t C, std::vector<float>& part_s, std::vector<float>& part_q,
-                 std::vector<double>& sum_s, std::vector<double>& sum_q, const F& body) {
-  part_s.assign(bl.count * C, 0.f);
-  part_q.assign(bl.count * C, 0.f);
+void for_rows(const Blocks& bl, const F& body) {
   at::parallel_for(0, bl.count, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      body(b * bl.block, std::min(bl.rows, (b + 1) * bl.block), part_s.data() + b * C, part_q.data() + b * C);
-    }
+    for (int64_t b = b0; b < b1; ++b) body(b * bl.block, std::min(bl.rows, (b + 1) * bl.block));
+  });
+}
+
+// Per-block column sums into [count, C] floats (body(r0, r1, s, q) fills one block's), then totals in double in a
+// fixed order: the same result whatever the thread count.
+template <typename F>
+void column_sums(const Blocks& bl, int64_t C, std::vector<double>& sum_s, std::vector<double>& sum_q,
+                 const F& body) {
+  std::vector<float> part_s(bl.count * C), part_q(bl.count * C);
+  for_rows(bl, [&](int64_t r0, int64_t r1) {
+    const int64_t b = r0 / bl.block;
+    body(r0, r1, part_s.data() + b * C, part_q.data() + b * C);
   });
   sum_s.assign(C, 0.0);
   sum_q.assign(C, 0.0);
@@ -194,13 +201,6 @@ void affine_block(const float* x, float* g, int64_t C, int64_t r0, int64_t r1, c
   }
 }
 
-template <typename F>
-void for_rows(const Blocks& bl, const F& body) {
-  at::parallel_for(0, bl.count, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) body(b * bl.block, std::min(bl.rows, (b + 1) * bl.block));
-  });
-}
-
 struct BnSilu : public torch::autograd::Function<BnSilu> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias, const at::Tensor& running_mean, const at::Tensor& running_var,
@@ -209,10 +209,9 @@ struct BnSilu : public torch::autograd::Function<BnSilu> {
     const float* px = x.data_ptr<float>();
     const Blocks bl = blocks_of(M, C);
     std::vector<float> bm(bl.count * C), b2(bl.count * C);
-    at::parallel_for(0, bl.count, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        moments_block(px, C, b * bl.block, std::min(M, (b + 1) * bl.block), bm.data() + b * C, b2.data() + b * C);
-      }
+    for_rows(bl, [&](int64_t r0, int64_t r1) {
+      const int64_t b = r0 / bl.block;
+      moments_block(px, C, r0, r1, bm.data() + b * C, b2.data() + b * C);
     });
     std::vector<double> mu, var;
     merge_moments(bl, C, bm, b2, mu, var);
@@ -249,7 +248,7 @@ struct BnSilu : public torch::autograd::Function<BnSilu> {
     const int64_t C = x.size(1), M = x.numel() / C;
     const float *px = x.data_ptr<float>(), *pw = weight.data_ptr<float>(), *pb = bias.data_ptr<float>();
     const float *pm = mean.data_ptr<float>(), *pi = invstd.data_ptr<float>();
-    std::vector<float> sc(C), sh(C), ps, pq;
+    std::vector<float> sc(C), sh(C);
     for (int64_t c = 0; c < C; ++c) {
       sc[c] = pi[c] * pw[c];
       sh[c] = pb[c] - pm[c] * sc[c];
@@ -258,7 +257,7 @@ struct BnSilu : public torch::autograd::Function<BnSilu> {
     float* pg = gx.data_ptr<float>();
     const Blocks bl = blocks_of(M, C);
     std::vector<double> sum_gy, sum_gyx;
-    column_sums(bl, C, ps, pq, sum_gy, sum_gyx, [&](int64_t r0, int64_t r1, float* s, float* q) {
+    column_sums(bl, C, sum_gy, sum_gyx, [&](int64_t r0, int64_t r1, float* s, float* q) {
       grad_y_block(px, ga, pg, C, r0, r1, sc.data(), sh.data(), pm, s, q);
     });
     auto gw = at::empty({C}, weight.options()), gb = at::empty({C}, bias.options());
