@@ -70,6 +70,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="optimizer (SGD; auto on the built-in data: AdamW for short runs)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process in DDP mode)")
+    p.add_argument("--loader-nice", type=int, default=None, metavar="N",
+                   help="lower the training dataloader workers' scheduling priority by N (default: 19 on the CPU, "
+                   "where they share the cores with training, so they run in its idle moments; 0 on CUDA)")
     p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")

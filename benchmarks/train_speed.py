@@ -7,6 +7,7 @@ Usage:
     python benchmarks/train_speed.py --bf16                     # CPU bfloat16 autocast (AVX-512 BF16 or AMX CPUs)
     python benchmarks/train_speed.py --cpu-dp 2                 # each batch as 2 parts in 2 threads (train.py's)
     python benchmarks/train_speed.py --eager-bn                 # ATen's BatchNorm and SiLU, not the fused kernel
+    python benchmarks/train_speed.py --loader-nice 0            # dataloader workers at the main process's priority
 
 Runs ``engine.train_one_epoch`` (warmup, accumulation, EMA, gradient clipping) over the first --warmup + --batches
 batches of the mosaic-augmented training loader; only the last --batches are timed. The model is in the memory
@@ -47,7 +48,7 @@ from utils.train.engine import EpochConfig, TrainState, train_one_epoch  # noqa:
 from utils.train.hyp import load_hyp  # noqa: E402
 from utils.train.optim import Warmup, accumulate_steps, build_optimizer, build_scheduler, warmup_iterations  # noqa: E402
 from utils.train.thread_dp import ThreadDataParallel  # noqa: E402
-from utils.train.train_setup import prepare_bn_silu  # noqa: E402
+from utils.train.train_setup import loader_nice, prepare_bn_silu  # noqa: E402
 from utils.train.transfer import scale_loss_gains  # noqa: E402
 
 
@@ -67,6 +68,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast, as train.py --bf16")
     p.add_argument("--cpu-dp", type=int, default=1, help="CPU: the batch in this many parts in threads, as train.py")
     p.add_argument("--eager-bn", action="store_true", help="CPU: ATen's BatchNorm and SiLU, not the fused kernel")
+    p.add_argument("--loader-nice", type=int, default=None,
+                   help="dataloader workers' niceness (default as train.py: 19 on the CPU, 0 on CUDA)")
     return p.parse_args(argv)
 
 
@@ -110,9 +113,11 @@ def main(opt: argparse.Namespace) -> float:
     torch.set_num_threads(opt.threads)
     data = check_dataset(opt.data)
     hyp = load_hyp(opt.hyp)
-    loader, _ = create_dataloader(data["train"], opt.imgsz, opt.batch_size, 32, hyp=hyp, augment=True,
-                                  workers=opt.workers, shuffle=True, nc=data["nc"], names=data["names"])
     device = select_device(opt.device)
+    nice = loader_nice(opt, device)  # as train.py
+    loader, _ = create_dataloader(data["train"], opt.imgsz, opt.batch_size, 32, hyp=hyp, augment=True,
+                                  workers=opt.workers, shuffle=True, nc=data["nc"], names=data["names"],
+                                  worker_nice=nice)
     amp, amp_dtype = training_autocast(device, opt.bf16)  # as train.py: AMP on CUDA, bfloat16 on the CPU if asked
     state = make_state(opt, data["nc"], data["names"], device)
     cfg = EpochConfig(epochs=1, imgsz=opt.imgsz, device=device, amp=amp, amp_dtype=amp_dtype,
@@ -141,7 +146,7 @@ def main(opt: argparse.Namespace) -> float:
     where += f"--cpu-dp {opt.cpu_dp}, " if opt.cpu_dp > 1 else ""
     where += "ATen BatchNorm+SiLU, " if device.type == "cpu" and not bn_silu.KERNEL.active else ""
     print(f"\n{Path(opt.cfg).stem} train {opt.imgsz}px batch {opt.batch_size}, {where}{opt.threads} torch threads, "
-          f"{workers} workers, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+          f"{workers} workers at nice {nice}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}:\n  {ips:.1f} images/s ({dt / opt.batches:.3f} s/batch, data loading "
           f"included)\n  peak RSS {own:.0f} MB main process, {child:.0f} MB largest dataloader worker")
     return ips

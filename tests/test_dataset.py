@@ -188,6 +188,26 @@ def test_mosaic_training_batch(tmp_path):
         assert set(targets[:, 1].tolist()) <= {0.0, 1.0}
 
 
+_COLLATE = LoadImagesAndLabels.collate_fn
+
+
+def _collate_with_niceness(batch):
+    """The dataset's collate, plus the niceness of the worker process that ran it."""
+    return (*_COLLATE(batch), os.nice(0))
+
+
+def test_workers_run_at_the_niceness_asked(tmp_path, monkeypatch):
+    for i in range(4):
+        add_image(tmp_path, f"{i}.png", box_row(0))
+    monkeypatch.setattr(LoadImagesAndLabels, "collate_fn", staticmethod(_collate_with_niceness))
+    base = os.nice(0)
+    loader, _ = create_dataloader(tmp_path / "images/train", 64, 2, 32, workers=2, worker_nice=3)
+    assert [batch[-1] for batch in loader] == [min(base + 3, 19)] * 2  # both workers, lowered by 3
+    plain, _ = create_dataloader(tmp_path / "images/train", 64, 2, 32, workers=2)
+    assert [batch[-1] for batch in plain] == [base] * 2  # by default at this process's priority
+    assert os.nice(0) == base  # the training process itself is untouched
+
+
 def test_image_cache_modes_give_same_items(tmp_path, logs):
     for i in range(2):
         add_image(tmp_path, f"{i}.png", box_row(0))

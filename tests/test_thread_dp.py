@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 
 import pytest
 import torch
@@ -150,6 +151,37 @@ def test_epoch_loop_with_cpu_dp_steps_like_the_plain_loop():
     assert (dp.ema.updates, dp.last_opt_step) == (plain.ema.updates, plain.last_opt_step)
     assert torch.isfinite(dp_loss).all() and dp_loss.shape == (3,)
     torch.testing.assert_close(dp_loss, plain_loss, rtol=0.2, atol=0)  # per-part BatchNorm: close, not equal
+
+
+def test_each_part_gets_its_own_images_as_float_in_the_training_memory_format():
+    seen = []  # (thread, the input each part's forward received)
+
+    class Recording(ConvBN):
+        def forward(self, x):
+            seen.append((threading.current_thread().name, x.detach().clone()))
+            return super().forward(x)
+
+    model = Recording().to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, "SGD", lr=0.01)
+    state = TrainState(model, opt, box_loss, Warmup(0, HYP, build_scheduler(opt, 1, 0.01).lr_lambdas[0], 6),
+                       accumulate=1)
+    state.dp = ThreadDataParallel(model, 2, box_loss, lambda m: box_loss, threads=2)
+    handed = []  # what the main thread passes to the parts
+    losses = state.dp.losses
+    state.dp.losses = lambda imgs, targets, part: handed.append(imgs.dtype) or losses(imgs, targets, part)
+    imgs = torch.randint(0, 256, (6, 3, 16, 16), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    try:
+        train_one_epoch(state, [(imgs, _batch()[1], (), None)], 0,
+                        EpochConfig(epochs=1, imgsz=16, device=torch.device("cpu"), memory_format=torch.channels_last))
+    finally:
+        state.dp.close()
+    assert handed == [torch.uint8]  # the main thread does not convert: each part makes its own slice float
+    by_thread = dict(seen)
+    assert sorted(by_thread) == ["cpu-dp0_0", "cpu-dp1_0"]
+    for k, (lo, hi) in enumerate(part_bounds(6, 2)):
+        x = by_thread[f"cpu-dp{k}_0"]
+        assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x, imgs[lo:hi].float() / 255)
 
 
 def test_cpu_dp_option_checks_and_where_it_does_not_apply():

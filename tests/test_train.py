@@ -75,6 +75,16 @@ def test_defaults_yolov5_on_user_data_cpu_sized_on_builtin_data():
     assert (given.optimizer, given.epochs, given.imgsz) == ("SGD", 3, 256)  # flags given win
 
 
+def test_dataloader_workers_yield_the_cpu_to_training_unless_told_otherwise():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert train_setup.loader_nice(train.parse_opt([]), cpu) == train_setup.LOADER_NICE == 19
+    assert train_setup.loader_nice(train.parse_opt([]), cuda) == 0  # the GPU trains; the cores are the loader's
+    assert train_setup.loader_nice(train.parse_opt(["--loader-nice", "0"]), cpu) == 0
+    assert train_setup.loader_nice(train.parse_opt(["--loader-nice", "5"]), cuda) == 5
+    with pytest.raises(ConfigError, match="--loader-nice -1"):
+        train_setup.loader_nice(train.parse_opt(["--loader-nice", "-1"]), cpu)
+
+
 @pytest.mark.slow
 def test_one_epoch_writes_all_outputs(tiny_data, tmp_path, log_lines):
     _run(tiny_data, tmp_path, epochs=1, save_period=1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from functools import partial
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
@@ -240,23 +241,31 @@ class LoadImagesAndLabels(Dataset):
         return torch.stack(ims, 0), torch.cat(targets, 0), paths, shapes
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a dataloader worker from its torch seed (reproducible augmentation)."""
+def seed_worker(worker_id: int, nice: int = 0) -> None:
+    """Seed numpy and random in a dataloader worker from its torch seed (reproducible augmentation); with nice > 0,
+    lower the worker's scheduling priority by that much (``os.nice``; where the OS has none, the worker runs as is)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    if nice > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(nice)
+        except OSError:  # a sandbox may refuse even lowering a priority; the worker then keeps it
+            pass
 
 
 def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stride: int, single_cls: bool = False,
                       hyp: dict | None = None, augment: bool = False, cache: str | bool | None = None,
                       pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8, prefix: str = "",
                       shuffle: bool = False, seed: int = 0, nc: int | None = None,
-                      names: dict | list | None = None, image_weights: bool = False
+                      names: dict | list | None = None, image_weights: bool = False, worker_nice: int = 0
                       ) -> tuple[DataLoader, LoadImagesAndLabels]:
     """Build the dataset and its DataLoader (DistributedSampler when rank != -1); returns (loader, dataset).
 
     Workers persist across epochs (no per-epoch process start-up). image_weights: draw images with replacement by
-    weights that ``utils.data.sampling.update_sampler`` sets each epoch (single process only).
+    weights that ``utils.data.sampling.update_sampler`` sets each epoch (single process only). worker_nice: how
+    much lower the workers' scheduling priority is than this process's (training on the CPU, where they share its
+    cores: see ``utils.train.train_setup.LOADER_NICE``).
     """
     if image_weights and rank != -1:
         raise ConfigError("--image-weights is not supported with DDP (one process per device); train without it")
@@ -274,5 +283,6 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
         sampler = weighted_sampler(len(dataset), generator)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
                         sampler=sampler, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
-                        collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker, generator=generator)
+                        collate_fn=LoadImagesAndLabels.collate_fn, generator=generator,
+                        worker_init_fn=partial(seed_worker, nice=worker_nice))
     return loader, dataset

@@ -142,6 +142,13 @@ def _forward_loss(model: nn.Module, compute_loss: Callable, imgs: torch.Tensor, 
     return (pred, loss, items) if keep_pred else (loss, items)
 
 
+def _part_forward_loss(model: nn.Module, compute_loss: Callable, imgs: torch.Tensor, targets: torch.Tensor,
+                       cfg: EpochConfig) -> tuple:
+    """One ``--cpu-dp`` part: its slice of the uint8 batch made float in the part's own thread (the parts convert
+    side by side while the main thread waits), then ``_forward_loss``."""
+    return _forward_loss(model, compute_loss, to_float_images(imgs, cfg.device, cfg.memory_format), targets, cfg)
+
+
 def memory_str(device: torch.device) -> str:
     """Reserved CUDA memory as e.g. '1.23G', or '0G' on the CPU."""
     if device.type == "cuda" and torch.cuda.is_available():
@@ -178,13 +185,16 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
     state.optimizer.zero_grad(set_to_none=True)
     for i, (imgs, targets, paths, _) in bar:
         ni = i + nb * epoch  # iterations since the start of training
-        imgs = to_float_images(imgs, cfg.device, cfg.memory_format)
+        in_parts = state.dp is not None and not cfg.multi_scale  # each part converts its own images in its thread
+        if not in_parts:
+            imgs = to_float_images(imgs, cfg.device, cfg.memory_format)
         if state.warmup.active(ni):
             state.accumulate = state.warmup(ni, epoch, state.optimizer)
         if cfg.multi_scale:
             imgs = rescale_batch(imgs, multi_scale_size(cfg.imgsz, cfg.grid, state.rng), cfg.grid)
         if state.dp is not None:  # --cpu-dp: the batch in parts, each in its own thread (utils/train/thread_dp.py)
-            loss, items = state.dp.losses(imgs, targets, partial(_forward_loss, cfg=cfg))
+            loss, items = state.dp.losses(imgs, targets, partial(_part_forward_loss if in_parts else _forward_loss,
+                                                                 cfg=cfg))
             check_finite(loss, items, epoch, i, cfg.device)
             state.dp.backward()
         else:

@@ -107,15 +107,34 @@ def class_info(data: dict, single_cls: bool) -> tuple[int, dict]:
     return data["nc"], data["names"]
 
 
+# Training on the CPU, the dataloader workers share the cores with the training threads; at normal priority the
+# kernel's scheduler lets them preempt a training thread mid-step, and with --cpu-dp's parts (or intra-op threads)
+# the others then wait for it at the next join. At nice 19 they run in the cores' idle moments instead, with a few
+# batches queued ahead (docs/PERFORMANCE.md, "Dataloader workers at low priority").
+LOADER_NICE = 19
+
+
+def loader_nice(opt: argparse.Namespace, device: torch.device | None) -> int:
+    """The training dataloader workers' niceness: ``--loader-nice``, else LOADER_NICE on the CPU and 0 elsewhere."""
+    nice = getattr(opt, "loader_nice", None)  # an opt.yaml from before the option has none
+    if nice is not None:
+        if nice < 0:
+            raise ConfigError(f"--loader-nice {nice}: must be 0 or more (it lowers the workers' priority)")
+        return nice
+    return LOADER_NICE if device is not None and device.type == "cpu" else 0
+
+
 def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, batch: int, grid: int,
-                 env: dist.DistEnv) -> tuple:
-    """(train loader, train dataset, val loader or None): augmented shuffled training, rect validation (main)."""
+                 env: dist.DistEnv, worker_nice: int = 0) -> tuple:
+    """(train loader, train dataset, val loader or None): augmented shuffled training, rect validation (main); the
+    training loader's workers run at worker_nice (``loader_nice``)."""
     nc, names = class_info(data, opt.single_cls)
     with dist.main_first(env):
         loader, dataset = create_dataloader(data["train"], imgsz, batch, grid, opt.single_cls, hyp=hyp, augment=True,
                                             cache=opt.cache, rect=opt.rect, rank=env.rank, workers=opt.workers,
                                             prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc,
-                                            names=names, image_weights=getattr(opt, "image_weights", False))
+                                            names=names, image_weights=getattr(opt, "image_weights", False),
+                                            worker_nice=worker_nice)
     val_loader = None
     if env.is_main:
         val_loader, _ = create_dataloader(data["val"], imgsz, batch * 2, grid, opt.single_cls, hyp=hyp,
@@ -281,6 +300,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     """One training run; returns the final validation results (P, R, mAP50, mAP50-95, box, obj, cls)."""
     amp, amp_dtype = training_autocast(device, getattr(opt, "bf16", False))  # a bad --bf16 fails before any work
     cpu_dp = check_cpu_dp(opt)
+    nice = loader_nice(opt, device)
     hyp, data, val, save_dir = setup_run(opt, env)
     init_seeds(opt.seed + 1 + env.rank)
     model, ckpt, imgsz, grid = prepare_model(opt, hyp, data, device)
@@ -288,7 +308,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     if env.is_main:
         get_logger().info(describe_loss(model.hyp))
     batch = opt.batch_size // env.world_size
-    loader, dataset, val_loader = make_loaders(opt, data, hyp, imgsz, batch, grid, env)
+    loader, dataset, val_loader = make_loaders(opt, data, hyp, imgsz, batch, grid, env, nice)
     apply_class_weights(opt, hyp, model, dataset.labels)
     if env.is_main and not opt.resume:
         prepare_anchors_and_plots(opt, hyp, model, dataset, imgsz, save_dir)
