@@ -183,9 +183,10 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
         get_logger().info("\n" + progress_header())
         bar = tqdm(bar, total=nb, bar_format=BAR_FORMAT)
     state.optimizer.zero_grad(set_to_none=True)
+    in_parts = state.dp is not None and not cfg.multi_scale  # each part converts its own images in its thread
+    part = partial(_part_forward_loss if in_parts else _forward_loss, cfg=cfg)
     for i, (imgs, targets, paths, _) in bar:
         ni = i + nb * epoch  # iterations since the start of training
-        in_parts = state.dp is not None and not cfg.multi_scale  # each part converts its own images in its thread
         if not in_parts:
             imgs = to_float_images(imgs, cfg.device, cfg.memory_format)
         if state.warmup.active(ni):
@@ -193,8 +194,7 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
         if cfg.multi_scale:
             imgs = rescale_batch(imgs, multi_scale_size(cfg.imgsz, cfg.grid, state.rng), cfg.grid)
         if state.dp is not None:  # --cpu-dp: the batch in parts, each in its own thread (utils/train/thread_dp.py)
-            loss, items = state.dp.losses(imgs, targets, partial(_part_forward_loss if in_parts else _forward_loss,
-                                                                 cfg=cfg))
+            loss, items = state.dp.losses(imgs, targets, part)
             check_finite(loss, items, epoch, i, cfg.device)
             state.dp.backward()
         else:
