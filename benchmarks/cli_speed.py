@@ -9,6 +9,8 @@ Usage:
     python benchmarks/cli_speed.py --commands train --upstream ... --variant "--cpu-dp 1" --variant "--bf16"
     python benchmarks/cli_speed.py --commands train --train-epochs 1 3 --upstream ...   # and the time per epoch
     python benchmarks/cli_speed.py --commands train --baseline /path/to/older/checkout  # against this project's past
+    python benchmarks/cli_speed.py --commands train --train-epochs 1 3 --upstream ... --save runs/bench/a.json
+    python benchmarks/cli_speed.py --pool runs/bench/a.json runs/bench/b.json   # the rounds of several runs as one
 
 Each run is a new process (start-up, imports, model loading, data, plots: everything a user waits for). Peak RSS is
 the main process's own (``os.wait4``), without dataloader workers. Upstream is given the same weights, data (with
@@ -21,11 +23,18 @@ Every ``--variant`` is one more side of ours with those options added, timed in 
 one more side too: another checkout of this project (a ``git worktree`` at an earlier commit), run with the same
 Python and data, so a change's cost in time or memory is measured on the machine at hand. Run it on an otherwise
 idle machine.
+
+``--save FILE`` writes every round's raw times to a JSON file as soon as the round ends; a run started again with
+the same options and file keeps the rounds already there and times only the missing ones (after a new warm-up), so
+an interrupted benchmark resumes and a finished one can be extended with a larger --runs. ``--pool`` summarises the
+rounds of several such files together (same commands and sides), for a figure over more rounds than one sitting.
+The ratio column is the median of the per-round ratios, with their range beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -73,7 +82,13 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both (default: unset)")
     p.add_argument("--video-frames", type=int, default=0,
                    help="detect on --source's images plus its first video looped (forth and back) to this many frames")
+    p.add_argument("--save", type=Path, default=None,
+                   help="JSON file of every round's raw times, written after each round; resumes a run with it")
+    p.add_argument("--pool", type=Path, nargs="+", default=None, metavar="FILE",
+                   help="summarise the rounds of these --save files together (no timing)")
     opt = p.parse_args(argv)
+    if opt.pool:
+        return opt
     need = {"val": ("weights", "data"), "detect": ("weights", "source")}
     missing = sorted({f"--{k}" for c in opt.commands for k in need.get(c, ()) if getattr(opt, k) is None})
     if missing:
@@ -176,14 +191,16 @@ def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Pat
 
 def run_once(argv: list[str], cwd: Path, env: dict) -> tuple[float, float]:
     """Run argv to the end; (wall seconds, peak RSS MiB of the process). RuntimeError on a non-zero exit."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{err[-2000:]}")
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a pipe nobody reads blocks a chatty child
+        t = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{tail}")
     return wall, usage.ru_maxrss / 1024
 
 
@@ -202,36 +219,113 @@ def tasks(opt: argparse.Namespace) -> list[tuple[str, int]]:
     return [(w, e) for w in opt.commands for e in (opt.train_epochs if w == "train" else [1])]
 
 
+def side_names(opt: argparse.Namespace) -> list[str]:
+    """The sides timed in every round: ours, ours with each --variant, --baseline, upstream."""
+    return (["ours"] + [f"ours {v}" for v in opt.variant] + (["baseline"] if opt.baseline else [])
+            + (["upstream"] if opt.upstream else []))
+
+
+def run_config(opt: argparse.Namespace) -> dict:
+    """What must match for saved rounds to be continued (--save): everything timed, except --runs."""
+    keys = ("commands", "variant", "baseline", "upstream", "upstream_python", "weights", "data", "source", "imgsz",
+            "batch_size", "train_images", "train_epochs", "cold", "threads", "video_frames")
+    return {k: getattr(opt, k) for k in keys}
+
+
+Times = dict[str, dict[str, dict[str, list]]]  # command -> epochs (str) -> side -> [(wall s, peak MiB) per round]
+
+
+def load_saved(path: Path | None, config: dict) -> Times:
+    """The rounds an earlier run with the same options saved to path (--save); empty if there is no such file."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        same = saved["config"] == config
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--save {path}: not a file this benchmark wrote ({e})") from e
+    if not same:
+        raise SystemExit(f"--save {path}: saved by a run with other options; give another file or the same options "
+                         f"(saved: {saved['config']})")
+    return saved["times"]
+
+
+def save_rounds(path: Path | None, config: dict, times: Times, counts: dict[str, int]) -> None:
+    """Write the raw times to path atomically (a temporary file renamed over it)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"config": config, "counts": counts, "times": times}, indent=1))
+    os.replace(tmp, path)
+
+
+def time_rounds(opt: argparse.Namespace, which: str, times: Times, counts: dict, data: dict, out: Path) -> None:
+    """Time the rounds of one command still missing from times[which] (after one warm-up round), saving each."""
+    sides, lengths = side_names(opt), [e for w, e in tasks(opt) if w == which]
+    cmd = times.setdefault(which, {})
+    done = min(len(cmd.get(str(e), {}).get(side, [])) for e in lengths for side in sides)
+    for e in lengths:  # rounds are saved whole, so every side has the same count
+        cmd[str(e)] = {side: cmd.get(str(e), {}).get(side, [])[:done] for side in sides}
+    todo = max(0, opt.runs - done)
+    for i in tqdm(range(todo + 1 if todo else 0), desc=f"{which}.py", unit="round"):
+        results = {(e, side): run_once(*command(which, side, opt, data, out, epochs=e),
+                                       environment(opt, side, out.parent)) for e in lengths for side in sides}
+        if i:  # round 0 is the warm-up
+            for (e, side), result in results.items():
+                cmd[str(e)][side].append(list(result))
+            save_rounds(opt.save, run_config(opt), times, counts)
+
+
+def summary_rows(times: Times, counts: dict[str, int]) -> list[dict]:
+    """One row per command and length, plus "train per epoch" where train ran at two lengths."""
+    rows = []
+    for which, by_length in times.items():
+        lengths = sorted(by_length, key=int)
+        runs = {e: {side: [tuple(r) for r in rs] for side, rs in by_length[e].items()} for e in lengths}
+        for e in lengths:
+            rows.append(summarise(which if len(lengths) == 1 else f"{which} e{e}", runs[e], counts.get(which, 0)))
+        if len(lengths) > 1:
+            rows.append(summarise("train per epoch", per_epoch(runs[lengths[0]], runs[lengths[-1]],
+                                                               int(lengths[-1]) - int(lengths[0])),
+                                  counts.get(which, 0)))
+    return rows
+
+
 def bench(opt: argparse.Namespace) -> list[dict]:
     """Time every command: one warm-up each, then --runs alternating rounds; returns one summary row per command."""
-    sides = (["ours"] + [f"ours {v}" for v in opt.variant] + (["baseline"] if opt.baseline else [])
-             + (["upstream"] if opt.upstream else []))
-    rows = []
+    config = run_config(opt)
+    times = load_saved(opt.save, config)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = {"val": absolute_data_yaml(opt.data, tmp) if opt.data else None}
         if "train" in opt.commands:
-            data.update(train_data(opt.train_images, tmp / "train_data", sides))
+            data.update(train_data(opt.train_images, tmp / "train_data", side_names(opt)))
         if opt.video_frames:
             opt.source = str(looped_source(opt.source, opt.video_frames, tmp))
         counts = count_inputs(opt, data["val"])
         for which in opt.commands:
-            lengths = [e for w, e in tasks(opt) if w == which]
-            times: dict[int, dict[str, list[tuple[float, float]]]] = {e: {s: [] for s in sides} for e in lengths}
-            bar = tqdm(range(opt.runs + 1), desc=f"{which}.py", unit="round")
-            for i in bar:
-                for e in lengths:
-                    for side in sides:
-                        argv, cwd = command(which, side, opt, data, tmp / "out", epochs=e)
-                        result = run_once(argv, cwd, environment(opt, side, tmp))
-                        if i:  # round 0 is the warm-up
-                            times[e][side].append(result)
-            for e in lengths:
-                rows.append(summarise(which if len(lengths) == 1 else f"{which} e{e}", times[e], counts[which]))
-            if len(lengths) > 1:
-                rows.append(summarise("train per epoch", per_epoch(times[lengths[0]], times[lengths[-1]],
-                                                                   lengths[-1] - lengths[0]), counts[which]))
-    return rows
+            time_rounds(opt, which, times, counts, data, tmp / "out")
+    return summary_rows({w: times[w] for w in opt.commands}, counts)
+
+
+def pool(files: list[Path]) -> list[dict]:
+    """Summary rows over the rounds of several --save files (same commands, lengths and sides) taken together."""
+    merged: Times = {}
+    for f in files:
+        try:
+            saved = json.loads(Path(f).read_text())
+            times, counts = saved["times"], saved["counts"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--pool {f}: not a file this benchmark wrote ({e})") from e
+        shape = {w: {e: sorted(sides) for e, sides in by.items()} for w, by in times.items()}
+        if merged and shape != {w: {e: sorted(sides) for e, sides in by.items()} for w, by in merged.items()}:
+            raise SystemExit(f"--pool {f}: other commands, lengths or sides than {files[0]}")
+        for w, by in times.items():
+            for e, sides in by.items():
+                for side, rs in sides.items():
+                    merged.setdefault(w, {}).setdefault(e, {}).setdefault(side, []).extend(rs)
+    return summary_rows(merged, counts)
 
 
 def per_epoch(short: dict[str, list[tuple[float, float]]], long: dict[str, list[tuple[float, float]]],
@@ -241,9 +335,14 @@ def per_epoch(short: dict[str, list[tuple[float, float]]], long: dict[str, list[
             for side in short}
 
 
+def paired_ratios(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[float]:
+    """a's seconds / b's seconds in each round."""
+    return [x / y for (x, _), (y, _) in zip(a, b)]
+
+
 def paired_ratio(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
     """Median over rounds of a's seconds / b's seconds in the same round."""
-    return statistics.median(x / y for (x, _), (y, _) in zip(a, b))
+    return statistics.median(paired_ratios(a, b))
 
 
 def summarise(which: str, times: dict[str, list[tuple[float, float]]], n: int) -> dict:
@@ -256,6 +355,8 @@ def summarise(which: str, times: dict[str, list[tuple[float, float]]], n: int) -
     if "upstream" in times:
         for side in (s for s in times if s != "upstream"):
             row["ratio" if side == "ours" else f"ratio {side}"] = paired_ratio(times[side], times["upstream"])
+        ours = paired_ratios(times["ours"], times["upstream"])
+        row["ratio range"] = (min(ours), max(ours), len(ours))
     if "baseline" in times:
         for side in (s for s in times if s.startswith("ours")):
             row[f"vs baseline {side}"] = paired_ratio(times[side], times["baseline"])
@@ -265,14 +366,16 @@ def summarise(which: str, times: dict[str, list[tuple[float, float]]], n: int) -
 def print_table(rows: list[dict]) -> None:
     """One line per command."""
     print(f"{'command':15} {'images':>6} {'ours s (min-max)':>22} {'ms/img':>7} {'peak MiB':>9} "
-          f"{'upstream s (min-max)':>24} {'peak MiB':>9} {'ratio':>6}")
+          f"{'upstream s (min-max)':>24} {'peak MiB':>9} {'ratio (per-round range)':>6}")
     for r in rows:
         med, lo, hi, rss = r["ours"]
         line = f"{r['command']:15} {r['images']:6d} {med:8.2f} ({lo:6.2f}-{hi:6.2f}) {1000 * med / r['images']:7.1f} "
         line += f"{rss:9.0f}"
         if "upstream" in r:
             umed, ulo, uhi, urss = r["upstream"]
-            line += f" {umed:10.2f} ({ulo:6.2f}-{uhi:6.2f}) {urss:9.0f} {r['ratio']:6.3f}"
+            lo_r, hi_r, n = r["ratio range"]
+            line += (f" {umed:10.2f} ({ulo:6.2f}-{uhi:6.2f}) {urss:9.0f} {r['ratio']:6.3f}"
+                     f" ({lo_r:.3f}-{hi_r:.3f}, {n} rounds)")
         print(line)
         for side in [k for k in r if k.startswith("ours ") or k == "baseline"]:
             med, lo, hi, rss = r[side]
@@ -285,8 +388,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(opt: argparse.Namespace) -> list[dict]:
-    """Benchmark and print."""
-    rows = bench(opt)
+    """Benchmark (or --pool saved runs) and print."""
+    rows = pool(opt.pool) if opt.pool else bench(opt)
     print_table(rows)
     return rows
 

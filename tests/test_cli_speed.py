@@ -1,8 +1,10 @@
-"""benchmarks/cli_speed.py: the looped detect source, input counts, paired ratios and one real timed run."""
+"""benchmarks/cli_speed.py: the looped detect source, input counts, paired ratios, saved and pooled rounds, and
+one real timed run."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import statistics
 import sys
 
@@ -124,3 +126,57 @@ def test_times_our_train_on_generated_images(capsys):
     (row,) = cli.main(cli.parse_opt(["--commands", "train", "--train-images", "4", "--runs", "1"]))
     assert row["images"] == 4 and row["ours"][0] > 0 and row["ours"][3] > 0
     assert "train" in capsys.readouterr().out
+
+
+def fake_runs(cli, monkeypatch, seconds: dict[str, float]) -> list:
+    """Replace the timed processes by fixed wall times per side (upstream's train.py runs in a folder of its own)."""
+    calls = []
+
+    def run_once(argv, cwd, env):
+        calls.append(argv)
+        side = "upstream" if argv[0] == "/up/python" else "ours"
+        return seconds[side] * int(argv[argv.index("--epochs") + 1]), 100.0
+
+    monkeypatch.setattr(cli, "run_once", run_once)
+    monkeypatch.setattr(cli, "train_data", lambda n, folder, sides: {"ours": folder / "o.yaml",
+                                                                     "upstream": folder / "u.yaml"})
+    return calls
+
+
+def test_saved_rounds_resume_and_extend_a_run(tmp_path, monkeypatch):
+    cli = load_cli_speed()
+    calls = fake_runs(cli, monkeypatch, {"ours": 6.0, "upstream": 10.0})
+    save = tmp_path / "bench" / "a.json"
+    args = ["--commands", "train", "--train-epochs", "1", "3", "--upstream", str(tmp_path), "--upstream-python",
+            "/up/python", "--save", str(save)]
+    cli.main(cli.parse_opt([*args, "--runs", "2"]))
+    assert len(calls) == 3 * 2 * 2  # (warm-up + 2 rounds) x 2 lengths x 2 sides
+    assert [r[0] for r in json.loads(save.read_text())["times"]["train"]["3"]["ours"]] == [18.0, 18.0]
+    calls.clear()
+    (_, _, per_epoch) = cli.main(cli.parse_opt([*args, "--runs", "3"]))  # one more round, after a new warm-up
+    assert len(calls) == 2 * 2 * 2
+    assert per_epoch["ours"][0] == pytest.approx(6.0) and per_epoch["ratio"] == pytest.approx(0.6)
+    assert len(json.loads(save.read_text())["times"]["train"]["1"]["upstream"]) == 3
+    calls.clear()
+    cli.main(cli.parse_opt([*args, "--runs", "3"]))  # nothing missing: nothing timed
+    assert calls == []
+    with pytest.raises(SystemExit, match="a.json: saved by a run with other options"):
+        cli.main(cli.parse_opt([*args, "--runs", "3", "--train-images", "64"]))
+
+
+def test_pooled_runs_are_summarised_as_one(tmp_path, monkeypatch, capsys):
+    cli = load_cli_speed()
+    files = []
+    for name, ours in (("a", 6.0), ("b", 8.0)):
+        fake_runs(cli, monkeypatch, {"ours": ours, "upstream": 10.0})
+        files.append(tmp_path / f"{name}.json")
+        cli.main(cli.parse_opt(["--commands", "train", "--train-epochs", "1", "3", "--upstream", str(tmp_path),
+                                "--upstream-python", "/up/python", "--runs", "2", "--save", str(files[-1])]))
+    capsys.readouterr()
+    (_, _, per_epoch) = cli.main(cli.parse_opt(["--pool", *map(str, files)]))
+    assert per_epoch["ratio range"] == (pytest.approx(0.6), pytest.approx(0.8), 4)
+    assert per_epoch["ours"][1:3] == (pytest.approx(6.0), pytest.approx(8.0))
+    assert "(0.600-0.800, 4 rounds)" in capsys.readouterr().out
+    files[1].write_text("{}")
+    with pytest.raises(SystemExit, match="b.json: not a file this benchmark wrote"):
+        cli.main(cli.parse_opt(["--pool", *map(str, files)]))
