@@ -235,16 +235,23 @@ def run_config(opt: argparse.Namespace) -> dict:
 Times = dict[str, dict[str, dict[str, list]]]  # command -> epochs (str) -> side -> [(wall s, peak MiB) per round]
 
 
+def read_saved(path: Path, option: str) -> dict:
+    """A file --save wrote ({"config", "counts", "times"}); SystemExit naming the option and file if it is not one."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        if not {"config", "counts", "times"} <= saved.keys():
+            raise KeyError("config, counts and times")
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise SystemExit(f"{option} {path}: not a file this benchmark wrote ({e})") from e
+    return saved
+
+
 def load_saved(path: Path | None, config: dict) -> Times:
     """The rounds an earlier run with the same options saved to path (--save); empty if there is no such file."""
     if path is None or not path.exists():
         return {}
-    try:
-        saved = json.loads(path.read_text())
-        same = saved["config"] == config
-    except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"--save {path}: not a file this benchmark wrote ({e})") from e
-    if not same:
+    saved = read_saved(path, "--save")
+    if saved["config"] != config:
         raise SystemExit(f"--save {path}: saved by a run with other options; give another file or the same options "
                          f"(saved: {saved['config']})")
     return saved["times"]
@@ -309,17 +316,18 @@ def bench(opt: argparse.Namespace) -> list[dict]:
     return summary_rows({w: times[w] for w in opt.commands}, counts)
 
 
+def layout(times: Times) -> dict:
+    """Commands, lengths and sides of saved times (what pooled files must share)."""
+    return {w: {e: sorted(sides) for e, sides in by.items()} for w, by in times.items()}
+
+
 def pool(files: list[Path]) -> list[dict]:
     """Summary rows over the rounds of several --save files (same commands, lengths and sides) taken together."""
     merged: Times = {}
     for f in files:
-        try:
-            saved = json.loads(Path(f).read_text())
-            times, counts = saved["times"], saved["counts"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"--pool {f}: not a file this benchmark wrote ({e})") from e
-        shape = {w: {e: sorted(sides) for e, sides in by.items()} for w, by in times.items()}
-        if merged and shape != {w: {e: sorted(sides) for e, sides in by.items()} for w, by in merged.items()}:
+        saved = read_saved(f, "--pool")
+        times, counts = saved["times"], saved["counts"]
+        if merged and layout(times) != layout(merged):
             raise SystemExit(f"--pool {f}: other commands, lengths or sides than {files[0]}")
         for w, by in times.items():
             for e, sides in by.items():
