@@ -46,7 +46,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the example input")
     parser.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
-    parser.add_argument("--half", action="store_true", help="FP16 half-precision export (CUDA only)")
+    parser.add_argument("--half", action="store_true", help="FP16 half-precision export (TorchScript, ONNX)")
     parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph with onnxslim")
     parser.add_argument("--opset", type=int, default=17, help="ONNX: opset version")
@@ -63,7 +63,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
     log, t0 = get_logger(), time.time()
     weights = Path(weights)
     dev = select_device(device)
-    check_half(half, dev)
+    check_half(half, include)
     imgsz = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
     model = attempt_load(weights, device=dev, fuse=True)
     for p in model.parameters():
@@ -89,8 +89,6 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
         log.info(f"{colorstr('ONNX:')} onnxruntime vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
                  f"scores {d['scores']:.3g}")
     if "openvino" in include:
-        if half:
-            raise ConfigError("--include openvino: the IR is exported in FP32; export it without --half")
         files["openvino"] = _timed("OpenVINO", export_openvino, model, im, weights, dynamic=dynamic)
         d = openvino_parity_detail(model, files["openvino"], im)
         log.info(f"{colorstr('OpenVINO:')} vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "

@@ -85,8 +85,9 @@ class Detect(nn.Module):
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets (1, na, ny, nx, 2) and anchor sizes in pixels (1, na, ny, nx, 2) for level i."""
         d, t = like.device, like.dtype
-        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t),
-                                indexing="ij")
+        # counted in float32 and cast: ONNX's Range has no float16, so an FP16 export could not trace a half arange
+        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=torch.float32).to(t),
+                                torch.arange(nx, device=d, dtype=torch.float32).to(t), indexing="ij")
         grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
         anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
         return grid, anchor_grid.to(t)

@@ -149,8 +149,12 @@ def test_export_cli_defaults_and_errors(tmp_path, checkpoint):
     assert opt.device == "cpu" and not opt.dynamic and not opt.half
     assert opt.weights.endswith("runs/train/exp/weights/best.pt")  # the default run's, as val.py and detect.py
     weights = checkpoint
-    with pytest.raises(ConfigError, match="CUDA"):
-        export_cli.run(weights=weights, imgsz=[64], half=True)
+    alone = tmp_path / "alone" / "best.pt"
+    alone.parent.mkdir()
+    alone.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(ConfigError, match="exported in FP32; export it without --half"):
+        export_cli.run(weights=alone, imgsz=[64], include=["onnx", "openvino"], half=True)
+    assert sorted(p.name for p in alone.parent.iterdir()) == ["best.pt"]  # refused before any export
     with pytest.raises(ConfigError, match="multiple of the model stride"):
         export_cli.run(weights=weights, imgsz=[70])
     with pytest.raises(CheckpointError, match="missing.pt"):
@@ -161,6 +165,26 @@ def test_export_cli_defaults_and_errors(tmp_path, checkpoint):
         bad.write_bytes(content)
         with pytest.raises(CheckpointError, match=rf"{name}: cannot be read as a PyTorch checkpoint"):
             export_cli.run(weights=bad, imgsz=[64])
+
+
+def test_fp16_export_runs_on_the_cpu_and_matches_float32(tmp_path):
+    """--half traces TorchScript and ONNX in FP16 without a GPU; both load in DetectMultiBackend (the ONNX input is
+    cast to float16) and agree with the float32 model to FP16 precision."""
+    from models.backend import DetectMultiBackend
+
+    weights = save_checkpoint({"model": tiny_model(ce=True)}, tmp_path / "half.pt")
+    files = export_cli.run(weights=weights, imgsz=[64, 96], include=["torchscript", "onnx"], half=True)
+    graph = onnx.load(str(files["onnx"])).graph
+    fp16 = onnx.TensorProto.FLOAT16
+    assert graph.input[0].type.tensor_type.elem_type == fp16 and graph.output[0].type.tensor_type.elem_type == fp16
+    im = torch.rand(1, 3, 64, 96)
+    ref = DetectMultiBackend(weights, engine="torch")(im)
+    for file in files.values():
+        y = DetectMultiBackend(file)(im)
+        assert y.dtype == torch.float32 and y.shape == ref.shape
+        assert (y[..., :4] - ref[..., :4]).abs().max() < 0.5  # pixels: FP16 spacing is 1/16 px at 64-128
+        assert (y[..., 4:] - ref[..., 4:]).abs().max() < 5e-3
+        torch.testing.assert_close(y[..., 5:].sum(-1), torch.ones(y.shape[:2]), atol=5e-3, rtol=0)  # softmax
 
 
 def test_export_cli_error_is_one_line(tmp_path):
