@@ -85,12 +85,17 @@ class Detect(nn.Module):
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets (1, na, ny, nx, 2) and anchor sizes in pixels (1, na, ny, nx, 2) for level i."""
         d, t = like.device, like.dtype
-        # counted in float32 and cast: ONNX's Range has no float16, so an FP16 export could not trace a half arange
-        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=torch.float32).to(t),
-                                torch.arange(nx, device=d, dtype=torch.float32).to(t), indexing="ij")
+        yv, xv = torch.meshgrid(_count(ny, d, t), _count(nx, d, t), indexing="ij")
         grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
         anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
         return grid, anchor_grid.to(t)
+
+
+def _count(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """0, 1, ..., n - 1 in dtype, counted in float32 and cast: ONNX's Range has no float16 (an FP16 export traces
+    this), and a float32 model's graph gets no Cast."""
+    x = torch.arange(n, device=device, dtype=torch.float32)
+    return x if dtype == torch.float32 else x.to(dtype)
 
 
 class DetectionModel(nn.Module):
