@@ -328,3 +328,54 @@ def test_a_uint8_batch_becomes_float_in_zero_one_in_the_training_memory_format()
     already = imgs.float()
     to_float_images(already, torch.device("cpu"), torch.contiguous_format)
     assert torch.equal(already, imgs.float())  # a float input is copied, not divided in place
+
+
+# ---- CUDA's float16 AMP path (autocast with the loss inside, GradScaler), run on the CPU
+
+
+@pytest.fixture
+def cpu_float16_autocast():
+    """Make float16 the CPU's autocast dtype for one test, as CUDA's is (EpochConfig amp_dtype None = the default)."""
+    old = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)
+    yield
+    torch.set_autocast_dtype("cpu", old)
+
+
+def _yolo_batches(n: int, bs: int = 2, size: int = 64):
+    """n uint8 batches with three labelled boxes (image, class, xywh normalised)."""
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.4], [0, 1, 0.2, 0.3, 0.1, 0.1], [1, 2, 0.7, 0.6, 0.2, 0.5]])
+    return [(imgs, targets, ("a.jpg", "b.jpg"), None) for imgs, *_ in _fake_loader(n, bs, size)]
+
+
+@pytest.mark.parametrize("hyp_file", ["scratch-low", "slide", "focal", "ce", "centernet", "box-l1"])
+def test_float16_amp_with_grad_scaler_trains_every_loss_family(cpu_float16_autocast, hyp_file):
+    from utils.loss import ComputeLoss
+    from utils.train.hyp import load_hyp
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    model.hyp = load_hyp(f"data/hyps/hyp.{hyp_file}.yaml")
+    opt = build_optimizer(model, "SGD", lr=0.01, momentum=0.9)
+    lf = build_scheduler(opt, epochs=1, lrf=0.01).lr_lambdas[0]
+    state = TrainState(model, opt, ComputeLoss(model), Warmup(0, HYP, lf, 2, nominal=2), accumulate=1,
+                       ema=ModelEMA(model), scaler=torch.amp.GradScaler("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    mloss = train_one_epoch(state, _yolo_batches(4), 0, EpochConfig(1, 64, torch.device("cpu"), amp=True))
+    assert torch.isfinite(mloss).all() and state.ema.updates == 4
+    assert 0 < state.scaler.get_scale() <= 2.0 ** 16  # backed off on overflowing steps, never grew past its start
+    assert all(torch.isfinite(p).all() and not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_grad_scaler_unscales_before_clipping():
+    """With a GradScaler the step equals the unscaled one, even where clipping acts (it sees the true norm)."""
+    models, cfg = [], EpochConfig(1, 32, torch.device("cpu"), grid=8, clip_norm=1e-3)
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
+        torch.manual_seed(0)
+        model = Tiny()
+        state = _state(model, _Loss())
+        state.scaler = scaler
+        train_one_epoch(state, list(_fake_loader(4)), 0, cfg)
+        models.append(model)
+    for p, q in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
