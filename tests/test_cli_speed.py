@@ -1,5 +1,5 @@
-"""benchmarks/cli_speed.py: the looped detect source, input counts, paired ratios, saved and pooled rounds, and
-one real timed run."""
+"""benchmarks/cli_speed.py and benchmarks/rounds.py: the looped detect source, input counts, paired ratios, saved
+and pooled rounds, and one real timed run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks.rounds import per_epoch, summarise
 from tests.conftest import ROOT, tiny_shapes_yaml
 from utils.checkpoint import save_checkpoint
 
@@ -48,9 +49,8 @@ def test_looped_source_plays_the_clip_forth_and_back(tmp_path):
 
 
 def test_ratio_is_the_median_of_paired_runs():
-    cli = load_cli_speed()
-    row = cli.summarise("val", {"ours": [(10.0, 100), (30.0, 120), (12.0, 110)],
-                                "upstream": [(20.0, 200), (40.0, 210), (48.0, 205)]}, 100)
+    row = summarise("val", {"ours": [(10.0, 100), (30.0, 120), (12.0, 110)],
+                            "upstream": [(20.0, 200), (40.0, 210), (48.0, 205)]}, 100)
     assert row["ours"] == (12.0, 10.0, 30.0, 120)
     assert row["ratio"] == pytest.approx(0.5)  # pairs 0.5, 0.75, 0.25; the raw medians would give 12 / 40
 
@@ -85,7 +85,7 @@ def test_train_command_and_variants_are_sides_paired_with_upstream(tmp_path):
     assert argv[-2:] == ["--cpu-dp", "2"] and {"--noval", "--noplots"} <= set(argv)
     up, up_cwd = cli.command("train", "upstream", opt, data, tmp_path / "out")
     assert up[0] == "/up/python" and up_cwd == tmp_path and up[3] == str(data["upstream"]) and "--cpu-dp" not in up
-    row = cli.summarise("train", {"ours": [(30.0, 1)], "ours --cpu-dp 2": [(20.0, 1)], "upstream": [(40.0, 1)]}, 512)
+    row = summarise("train", {"ours": [(30.0, 1)], "ours --cpu-dp 2": [(20.0, 1)], "upstream": [(40.0, 1)]}, 512)
     assert row["ratio"] == pytest.approx(0.75) and row["ratio ours --cpu-dp 2"] == pytest.approx(0.5)
     with pytest.raises(SystemExit):  # val needs --weights and --data
         cli.parse_opt(["--commands", "val"])
@@ -98,7 +98,7 @@ def test_an_older_checkout_of_ours_is_a_baseline_side(tmp_path):
     argv, cwd = cli.command("train", "baseline", opt, data, tmp_path / "out")
     assert cwd == tmp_path / "old" and argv[0] == sys.executable and argv[3] == str(data["ours"])
     assert "--cpu-dp" not in argv  # the baseline runs with its own defaults
-    row = cli.summarise("train", {"ours": [(30.0, 1), (33.0, 1)], "ours --cpu-dp 1": [(36.0, 1), (40.0, 1)],
+    row = summarise("train", {"ours": [(30.0, 1), (33.0, 1)], "ours --cpu-dp 1": [(36.0, 1), (40.0, 1)],
                                   "baseline": [(40.0, 1), (44.0, 1)]}, 512)
     assert row["vs baseline ours"] == pytest.approx(0.75) and row["vs baseline ours --cpu-dp 1"] == pytest.approx(
         statistics.median([0.9, 40 / 44]))
@@ -114,9 +114,9 @@ def test_train_at_two_lengths_gives_the_time_per_added_epoch(tmp_path):
     assert argv[argv.index("--epochs") + 1] == "3"
     short = {"ours": [(20.0, 900), (22.0, 910)], "upstream": [(30.0, 1000), (31.0, 1000)]}
     long = {"ours": [(30.0, 950), (34.0, 960)], "upstream": [(50.0, 1100), (53.0, 1100)]}
-    marginal = cli.per_epoch(short, long, 2)  # start-up and the end of a run cancel out
+    marginal = per_epoch(short, long, 2)  # start-up and the end of a run cancel out
     assert marginal == {"ours": [(5.0, 950), (6.0, 960)], "upstream": [(10.0, 1100), (11.0, 1100)]}
-    row = cli.summarise("train per epoch", marginal, 512)
+    row = summarise("train per epoch", marginal, 512)
     assert row["ratio"] == pytest.approx(statistics.median([0.5, 6 / 11]))
 
 
