@@ -93,7 +93,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
         d = openvino_parity_detail(model, files["openvino"], im)
         log.info(f"{colorstr('OpenVINO:')} vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
                  f"scores {d['scores']:.3g}")
-    _summary(files, weights, imgsz, time.time() - t0)
+    _summary(files, weights, imgsz, dynamic, time.time() - t0)
     return files
 
 
@@ -106,16 +106,20 @@ def _timed(label: str, fn, *args, **kwargs) -> Path:
     return file
 
 
-def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], seconds: float) -> None:
-    """Log where results went and a detect/val command to try them."""
+def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], dynamic: bool, seconds: float) -> None:
+    """Log where results went and a detect/val command to try them (val.py takes one square size)."""
     if not files:
         return
     f = next(reversed(files.values()))
-    size = "" if imgsz == [640, 640] else f" --imgsz {' '.join(map(str, imgsz))}"
+    h, w = imgsz
+    size = "" if imgsz == [640, 640] else f" --imgsz {h}" if h == w else f" --imgsz {h} {w}"
+    if h == w or dynamic:
+        check = f"python val.py --weights {f}" + ("" if max(h, w) == 640 else f" --imgsz {max(h, w)}")
+    else:
+        check = "val.py letterboxes to squares: export at one size (--imgsz N) or with --dynamic to validate"
     folder = colorstr("bold", str(weights.parent.resolve()))
     get_logger().info(f"\nExport complete ({seconds:.1f}s)\nResults saved to {folder}"
-                      f"\nDetect:   python detect.py --weights {f}{size}"
-                      f"\nValidate: python val.py --weights {f}{size}")
+                      f"\nDetect:   python detect.py --weights {f}{size}\nValidate: {check}")
 
 
 def main(opt: argparse.Namespace) -> dict[str, Path]:

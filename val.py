@@ -26,6 +26,7 @@ from utils.eval.evaluate import EvalConfig, EvalResult, evaluate, format_table, 
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT, increment_path
 from utils.torch_utils import select_device
+from utils.train.transfer import check_img_size
 
 TASKS = ("train", "val", "test", "speed")
 
@@ -80,6 +81,16 @@ def _check_classes(backend: DetectMultiBackend, data: dict, weights: str, single
                           f" names {data['nc']}; pass the data YAML the model was trained on")
 
 
+def _square_size(backend: DetectMultiBackend, imgsz: int, weights: str) -> int:
+    """The square size val.py letterboxes to: --imgsz rounded up to the stride, or a fixed-size export's own size
+    (ConfigError for a fixed non-square export, which square batches cannot feed)."""
+    if not backend.dynamic and backend.imgsz and backend.imgsz[0] != backend.imgsz[1]:
+        h, w = backend.imgsz
+        raise ConfigError(f"weights {weights}: exported at the fixed size {h}x{w}; val.py letterboxes every image to a "
+                          "square, so validate the .pt, a square export (--imgsz N) or a --dynamic one")
+    return backend.input_size([check_img_size(imgsz, backend.stride, floor=backend.stride)])[0]
+
+
 def _coco_check(result: EvalResult, dataloader, names: dict, save_dir: Path, weights: str) -> None:
     """Write predictions and ground truth as COCO JSON and print pycocotools' mAP next to ours."""
     log = get_logger()
@@ -128,10 +139,10 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine)
         if augment:
             backend.check_augment()
-        data = check_dataset(data)
+        data = check_dataset(data, only=("val" if task == "speed" else task,))  # the split validated, not train
         _check_classes(backend, data, weights, single_cls)
         names, fp16 = data["names"], half
-        imgsz = backend.input_size([imgsz])[0]
+        imgsz = _square_size(backend, imgsz, weights)
         batch_size = batch_size if backend.dynamic else backend.batch
         rect = backend.dynamic  # rectangular batches need a model that accepts any size (.pt, dynamic exports)
         dataloader = _dataloader_for(data, task, imgsz, batch_size, backend.stride, 0.5 if rect else 0.0, rect,

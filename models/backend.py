@@ -231,6 +231,8 @@ class DetectMultiBackend(nn.Module):
 
     def _forward_plain(self, im: torch.Tensor) -> torch.Tensor:
         """One pass of the loaded model or session."""
+        if (self.openvino or self.onnx) and not self.dynamic and self.batch and len(im) != self.batch:
+            return self._forward_fixed_batches(im)
         if self.openvino:
             self._check_fixed_size(im)
             y = self.session(im.detach().cpu().float().numpy())[0]
@@ -244,12 +246,21 @@ class DetectMultiBackend(nn.Module):
             y = y[0]
         return y.float()
 
+    def _forward_fixed_batches(self, im: torch.Tensor) -> torch.Tensor:
+        """A fixed-batch export fed any number of images: runs of its batch, the last one padded with blank images
+        whose rows are dropped (a batch-3 export takes one image from detect.py, or val.py's last partial batch)."""
+        n, b = len(im), self.batch
+        if n % b:
+            im = torch.cat([im, im.new_zeros((b - n % b, *im.shape[1:]))])
+        return torch.cat([self._forward_plain(im[i:i + b]) for i in range(0, len(im), b)])[:n]
+
     def _check_fixed_size(self, im: torch.Tensor) -> None:
-        """ConfigError when a fixed-size export gets another input shape."""
-        if not self.dynamic and tuple(im.shape) != (self.batch, 3, *self.imgsz):
-            raise ConfigError(f"weights {self.weights}: exported for the fixed input shape "
-                              f"{(self.batch, 3, *self.imgsz)}, got {tuple(im.shape)}; feed that shape "
-                              f"(--imgsz {' '.join(map(str, self.imgsz))}) or re-export with --dynamic")
+        """ConfigError when a fixed-size export gets images of another size (or layout)."""
+        if not self.dynamic and tuple(im.shape[1:]) != (3, *self.imgsz):
+            h, w = self.imgsz
+            hint = f"--imgsz {h}" if h == w else f"detect.py --imgsz {h} {w}; val.py needs a square export"
+            raise ConfigError(f"weights {self.weights}: exported for the fixed input size {h}x{w} (3 channels), got "
+                              f"{tuple(im.shape[1:])}; feed that size ({hint}) or re-export with --dynamic")
 
     def _forward_onnx(self, im: torch.Tensor) -> torch.Tensor:
         """onnxruntime inference; a wrong input size on a fixed-size export raises ConfigError.

@@ -83,11 +83,13 @@ class Detect(nn.Module):
         return torch.cat([xy, wh, y[..., 4:], *cls], -1)
 
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cell offsets (1, na, ny, nx, 2) and anchor sizes in pixels (1, na, ny, nx, 2) for level i."""
+        """Cell offsets (1, 1, ny, nx, 2) and anchor sizes in pixels (1, na, 1, 1, 2) for level i, which broadcast
+        against the level's (bs, na, ny, nx, 2): an exported graph keeps a dynamic batch (OpenVINO folds an expanded
+        grid's shape, batch 1 included, into the graph)."""
         d, t = like.device, like.dtype
         yv, xv = torch.meshgrid(_count(ny, d, t), _count(nx, d, t), indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
-        anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
+        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)  # broadcast over batch and anchors, never expanded:
+        anchor_grid = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2)  # a fixed 1 would pin the batch
         return grid, anchor_grid.to(t)
 
 

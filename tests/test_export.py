@@ -226,8 +226,61 @@ def test_openvino_export_parity_metadata_and_backend(tmp_path, kind):
         torch.testing.assert_close(got[..., 5:].sum(-1), torch.ones(got.shape[:2]), atol=1e-4, rtol=0)
     detail = openvino_parity_detail(ref, folder, x)  # what export.py prints: boxes in pixels, scores
     assert set(detail) == {"boxes", "scores"} and detail["boxes"] < 1e-3 and detail["scores"] < 1e-4
-    with pytest.raises(ConfigError, match="fixed input shape"):
+    with pytest.raises(ConfigError, match=r"fixed input size 64x64 .* \(--imgsz 64\)"):
         backend(torch.rand(1, 3, 96, 96))
+
+
+def test_dynamic_openvino_export_takes_any_batch(tmp_path):
+    """A --dynamic IR runs batches of any size (the head's grids broadcast, so no batch of 1 is baked in)."""
+    from models.backend import DetectMultiBackend
+
+    weights = save_checkpoint({"model": tiny_model()}, tmp_path / "dyn.pt")
+    folder = export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"], dynamic=True)["openvino"]
+    backend, x = DetectMultiBackend(folder), torch.rand(3, 3, 64, 96)
+    with torch.no_grad():
+        expected = attempt_load(weights)(x)[0]
+    assert backend.dynamic and (backend(x) - expected).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_a_fixed_batch_export_takes_any_number_of_images(tmp_path, fmt):
+    """A batch-3 export runs 1 or 4 images: runs of 3, the last one padded with blank images that are dropped."""
+    from models.backend import DetectMultiBackend
+
+    weights = save_checkpoint({"model": tiny_model()}, tmp_path / "b3.pt")
+    files = export_cli.run(weights=str(weights), imgsz=[64], batch_size=3, include=[fmt])
+    backend, ref = DetectMultiBackend(files[fmt]), attempt_load(weights)
+    assert backend.batch == 3 and not backend.dynamic
+    for n in (1, 4):
+        x = torch.rand(n, 3, 64, 64)
+        with torch.no_grad():
+            expected = ref(x)[0]
+        got = backend(x)
+        assert got.shape == expected.shape and (got - expected).abs().max() < 1e-3
+
+
+def test_export_summary_prints_commands_that_parse(tmp_path):
+    """The Detect and Validate lines export.py prints are commands detect.py and val.py accept."""
+    import logging
+
+    import detect
+    import val
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = export_cli.get_logger()
+    logger.addHandler(handler)
+    try:
+        export_cli._summary({"onnx": tmp_path / "m.onnx"}, tmp_path / "m.pt", [320, 320], False, 1.0)
+        export_cli._summary({"onnx": tmp_path / "r.onnx"}, tmp_path / "r.pt", [256, 320], False, 1.0)
+    finally:
+        logger.removeHandler(handler)
+    square, rect = (dict(x.split(": ", 1) for x in text.splitlines() if ": " in x) for text in lines)
+    assert square["Validate"].endswith("m.onnx --imgsz 320") and rect["Detect"].endswith("r.onnx --imgsz 256 320")
+    assert val.parse_opt(square["Validate"].split()[2:]).imgsz == 320
+    assert detect.parse_opt(rect["Detect"].split()[2:]).imgsz == [256, 320]
+    assert "--dynamic" in rect["Validate"]  # a fixed non-square export cannot be validated: says what to do
 
 
 def test_openvino_folder_runs_in_detect_and_val(tmp_path):

@@ -91,6 +91,31 @@ def test_missing_split_is_a_clear_error(tiny_data, tmp_path):
         val.run(data=tiny_data["yaml_file"], weights=str(weights), task="test", project=tmp_path, workers=0)
 
 
+def test_a_data_yaml_without_a_train_split_validates(tiny_data, tmp_path):
+    """val.py checks only the split it validates: a YAML whose train folder is gone (or absent) still works."""
+    weights = tiny_checkpoint(tmp_path / "m.pt", nc=6)
+    for train in ("images/missing", None):
+        entry = {"path": str(tiny_data["path"]), "val": "images/val", "names": tiny_data["names"]}
+        f = tmp_path / "val_only.yaml"
+        f.write_text(yaml.safe_dump({**entry, **({"train": train} if train else {})}))
+        metrics, _, _ = val.run(data=str(f), weights=str(weights), imgsz=64, batch_size=4, workers=0,
+                                project=tmp_path, name="vo", exist_ok=True, plots=False)
+        assert len(metrics) == 7
+
+
+def test_imgsz_is_rounded_to_the_stride_and_a_fixed_non_square_export_is_refused(tiny_data, tmp_path):
+    import export
+
+    weights = tiny_checkpoint(tmp_path / "m.pt", nc=6)
+    for size in (0, 50):  # 0 once failed inside OpenCV; both run, at 32 and 64
+        metrics, _, _ = val.run(data=tiny_data["yaml_file"], weights=str(weights), imgsz=size, batch_size=4,
+                                workers=0, project=tmp_path, name="r", exist_ok=True, plots=False)
+        assert len(metrics) == 7
+    onnx_file = export.run(weights=weights, imgsz=[64, 96], include=["onnx"])["onnx"]
+    with pytest.raises(ConfigError, match=r"fixed size 64x96; val.py letterboxes every image to a square"):
+        val.run(data=tiny_data["yaml_file"], weights=str(onnx_file), project=tmp_path, workers=0)
+
+
 def test_class_count_mismatch_is_a_clear_error(tiny_data, tmp_path):
     weights = tiny_checkpoint(tmp_path / "three.pt", nc=3)
     with pytest.raises(ConfigError, match="predict 3 classes but .* names 6"):

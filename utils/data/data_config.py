@@ -10,7 +10,7 @@ A ``generate:`` key marks the built-in procedural dataset (``utils/data/synth.py
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import yaml
 
@@ -136,12 +136,14 @@ def ensure_generated(data: dict, root: Path, source: str, autogenerate: bool) ->
     module.generate(root, **params)
 
 
-def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
+def check_dataset(data: str | Path | dict, autogenerate: bool = True, only: Sequence[str] | None = None) -> dict:
     """Load, validate and resolve a data YAML (path or already-loaded dict).
 
     Returns the data dict with: ``path`` (Path), ``train``/``val`` (resolved str or list of str), ``test`` (same or
     None), ``names`` ({int: str}), ``nc`` (int) and ``yaml_file`` (str, or None for a dict input). Raises
     DatasetError for a missing YAML or split path and ConfigError for a malformed YAML, both naming the file.
+    By default train and val must be given and every split given must exist; ``only`` names the splits whose paths
+    are checked instead (val.py: the one it validates, and its own error when that one is absent).
     """
     if isinstance(data, dict):
         yaml_file = data.get("yaml_file")
@@ -151,7 +153,7 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
         yaml_path = find_data_yaml(data)
         yaml_file, source = str(yaml_path), str(yaml_path)
         data = load_yaml(yaml_path)
-    for key in ("train", "val"):
+    for key in ("train", "val") if only is None else ():  # with only, the caller names a split that is absent
         if not data.get(key):
             raise ConfigError(f"{source}: missing required key '{key}' (a folder, .txt list or list of them)")
     names = normalise_names(data, source)
@@ -161,6 +163,8 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
     out = {**data, "path": root, "names": names, "nc": len(names), "yaml_file": yaml_file}
     for key in SPLITS:
         out[key] = resolve_split(data.get(key), root, source, key)
+        if only is not None and key not in only:
+            continue
         missing = _missing(out[key])
         if missing:
             hint = " (this project never downloads: fetch the data yourself)" if data.get("download") else ""
