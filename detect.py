@@ -72,6 +72,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
     opt = p.parse_args(argv)
+    if len(opt.imgsz) > 2:
+        p.error(f"--imgsz takes one size or two (h w), got {len(opt.imgsz)}: {' '.join(map(str, opt.imgsz))}")
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz
     return opt
 

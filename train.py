@@ -48,7 +48,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noval", action="store_true", help="only validate the final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
-    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", choices=("ram", "disk"), help="image --cache ram/disk")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--cpu-dp", default="auto", metavar="N|auto",

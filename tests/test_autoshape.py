@@ -79,6 +79,20 @@ def test_pandas_print_save_and_crop(weights, tmp_path, capsys):
     assert len(crops) == 3 and all(c["file"].is_file() and c["im"].ndim == 3 for c in crops)
 
 
+def test_tolist_and_show(weights, monkeypatch):
+    from PIL import Image
+
+    model = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local"))
+    results = model([str(f) for f in DEMO], size=320)
+    parts = results.tolist()
+    assert len(parts) == len(DEMO) == 2 and all(len(r) == 1 for r in parts)
+    assert all(torch.equal(r.xyxy[0], results.xyxy[i]) and r.files == [results.files[i]] for i, r in enumerate(parts))
+    shown = []
+    monkeypatch.setattr(Image.Image, "show", lambda im, *a, **k: shown.append(im.size))
+    results.show()
+    assert shown == [(im.shape[1], im.shape[0]) for im in results.ims]
+
+
 def test_settings_classes_and_softmax_models(weights):
     model = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["ce"]), source="local"))
     assert model.class_act == "softmax"
@@ -119,6 +133,8 @@ def test_bad_inputs_are_named(weights, tmp_path):
         model(str(tmp_path / "missing.jpg"))
     with pytest.raises(ConfigError, match="input 0: expected an HWC image array"):
         model(np.zeros((4, 4, 4, 4)))
+    with pytest.raises(ConfigError, match="an empty list"):
+        model([])
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"broken\.pt: cannot be read"):

@@ -47,3 +47,36 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
     assert [p.name for p in runs] == ["exp"]  # only rank 0 made a run folder
     assert (runs[0] / "weights" / "best.pt").is_file()
     assert [row["epoch"] for row in read_results(runs[0] / "results.csv")] == [0]  # written once, by rank 0
+
+
+MAIN_FAILS = """
+import sys
+from utils.errors import ConfigError, SlideYoloError
+from utils.train import dist
+import torch
+
+env = dist.dist_env()
+dist.init_distributed(env, torch.device("cpu"))
+try:
+    with dist.main_first(env):
+        if env.is_main:
+            raise ConfigError("data.yaml: no such split")
+        print(f"rank {env.rank} ran its block")
+except SlideYoloError as e:
+    print(f"rank {env.rank} error: {e}")
+dist.cleanup()
+"""
+
+
+@pytest.mark.slow
+def test_when_the_main_process_fails_first_the_others_stop_with_its_error(tmp_path):
+    script = tmp_path / "main_fails.py"
+    script.write_text(MAIN_FAILS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0 error: data.yaml: no such split" in r.stdout
+    failed = "rank 1: stopped, as the main process failed (ConfigError: data.yaml: no such split)"
+    assert f"rank 1 error: {failed}" in r.stdout
+    assert "ran its block" not in r.stdout and "Traceback" not in r.stderr

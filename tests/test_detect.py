@@ -49,7 +49,7 @@ def counts(det: torch.Tensor) -> dict[int, int]:
     return {int(c): int((det[:, 5] == c).sum()) for c in det[:, 5].unique()}
 
 
-def test_parse_opt_defaults():
+def test_parse_opt_defaults(capsys):
     opt = detect.parse_opt([])
     assert opt.imgsz == [640, 640] and opt.conf_thres == 0.25 and opt.iou_thres == 0.45 and opt.max_det == 1000
     assert opt.line_thickness == 3 and opt.vid_stride == 1 and opt.name == "exp"
@@ -57,6 +57,9 @@ def test_parse_opt_defaults():
     assert opt.project.endswith("runs/detect") and opt.classes is None
     opt = detect.parse_opt(["--imgsz", "320", "480", "--classes", "0", "2", "--save-txt", "--hide-conf"])
     assert opt.imgsz == [320, 480] and opt.classes == [0, 2] and opt.save_txt and opt.hide_conf
+    with pytest.raises(SystemExit):  # argparse's one-line usage error
+        detect.parse_opt(["--imgsz", "128", "128", "128"])
+    assert "--imgsz takes one size or two (h w), got 3" in capsys.readouterr().err
 
 
 def test_missing_default_weights_error(tmp_path, images):

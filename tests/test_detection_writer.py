@@ -41,9 +41,11 @@ def test_writer_writes_video_frames_to_one_mp4(tmp_path):
     w = ResultWriter(tmp_path, NAMES, save_img=True, save_txt=True, save_conf=False, save_csv=False,
                      save_crop=False, line_thickness=1, hide_labels=True, hide_conf=True)
     frame = np.zeros((64, 96, 3), np.uint8)
+    one_box = torch.tensor([[10.0, 20.0, 60.0, 50.0, 0.9, 1.0]])
     for i in range(3):
-        w.write("clips/walk.mp4", frame, torch.zeros(0, 6), "video", i, None, frame)
+        w.write("clips/walk.mp4", frame, one_box if i == 1 else torch.zeros(0, 6), "video", i, None, frame)
     w.close()
     cap = cv2.VideoCapture(str(tmp_path / "walk.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 96
-    assert sorted(f.name for f in (tmp_path / "labels").iterdir()) == ["walk_0.txt", "walk_1.txt", "walk_2.txt"]
+    # one label file per frame with detections, none for empty frames (as YOLOv5)
+    assert [f.name for f in (tmp_path / "labels").iterdir()] == ["walk_1.txt"] and w.n_txt == 1

@@ -206,6 +206,9 @@ def test_intersect_dicts_and_freeze(yolo_n):
     assert frozen and all(int(k.split(".")[1]) < 10 for k in frozen)
     assert freeze_layers(yolo_n, [1, 2]) and all(k.split(".")[1] in "12" for k in freeze_layers(yolo_n, [1, 2]))
     assert freeze_layers(yolo_n, [0]) == [] and all(p.requires_grad for p in yolo_n.parameters())
+    with pytest.raises(ConfigError, match="--freeze 100 freezes every layer of this 25-layer model"):
+        freeze_layers(yolo_n, [100])
+    freeze_layers(yolo_n, [0])
 
 
 def test_img_size_rounding():

@@ -194,6 +194,12 @@ def test_missing_or_corrupt_weights_name_the_file(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt: cannot be read"):
         attempt_load(junk)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(CheckpointError, match=r"tensor.pt: holds a Tensor, not a checkpoint"):
+        attempt_load(tmp_path / "tensor.pt")
+    torch.save({"epoch": 3}, tmp_path / "dict.pt")
+    with pytest.raises(CheckpointError, match=r"dict.pt: no 'model' or 'ema' network inside \(keys: \['epoch'\]\)"):
+        attempt_load(tmp_path / "dict.pt")
 
 
 def test_cli_parser_defaults():

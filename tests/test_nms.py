@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 from utils import nms
+from utils.errors import ConfigError
 from utils.log import get_logger
 from utils.nms import non_max_suppression
 
@@ -122,3 +123,11 @@ def test_first_kept_equals_full_batched_nms(n, max_det):
     full = torchvision.ops.batched_nms(boxes, scores, groups, 0.6)[:max_det]
     assert torch.equal(nms.first_kept(boxes, scores, groups, 0.6, max_det), full)
     assert len(full) == min(max_det, len(torchvision.ops.batched_nms(boxes, scores, groups, 0.6)))
+
+
+def test_thresholds_outside_zero_one_are_a_config_error():
+    p = torch.zeros(1, 4, 7)
+    with pytest.raises(ConfigError, match=r"--conf-thres 2 and --iou-thres 0.45 must each lie in \[0, 1\]"):
+        non_max_suppression(p, conf_thres=2, iou_thres=0.45)
+    with pytest.raises(ConfigError, match="--iou-thres -1"):
+        non_max_suppression(p, iou_thres=-1)

@@ -60,6 +60,9 @@ def test_parse_opt_yolov5_flags():
     assert (opt.imgsz, opt.batch_size, opt.epochs, opt.freeze, opt.cache, opt.resume) == (640, 8, 100, [10], "ram",
                                                                                            True)
     assert train.parse_opt(["--resume", "runs/train/exp/weights/last.pt"]).resume.endswith("last.pt")
+    assert train.parse_opt(["--cache", "disk"]).cache == "disk"
+    with pytest.raises(SystemExit):  # argparse's one-line error, naming the choices
+        train.parse_opt(["--cache", "foo"])
 
 
 def test_defaults_yolov5_on_user_data_cpu_sized_on_builtin_data():
@@ -73,6 +76,8 @@ def test_defaults_yolov5_on_user_data_cpu_sized_on_builtin_data():
     given = train.parse_opt(["--optimizer", "SGD", "--epochs", "3", "--img", "256"])
     train_setup.fill_defaults(given, {"generate": {"name": "shapes"}})
     assert (given.optimizer, given.epochs, given.imgsz) == ("SGD", 3, 256)  # flags given win
+    with pytest.raises(ConfigError, match="--epochs 0: train for at least one epoch"):
+        train_setup.fill_defaults(train.parse_opt(["--epochs", "0"]), {"names": {0: "a"}})
 
 
 def test_dataloader_workers_yield_the_cpu_to_training_unless_told_otherwise():

@@ -50,7 +50,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"weights {path}: cannot be read as a PyTorch checkpoint ({reason})") from e
     if isinstance(ckpt, nn.Module):
         ckpt = {"model": ckpt}
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"weights {path}: holds a {type(ckpt).__name__}, not a checkpoint (a dict with a "
+                              "'model' or 'ema' network)")
+    if not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
         raise CheckpointError(f"weights {path}: no 'model' or 'ema' network inside (keys: {list(ckpt)[:8]})")
     return ckpt
 

@@ -15,6 +15,7 @@ import torch
 
 from utils import tv_ops
 from utils.boxes import xywh2xyxy
+from utils.errors import ConfigError
 from utils.log import get_logger
 
 MAX_NMS_CANDIDATES = 30000  # per image, highest scores first, before batched_nms
@@ -92,7 +93,7 @@ def non_max_suppression(prediction: Union[torch.Tensor, Sequence[torch.Tensor]],
     if isinstance(prediction, (list, tuple)):
         prediction = prediction[0]
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
-        raise ValueError(f"conf_thres {conf_thres} and iou_thres {iou_thres} must lie in [0, 1]")
+        raise ConfigError(f"--conf-thres {conf_thres} and --iou-thres {iou_thres} must each lie in [0, 1]")
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
     multi_label = multi_label and nc > 1 and not exclusive
     limit = 0.5 + 0.05 * bs if time_limit is None else time_limit

@@ -93,6 +93,8 @@ class AutoShape(nn.Module):
             return self._predict(ims.to(self._device()), augment)
         t0 = time.perf_counter()
         items = list(ims) if isinstance(ims, (list, tuple)) else [ims]
+        if not items:
+            raise ConfigError("model(ims): an empty list, no image to detect on")
         loaded = [load_image(x, i) for i, x in enumerate(items)]
         hw = self._size(size)
         batch = np.stack([letterbox(im, hw, auto=False, stride=self.stride)[0] for im, _ in loaded])
@@ -170,6 +172,18 @@ class Detections:
                 ann.box_label(box, f"{name} {conf:.2f}" if labels else "", color=colors(int(cls)))
             out.append(ann.result())
         return out
+
+    def show(self, labels: bool = True) -> None:
+        """Open each annotated image in the system's image viewer (PIL ``Image.show``)."""
+        from PIL import Image
+
+        for im in self.render(labels):
+            Image.fromarray(im).show()
+
+    def tolist(self) -> list[Detections]:
+        """One Detections per image, as upstream's ``results.tolist()``."""
+        return [Detections([im], [p], [f], self.times, self.names, (1, *self.s[1:]))
+                for im, p, f in zip(self.ims, self.pred, self.files)]
 
     def save(self, labels: bool = True, save_dir: str | Path = "runs/detect/exp", exist_ok: bool = False) -> Path:
         """Write the annotated images into save_dir (numbered like runs); returns the folder."""

@@ -70,7 +70,7 @@ class ResultWriter:
         """Save everything requested for one image or frame."""
         p = Path(path)
         stem = p.stem if mode == "image" else f"{safe_name(p.stem or path)}_{frame}"
-        if self.save_txt:
+        if self.save_txt and len(det):  # as YOLOv5: no label file for an image without detections
             self._write_txt(self.save_dir / "labels" / f"{stem}.txt", det, im0.shape)
         if self.save_csv:
             self._write_csv(p.name, frame, det)

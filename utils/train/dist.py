@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from utils.errors import SlideYoloError
 from utils.log import get_logger
 
 
@@ -82,12 +83,26 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def main_first(env: DistEnv) -> Iterator[None]:
-    """Let the main process run the block first (e.g. generate or cache a dataset), the others after it."""
-    if env.distributed and not env.is_main:
-        barrier()
-    yield
-    if env.distributed and env.is_main:
-        barrier()
+    """Let the main process run the block first (e.g. generate or cache a dataset), the others after it.
+
+    The main process tells the others how its block ended; if it raised, they stop with a one-line SlideYoloError
+    naming the main process's error, instead of a broken collective's traceback when it exits.
+    """
+    if not env.distributed:
+        yield
+        return
+    if not env.is_main:
+        failure = broadcast_object(None)
+        if failure:
+            raise SlideYoloError(f"rank {env.rank}: stopped, as the main process failed ({failure})")
+        yield
+        return
+    try:
+        yield
+    except BaseException as e:
+        broadcast_object(f"{type(e).__name__}: {e}")
+        raise
+    broadcast_object(None)
 
 
 def all_true(flag: bool, device: torch.device) -> bool:

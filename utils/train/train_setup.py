@@ -62,6 +62,8 @@ def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
     for key, value in defaults.items():
         if getattr(opt, key) is None:
             setattr(opt, key, value)
+    if opt.epochs < 1:
+        raise ConfigError(f"--epochs {opt.epochs}: train for at least one epoch")
     if opt.batch_size < 1:
         get_logger().warning(f"--batch-size {opt.batch_size}: automatic batch size is not supported, using 16")
         opt.batch_size = 16

@@ -60,6 +60,10 @@ def freeze_layers(model: nn.Module, freeze: list[int] | tuple[int, ...]) -> list
         p.requires_grad_(not name.startswith(prefixes))
         if not p.requires_grad:
             frozen.append(name)
+    if frozen and len(frozen) == len(list(model.parameters())):
+        n = len(getattr(model, "model", []))
+        raise ConfigError(f"--freeze {' '.join(map(str, freeze))} freezes every layer of this {n}-layer model, so "
+                          "nothing would train; freeze fewer (--freeze 10 is the YOLOv5 backbone)")
     if frozen:
         get_logger().info(f"Froze {len(frozen)} parameter tensors in layers {layers}")
     return frozen
