@@ -121,6 +121,8 @@ def resolve_resume(opt: argparse.Namespace) -> argparse.Namespace:
 def main(opt: argparse.Namespace) -> tuple:
     """Resolve --resume and the device, join DDP when launched by torchrun, train; returns the final results."""
     env = dist.dist_env(opt.local_rank)
+    if opt.evolve is not None and opt.evolve < 1:
+        raise ConfigError(f"--evolve {opt.evolve}: give the number of trials to run (at least 1; 300 when left out)")
     if opt.evolve or opt.resume_evolve:
         return run_evolve(opt, env)
     if opt.resume:
@@ -145,9 +147,13 @@ def run_evolve(opt: argparse.Namespace, env: dist.DistEnv):
                           "'train.py --evolve' per machine with the same --evolve-storage URL instead of torchrun")
     if opt.resume:
         raise ConfigError("--evolve and --resume do not combine; use --resume-evolve DIR to continue a search")
-    load_hyp(opt.hyp)  # a bad hyp file is named before anything starts
-    data = check_dataset(opt.data)
-    opt = evolve.prepare(opt, 1 if opt.single_cls else data["nc"])
+
+    def classes(search: argparse.Namespace) -> int:
+        """The search's class count; its hyp file and data are checked before any folder is made."""
+        load_hyp(search.hyp)
+        return 1 if search.single_cls else check_dataset(search.data)["nc"]
+
+    opt = evolve.prepare(opt, classes)  # a resumed search's own options (data, --single-cls), not the command line's
     device = select_device(opt.device)
     return evolve.evolve(opt, lambda trial_opt: run_training(trial_opt, device, env))
 

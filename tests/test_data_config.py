@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from utils.data.data_config import check_dataset, load_yaml
+from utils.data.label_scan import list_image_files
 from utils.errors import ConfigError, DatasetError
 from utils.paths import ROOT
 
@@ -37,6 +38,18 @@ def test_folder_txt_and_list_forms(root):
     assert d["train"] == [str(root / "images/train"), str(root / "extra.txt")]
     assert d["val"] == str(root / "images/val") and d["test"] == str(root / "extra.txt")
     assert d["names"] == {0: "a", 1: "b"} and d["nc"] == 2
+
+
+def test_files_that_are_not_text_are_named(root):
+    binary = root / "binary.yaml"
+    binary.write_bytes(b"path: \xff\xfe")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not a text YAML file \(not UTF-8 at byte 6\)"):
+        check_dataset(binary)
+    (root / "bin.txt").write_bytes(b"images/train/a.jpg\n\xff\xfe\n")
+    with pytest.raises(DatasetError, match=r"bin\.txt: not a text list of image paths"):
+        list_image_files(root / "bin.txt")
+    (root / "bom.txt").write_bytes("\ufeffimages/train/a.jpg\n".encode())
+    assert list_image_files(root / "bom.txt") == [str(root / "images/train/a.jpg")]  # a BOM is not part of a path
 
 
 def test_names_dict_nc_and_missing_test(root):

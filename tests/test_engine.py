@@ -302,6 +302,18 @@ def test_results_csv(tmp_path):
         append_results(f, 2, [0.1], [0.5], [0.1])
 
 
+def test_a_resumed_run_drops_results_rows_after_its_checkpoint(tmp_path):
+    from utils.train.results import keep_results_before
+
+    f = tmp_path / "results.csv"
+    for epoch in (0, 1, 2):  # epoch 2's row was written, then the run stopped before its checkpoint
+        append_results(f, epoch, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7, 0.4, 0.01, 0.02, 0.03], [0.1, 0.001, 0.001])
+    keep_results_before(f, 2)  # resuming at epoch 2
+    append_results(f, 2, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7, 0.4, 0.01, 0.02, 0.03], [0.1, 0.001, 0.001])
+    assert [r["epoch"] for r in read_results(f)] == [0, 1, 2]
+    keep_results_before(tmp_path / "missing.csv", 1)  # no file yet: nothing to do
+
+
 def test_restore_state_roundtrip(tmp_path):
     from utils.train.trainer import restore_state
 

@@ -118,3 +118,48 @@ def test_bad_hyp_and_unreachable_storage_are_clear_errors(tiny_data, tmp_path):
                                     "postgresql://nobody@127.0.0.1:1/none", "--project", str(tmp_path / "t"), *TINY]))
     with pytest.raises(ConfigError, match="no evolve_opt.yaml"):
         train.main(train.parse_opt(["--resume-evolve", str(tmp_path), *TINY]))
+
+
+def test_a_resumed_search_keeps_its_own_data_and_single_cls(tiny_data, tmp_path):
+    train.main(train.parse_opt(["--data", tiny_data, "--single-cls", "--evolve", "1",
+                                "--project", str(tmp_path / "train"), *TINY]))
+    folder = tmp_path / "evolve" / "exp"
+    assert yaml.safe_load((folder / "evolve_opt.yaml").read_text())["nc"] == 1
+    train.main(train.parse_opt(["--resume-evolve", str(folder), *TINY]))  # no --data, no --single-cls given
+    saved = yaml.safe_load((folder / "evolve_opt.yaml").read_text())
+    assert (saved["nc"], saved["single_cls"], saved["data"]) == (1, True, tiny_data)  # not the defaults' 6 classes
+
+
+def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tiny_data, tmp_path):
+    from utils.train import evolve
+    from utils.train.engine import TrainingDivergedError
+
+    opt = evolve.prepare(train.parse_opt(["--data", tiny_data, "--evolve", "2", "--project", str(tmp_path)]),
+                         lambda o: 6)
+    calls = []
+
+    def fake_training(run):
+        calls.append(run.name)
+        if len(calls) == 1:
+            raise TrainingDivergedError("training stopped: non-finite loss at epoch 0 batch 1")
+        return (0.5, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0)
+
+    study = evolve.evolve(opt, fake_training)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert calls == ["trial0", "trial1", "trial2"]
+
+
+def test_evolve_needs_a_positive_trial_count_and_names_the_postgresql_driver(tiny_data, tmp_path, monkeypatch):
+    import importlib.util
+
+    from utils.train.evolve import sqlalchemy_url
+
+    for n in ("0", "-1"):
+        with pytest.raises(ConfigError, match=rf"--evolve {n}: give the number of trials"):
+            train.main(train.parse_opt(["--data", tiny_data, "--evolve", n, "--project", str(tmp_path), *TINY]))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "psycopg" else real(name))
+    assert sqlalchemy_url("postgresql://u:p@db:5432/s") == "postgresql+psycopg2://u:p@db:5432/s"  # psycopg2 only
+    assert sqlalchemy_url("postgresql+psycopg2://u@db/s") == "postgresql+psycopg2://u@db/s"
+    assert sqlalchemy_url("sqlite:////tmp/e.db") == "sqlite:////tmp/e.db"

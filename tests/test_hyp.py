@@ -89,6 +89,15 @@ def test_out_of_range_names_file_key_and_range(tmp_path):
         load_hyp(write_hyp(tmp_path, fl_gamma=-1))
     with pytest.raises(ConfigError, match=r"'lr0' is 'fast', expected a number"):
         load_hyp(write_hyp(tmp_path, lr0="fast"))
+    for bad in (float("nan"), float("inf")):  # YAML's .nan and .inf
+        with pytest.raises(ConfigError, match=rf"'lr0' is {bad}, expected a finite number > 0"):
+            load_hyp(write_hyp(tmp_path, lr0=bad))
+
+
+def test_an_exponent_without_a_dot_is_a_number(tmp_path):
+    f = tmp_path / "adam.yaml"  # YAML 1.1 reads 1e-3 (no dot) as a string; the hyp files' comments write it so
+    f.write_text(write_hyp(tmp_path).read_text().replace("lr0: 0.01", "lr0: 1e-3"))
+    assert "lr0: 1e-3" in f.read_text() and load_hyp(f)["lr0"] == 0.001
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -141,6 +150,10 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("lr0: [0.01\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_hyp(bad)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"lr0: \xff\xfe\x00")
+    with pytest.raises(ConfigError, match="binary.yaml: not valid YAML"):
+        load_hyp(binary)
 
 
 CONTROLS = {  # benchmarks/hyps: a recipe that differs from a shipped one only in its obj and cls gains

@@ -19,7 +19,7 @@ from utils.errors import CheckpointError, ConfigError
 from utils.log import get_logger
 from utils.train import train_setup
 from utils.train.engine import TrainingDivergedError
-from utils.train.results import RESULT_COLUMNS, read_results
+from utils.train.results import RESULT_COLUMNS, append_results, read_results
 
 TINY = {"imgsz": 64, "batch_size": 4, "workers": 0, "seed": 0}
 
@@ -132,7 +132,17 @@ def test_resume_continues_schedule_optimizer_and_ema(tiny_data, tmp_path, monkey
         return out
 
     monkeypatch.setattr(train_setup, "restore_state", spy)
+    # as if the run had logged epoch 1 and been stopped before its checkpoint: the resumed run redoes epoch 1
+    append_results(tmp_path / "cut" / "results.csv", 1, [9.0] * 3, [0.9] * 7, [0.1] * 3)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "cut")) as stale:
+        stale.add_scalar("metrics/mAP_0.5", 0.9, 1)
     train.run(resume=str(last), stop_after=2)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "cut")).Reload().Scalars("metrics/mAP_0.5")]
+    assert steps == [0, 1]  # the stale epoch-1 point purged, not shown twice
     assert restored["updates"] == 3
     assert all(torch.equal(restored["opt"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
                for k, v in restored["ckpt_opt"]["state"].items())

@@ -35,6 +35,14 @@ def img2label_paths(im_files: list[str]) -> list[str]:
     return [str(Path(b.join(f.rsplit(a, 1))).with_suffix(".txt")) for f in im_files]
 
 
+def _text_lines(p: Path) -> list[str]:
+    """The lines of a .txt image list (a UTF-8 byte-order mark dropped); DatasetError naming it if it is not text."""
+    try:
+        return p.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{p}: not a text list of image paths (not UTF-8 at byte {e.start})") from None
+
+
 def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
     """Sorted absolute image paths of a folder (recursive), a .txt list (entries relative to it), a file, or a list."""
     files: list[str] = []
@@ -43,7 +51,7 @@ def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
         if p.is_dir():
             files += [str(f) for f in p.rglob("*.*") if f.suffix[1:].lower() in IMG_FORMATS]
         elif p.is_file() and p.suffix == ".txt":
-            for line in p.read_text().splitlines():
+            for line in _text_lines(p):
                 line = line.strip()
                 if line:
                     entry = Path(line[2:] if line.startswith("./") else line)

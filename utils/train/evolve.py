@@ -23,6 +23,7 @@ import yaml
 
 from utils.errors import ConfigError
 from utils.log import get_logger
+from utils.train.engine import TrainingDivergedError
 from utils.train.hyp import load_hyp, validate_hyp
 
 # YOLOv5's evolve ranges (train.py `meta`), obj on a log scale down to 0.001 so that the weighted-focal and
@@ -71,6 +72,18 @@ def fitness(results: tuple) -> float:
     return 0.1 * float(results[2]) + 0.9 * float(results[3])
 
 
+def sqlalchemy_url(url: str) -> str:
+    """url with the installed PostgreSQL driver named: SQLAlchemy 2 reads a bare postgresql:// as psycopg 3, while
+    requirements.txt installs psycopg2."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def open_study(storage_url: str, seed: int, resume: bool):
     """The study in storage (created if new); on resume, trials left running by a killed process fail and requeue."""
     import optuna
@@ -80,7 +93,7 @@ def open_study(storage_url: str, seed: int, resume: bool):
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
     for attempt in range(STORAGE_ATTEMPTS):  # processes started together race to create the tables: retry
         try:
-            storage = optuna.storages.RDBStorage(storage_url)
+            storage = optuna.storages.RDBStorage(sqlalchemy_url(storage_url))
             study = optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME,
                                         direction="maximize", load_if_exists=True)
             break
@@ -138,9 +151,10 @@ def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
     return save_figure(plt, fig, path, dpi=110)
 
 
-def prepare(opt: argparse.Namespace, nc: int) -> argparse.Namespace:
+def prepare(opt: argparse.Namespace, classes: Callable[[argparse.Namespace], int]) -> argparse.Namespace:
     """The search's options and folder: a new runs/evolve/exp{N}, or the folder of --resume-evolve with its saved
-    options (a new --evolve N still wins); evolve_opt.yaml records them."""
+    options (a new --evolve N still wins); evolve_opt.yaml records them. ``classes(opt)`` gives the class count of
+    those options (checking their hyp file and data), before a new folder is made."""
     from utils.paths import increment_path
 
     if opt.resume_evolve:
@@ -151,7 +165,9 @@ def prepare(opt: argparse.Namespace, nc: int) -> argparse.Namespace:
         given_n = opt.evolve
         opt = argparse.Namespace(**{**vars(opt), **yaml.safe_load(saved.read_text()), "resume_evolve": str(folder)})
         opt.evolve = given_n or opt.evolve
+        nc = classes(opt)
     else:
+        nc = classes(opt)
         project = Path(opt.project).parent / "evolve" if Path(opt.project).name == "train" else Path(opt.project)
         folder = increment_path(project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     opt.save_dir, opt.nc = str(folder), nc
@@ -178,7 +194,11 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
         run = copy.copy(opt)
         run.hyp, run.evolve, run.name = hyp, None, f"trial{trial.number}"
         run.project, run.exist_ok, run.noval, run.nosave, run.noplots = str(save_dir / "trials"), True, True, True, True
-        results = train_fn(run)
+        try:
+            results = train_fn(run)
+        except TrainingDivergedError as e:  # an outcome of these hyperparameters, not a fault of the search
+            get_logger().warning(f"evolve: trial {trial.number} diverged ({e}); recorded as failed")
+            return float("nan")  # Optuna marks the trial FAIL and proposes the next one
         for m, v in zip(("P", "R", "mAP50", "mAP50-95"), results):
             trial.set_user_attr(m, float(v))
         return fitness(results)
@@ -186,13 +206,17 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
     def after(study_: Any, trial: Any) -> None:
         write_outputs(study_, save_dir, base)
         value = f"fitness {trial.value:.4f}" if trial.value is not None else str(trial.state.name).lower()
-        get_logger().info(f"evolve: trial {trial.number} {value}; best so far {study_.best_value:.4f}")
+        done = study_.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        best = f"{study_.best_value:.4f}" if done else "none yet"
+        get_logger().info(f"evolve: trial {trial.number} {value}; best so far {best}")
 
     complete = (optuna.trial.TrialState.COMPLETE,)
     if len(study.get_trials(deepcopy=False, states=complete)) < opt.evolve:
         stop = optuna.study.MaxTrialsCallback(opt.evolve, states=complete)
         study.optimize(objective, callbacks=[stop, after], gc_after_trial=True, show_progress_bar=False)
     write_outputs(study, save_dir, base)
-    get_logger().info(f"evolve: {len(study.trials)} trials in the study; best fitness {study.best_value:.5f}; "
+    done = study.get_trials(deepcopy=False, states=complete)
+    best = f"best fitness {study.best_value:.5f}" if done else "none complete"
+    get_logger().info(f"evolve: {len(study.trials)} trials in the study; {best}; "
                       f"results in {save_dir} (evolve.csv, hyp_evolve.yaml, evolve.png)")
     return study

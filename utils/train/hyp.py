@@ -8,6 +8,8 @@ A hyp file holds YOLOv5's keys (optimizer, loss gains, augmentation) plus this p
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,13 @@ LOSS_KEYS = ("slide_ratio", "fl_gamma", "fl_alpha", "fl_type", "cls_loss_type", 
              "heatmap_alpha", "heatmap_beta", "box_l1")
 
 
+def _yaml_number(value: Any) -> Any:
+    """A float written without a dot in its mantissa ('1e-3'), which YAML 1.1 loads as a string, as that float."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
 def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
     """Return value if it fits key's range or choices; else raise ConfigError naming source and key."""
     where = f"{source}: '{name}'"
@@ -137,8 +146,11 @@ def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
             raise ConfigError(f"{where} is {value!r}, expected {key.allowed()}")
         item = Key(key.help, key.low, key.high, key.low_open, key.high_open)
         return [_check_value(f"{name}[{i}]", item, v, source) for i, v in enumerate(value)]
+    value = _yaml_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} is {value!r}, expected a number {key.allowed()}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} is {value!r}, expected a finite number {key.allowed()}")
     if key.integer and value != int(value):
         raise ConfigError(f"{where} is {value!r}, expected an integer {key.allowed()}")
     too_low = key.low is not None and (value <= key.low if key.low_open else value < key.low)
@@ -181,7 +193,7 @@ def load_hyp(path: str | Path | dict) -> dict:
         looked = ", ".join(map(str, dict.fromkeys(candidates)))
         raise ConfigError(f"hyp file {path}: file not found (looked at {looked})")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"hyp file {p}: not valid YAML ({e})") from e
     return validate_hyp(data, source=f"hyp file {p}")

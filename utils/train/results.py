@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +32,19 @@ def append_results(path: str | Path, epoch: int, train_loss: Sequence[float], va
         row = results_row(epoch, train_loss, val_results, lrs)
         w.writerow([row[0], *(f"{v:.6g}" for v in row[1:])])
     return path
+
+
+def keep_results_before(path: str | Path, epoch: int) -> None:
+    """Drop results.csv rows of epoch and later (atomically): a resumed run redoes them from its checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) < epoch]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 def read_results(path: str | Path) -> list[dict[str, float]]:

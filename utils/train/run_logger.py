@@ -22,7 +22,9 @@ RESULT_IMAGES = ("results.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "
 class TensorBoardLogger:
     """Scalars per epoch and result images at the end, in ``save_dir``; a no-op if tensorboard is missing."""
 
-    def __init__(self, save_dir: str | Path):
+    def __init__(self, save_dir: str | Path, start_epoch: int = 0):
+        """start_epoch > 0 (a resumed run): events of that epoch and later, written before the interruption, are
+        purged, so no epoch appears twice."""
         self.save_dir = Path(save_dir)
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -30,7 +32,7 @@ class TensorBoardLogger:
             get_logger().warning(f"TensorBoard logging off: {e} (pip install tensorboard)")
             self.writer = None
             return
-        self.writer = SummaryWriter(log_dir=str(self.save_dir))
+        self.writer = SummaryWriter(log_dir=str(self.save_dir), purge_step=start_epoch or None)
 
     def epoch(self, epoch: int, train_loss: Sequence[float], val_results: Sequence[float],
               lrs: Sequence[float]) -> None:

@@ -45,6 +45,7 @@ from utils.train.optim import (
     scaled_weight_decay,
     warmup_iterations,
 )
+from utils.train.results import keep_results_before
 from utils.train.run_logger import TensorBoardLogger
 from utils.train.thread_dp import ThreadDataParallel
 from utils.train.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
@@ -322,7 +323,9 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     state.dp = make_cpu_dp(cpu_dp, state, device, env, batch)
     prepare_bn_silu(opt, device)  # after every input check: a bad data YAML fails before any compiling
     ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
-                     tb=TensorBoardLogger(save_dir) if env.is_main else None)
+                     tb=TensorBoardLogger(save_dir, start_epoch) if env.is_main else None)
+    if env.is_main and start_epoch:
+        keep_results_before(save_dir / "results.csv", start_epoch)  # rows written after the last checkpoint
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=amp, amp_dtype=amp_dtype, multi_scale=opt.multi_scale,
                       env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
                       memory_format=training_memory_format(device))
