@@ -40,6 +40,7 @@ from utils.data.data_config import check_dataset  # noqa: E402
 from utils.errors import SlideYoloError  # noqa: E402
 from utils.train.ablation import (  # noqa: E402
     DONE_FILE,
+    RECIPE_FILE,
     AblationRun,
     append_ledger,
     markdown_table,
@@ -148,6 +149,7 @@ def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) ->
     if not run.last_pt.is_file() and run.folder.exists():
         shutil.rmtree(run.folder)  # started but no epoch finished: nothing worth keeping
     run.folder.mkdir(parents=True, exist_ok=True)
+    (run.folder / RECIPE_FILE).write_text(recipe_key(data, extra))
     spent_file, cpu_file = run.folder / "ablation_wall_s.txt", run.folder / "ablation_cpu_s.txt"
     spent, cpu = _seconds(spent_file), _seconds(cpu_file)
     cmd = train_command(run, data, extra)
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         bar.write(f"{runs[i].name} seed {runs[i].seed}: {status}, mAP50 {row['mAP50']:.3f}, "
                   f"mAP50-95 {row['mAP50-95']:.3f} ({seconds:.0f} s)")
 
+    for run in runs:
+        run.check_recipe(recipe)  # a finished or half-done run of other options is never reused under these
     todo = []
     for i, run in enumerate(runs):
         row = run.done() or ledger.get((run.name, run.seed))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, tiny_shapes_yaml
 
+from utils.errors import SlideYoloError
 from utils.train.ablation import (
     AblationRun,
     markdown_table,
@@ -119,6 +120,12 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     size = log.stat().st_size
     again = runner.main(argv)  # everything finished: nothing is trained again
     assert log.stat().st_size == size and again[1]["mAP50"] == recorded["mAP50"]
+    assert (project / "hyp.slide" / "seed0" / "ablation_recipe.txt").read_text().endswith("--epochs 1 --imgsz 64 "
+                                                                                          "--batch-size 4 --workers 0 "
+                                                                                          "--noplots")
+    other = [a if a != "1" else "2" for a in argv]  # --epochs 2: these folders' rows are not its rows
+    with pytest.raises(SlideYoloError, match=r"seed0: started with other options \(--data .* --epochs 1 "):
+        runner.main(other)
 
 
 def test_jobs_share_the_cores_unless_threads_are_set(monkeypatch):
@@ -247,8 +254,6 @@ def test_a_damaged_ledger_is_named(tmp_path):
     runner = load_runner()
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text('{"hyp": "hyp.slide", "seed": 0}\n{not json\n')
-    from utils.errors import SlideYoloError
-
     argv = ["--hyps", "hyp.scratch-low.yaml", "--seeds", "0", "--project", str(tmp_path / "p"), "--ledger", str(ledger)]
     with pytest.raises(SlideYoloError, match=r"ledger.jsonl:2: not a JSON row"):
         runner.main(argv)

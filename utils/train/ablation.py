@@ -16,8 +16,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import SlideYoloError
+
 BASE_COLUMNS = ("hyp", "seed", "P", "R", "mAP50", "mAP50-95")
 DONE_FILE = "ablation_done.json"  # written into a run folder once its train.py run has finished
+RECIPE_FILE = "ablation_recipe.txt"  # the recipe_key a run folder was started with
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,15 @@ class AblationRun:
     def last_pt(self) -> Path:
         """The run's last checkpoint (present once an epoch has finished)."""
         return self.folder / "weights" / "last.pt"
+
+    def check_recipe(self, recipe: str) -> None:
+        """SlideYoloError if this run's folder was started with another recipe (data and train.py options); a folder
+        from before recipes were recorded is taken as it is."""
+        f = self.folder / RECIPE_FILE
+        saved = f.read_text().strip() if f.is_file() else recipe
+        if saved != recipe:
+            raise SlideYoloError(f"{self.folder}: started with other options ({saved}), not ({recipe}); use another "
+                                 "--project, or the options it was started with")
 
     def done(self) -> dict | None:
         """The finished run's row (from its done file), or None if it has not finished."""
