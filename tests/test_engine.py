@@ -191,6 +191,8 @@ def test_scale_loss_gains():
     h = scale_loss_gains(HYP, nl=3, nc=6, imgsz=320, label_smoothing=0.1)
     assert h["box"] == pytest.approx(0.05) and h["cls"] == pytest.approx(0.5 * 6 / 80)
     assert h["obj"] == pytest.approx(0.25) and h["label_smoothing"] == 0.1
+    assert scale_loss_gains({**HYP, "label_smoothing": 0.05}, 3, 6, 320)["label_smoothing"] == 0.05  # the hyp's
+    assert scale_loss_gains(HYP, 3, 6, 320)["label_smoothing"] == 0.0
     h4 = scale_loss_gains(HYP, nl=4, nc=80, imgsz=640)
     assert (h4["box"], h4["cls"], h4["obj"]) == pytest.approx((0.0375, 0.375, 0.75))
     assert HYP["box"] == 0.05  # input untouched

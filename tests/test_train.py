@@ -50,7 +50,7 @@ def test_parse_opt_yolov5_flags():
     opt = train.parse_opt([])
     assert opt.hyp == "data/hyps/hyp.scratch-low.yaml" and opt.data == "data/shapes.yaml" and opt.weights == ""
     assert (opt.optimizer, opt.patience, opt.freeze, opt.save_period, opt.seed) == (None, 100, [0], -1, 0)
-    assert (opt.workers, opt.name, opt.label_smoothing, opt.local_rank) == (8, "exp", 0.0, -1)
+    assert (opt.workers, opt.name, opt.label_smoothing, opt.local_rank) == (8, "exp", None, -1)  # None: the hyp's
     assert Path(opt.project).parts[-2:] == ("runs", "train") and opt.resume is False
     argv = ["--data", "data.yaml", "--cfg", "yolov5s.yaml", "--weights", "", "--hyp", "data/hyps/hyp.slide.yaml",
             "--epochs", "100", "--img", "640", "--batch-size", "8", "--cos-lr", "--freeze", "10", "--rect",
@@ -76,6 +76,8 @@ def test_defaults_yolov5_on_user_data_cpu_sized_on_builtin_data():
     given = train.parse_opt(["--optimizer", "SGD", "--epochs", "3", "--img", "256"])
     train_setup.fill_defaults(given, {"generate": {"name": "shapes"}})
     assert (given.optimizer, given.epochs, given.imgsz) == ("SGD", 3, 256)  # flags given win
+    with pytest.raises(ConfigError, match=r"--label-smoothing: 'label_smoothing' is 1.0, allowed range: \[0, 1\)"):
+        train_setup.setup_run(train.parse_opt(["--label-smoothing", "1.0"]), train_setup.dist.DistEnv())
     with pytest.raises(ConfigError, match="--epochs 0: train for at least one epoch"):
         train_setup.fill_defaults(train.parse_opt(["--epochs", "0"]), {"names": {0: "a"}})
 
@@ -189,6 +191,8 @@ def test_loss_variants(tiny_data, tmp_path, log_lines, hyp, act, extra):
     expected = {"hyp.slide.yaml": ["slide"], "hyp.focal.yaml": ["focal"], "hyp.ce.yaml": ["ce (softmax"],
                 "hyp.slide-focal-ce.yaml": ["slide(ratio=1)", "focal(gamma=1.5", "ce (softmax"]}[hyp]
     assert all(word in desc for word in expected), desc
+    saved = yaml.safe_load((tmp_path / "exp" / "hyp.yaml").read_text())
+    assert saved["label_smoothing"] == extra.get("label_smoothing", 0.0)  # the flag's value is the run's, and saved
     if extra.get("optimizer") == "auto":  # a 3-iteration run: AdamW, and hyp.yaml records the lr it used
         assert any("auto -> 3 iterations" in m for m in log_lines)
         assert yaml.safe_load((tmp_path / "exp" / "hyp.yaml").read_text())["lr0"] == 0.001

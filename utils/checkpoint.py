@@ -7,8 +7,10 @@ i.e. unpickling, which can execute code: load only checkpoints you trust.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -20,10 +22,12 @@ from utils.errors import CheckpointError
 def save_checkpoint(obj: dict, path: str | Path) -> Path:
     """Write obj with torch.save to a temporary file in the same folder, fsync it, then rename over path.
 
-    A crash mid-write leaves the previous file intact, never a truncated one.
+    A crash mid-write leaves the previous file intact, never a truncated one; the temporary file of a writer that was
+    killed (SIGTERM, SIGKILL: no exception to clean up after) is removed by the next successful save of path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -34,6 +38,9 @@ def save_checkpoint(obj: dict, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed save before this one
+        if stale.stat().st_mtime < started:
+            stale.unlink(missing_ok=True)
     return path
 
 

@@ -33,7 +33,7 @@ from utils.train.autoanchor import check_anchors
 from utils.train.distill import Distiller, make_distiller
 from utils.train.ema import ModelEMA
 from utils.train.engine import EpochConfig, TrainState
-from utils.train.hyp import load_hyp
+from utils.train.hyp import load_hyp, validate_hyp
 from utils.train.optim import (
     AUTO,
     OptimizerPlan,
@@ -172,14 +172,16 @@ def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.
     grid = max(int(model.stride.max()), 32)
     imgsz = check_img_size(opt.imgsz, grid, floor=grid * 2)
     model.nc, model.names = nc, names
-    model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz, opt.label_smoothing)
+    model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz)
     return model, ckpt, imgsz, grid
 
 
 def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, ModuleType | None, Path]:
     """Validate hyp and data, fill size defaults, make the run folder -> (hyp, data, val module, run folder)."""
     hyp = load_hyp(opt.hyp)
-    opt.hyp = dict(hyp)  # saved in opt.yaml, so --resume finds the same values
+    if getattr(opt, "label_smoothing", None) is not None:  # the flag wins over the hyp file, checked as a hyp key
+        hyp = validate_hyp({**hyp, "label_smoothing": opt.label_smoothing}, source="--label-smoothing")
+    opt.hyp = dict(hyp)  # saved in opt.yaml (and hyp.yaml), so --resume finds the same values
     val = load_val_module()
     if val is None and not opt.noval:
         raise ConfigError("train: val.py is missing from the project, per-epoch validation needs it "

@@ -69,9 +69,9 @@ def freeze_layers(model: nn.Module, freeze: list[int] | tuple[int, ...]) -> list
     return frozen
 
 
-def scale_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int, label_smoothing: float = 0.0) -> dict:
+def scale_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int, label_smoothing: float | None = None) -> dict:
     """YOLOv5's gain scaling: box (and box_l1) *= 3/nl, cls *= nc/80 * 3/nl, obj *= (imgsz/640)^2 * 3/nl; sets
-    label_smoothing.
+    label_smoothing when given (else keeps the hyp's, 0.0 if it has none).
 
     The hyp files are tuned for 3 levels, 80 classes and 640 pixels. Returns a new dict.
     """
@@ -81,7 +81,7 @@ def scale_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int, label_smoothing: f
     h["box_l1"] = hyp.get("box_l1", 0.0) * per_level
     h["cls"] = hyp["cls"] * nc / 80 * per_level
     h["obj"] = hyp["obj"] * (imgsz / 640) ** 2 * per_level
-    h["label_smoothing"] = label_smoothing
+    h["label_smoothing"] = hyp.get("label_smoothing", 0.0) if label_smoothing is None else label_smoothing
     return h
 
 

@@ -1,0 +1,35 @@
+"""utils/checkpoint.py: atomic saves that never leave a truncated file or, after a killed save, a stray temp file."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from utils.checkpoint import load_checkpoint, save_checkpoint
+
+
+def test_a_failed_save_keeps_the_previous_file_and_no_temp_file(tmp_path):
+    path = save_checkpoint({"model": torch.nn.Linear(2, 2), "epoch": 1}, tmp_path / "last.pt")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint({"model": torch.nn.Linear(2, 2), "epoch": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_the_next_save_removes_a_killed_saves_temp_file(tmp_path):
+    stale = tmp_path / ".best.pt.x1y2z3.tmp"  # what a save killed by SIGTERM leaves (no exception ran)
+    stale.write_bytes(b"half a checkpoint")
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    other = tmp_path / ".last.pt.a1b2.tmp"  # another file's temp is not this save's business
+    other.write_bytes(b"")
+    os.utime(other, (old, old))
+    save_checkpoint({"model": torch.nn.Linear(2, 2)}, tmp_path / "best.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".last.pt.a1b2.tmp", "best.pt"]
