@@ -14,6 +14,7 @@ from PIL import Image
 from utils.data.dataset import LoadImagesAndLabels, create_dataloader
 from utils.data.label_scan import img2label_paths, list_image_files
 from utils.errors import DatasetError, LabelError
+from utils.log import colorstr
 from utils.paths import ROOT
 
 RED = (0, 0, 255)  # BGR
@@ -81,8 +82,9 @@ def test_class_id_out_of_range_names_file_line_and_nc(tmp_path):
 
 def test_no_usable_images_is_a_dataset_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="empty: no images found"):
-        LoadImagesAndLabels(tmp_path / "empty", 64)
+    with pytest.raises(DatasetError, match="empty: no images found") as e:
+        LoadImagesAndLabels(tmp_path / "empty", 64, prefix=colorstr("train: "))
+    assert str(e.value).startswith("train: ") and "\x1b" not in str(e.value)  # the prefix, without colour codes
     with pytest.raises(DatasetError, match="does not exist"):
         LoadImagesAndLabels(tmp_path / "missing", 64)
     (tmp_path / "images/train").mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 LOGGER_NAME = "slideyolo"
 
@@ -26,6 +27,11 @@ _COLOURS = {
     "magenta": "\033[35m", "cyan": "\033[36m", "white": "\033[37m", "bold": "\033[1m", "underline": "\033[4m",
     "end": "\033[0m",
 }
+
+
+def plain(text: str) -> str:
+    """text without ANSI colour codes (a colorstr prefix inside an error message)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def colorstr(*args: str) -> str:
