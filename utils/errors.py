@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from utils.log import plain
+
 
 class SlideYoloError(Exception):
     """Base class of the project's user-facing errors (printed without a traceback by the CLIs)."""
+
+    def __str__(self) -> str:
+        """The message as one plain line: a coloured log prefix inside it (e.g. 'train: ') loses its ANSI codes."""
+        return plain(super().__str__())
 
 
 class ConfigError(SlideYoloError, ValueError):

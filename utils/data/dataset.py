@@ -58,7 +58,7 @@ from utils.data.label_scan import (
 )
 from utils.data.sampling import weighted_sampler
 from utils.errors import ConfigError, DatasetError
-from utils.log import get_logger, plain
+from utils.log import get_logger
 
 
 def rect_batch_shapes(shapes: np.ndarray, batch_size: int, img_size: int, stride: int, pad: float) -> np.ndarray:
@@ -92,11 +92,11 @@ class LoadImagesAndLabels(Dataset):
         self.prefix = prefix
         im_files = list_image_files(path, prefix)
         if not im_files:
-            raise DatasetError(f"{plain(prefix)}{path}: no images found (supported: {', '.join(sorted(IMG_FORMATS))})")
+            raise DatasetError(f"{prefix}{path}: no images found (supported: {', '.join(sorted(IMG_FORMATS))})")
         cache_data, _ = scan_dataset(im_files, img2label_paths(im_files), prefix, source=path)
         self.im_files = [f for f in im_files if f in cache_data["entries"]]
         if not self.im_files:
-            raise DatasetError(f"{plain(prefix)}{path}: no usable images ({len(im_files)} found, all corrupt; "
+            raise DatasetError(f"{prefix}{path}: no usable images ({len(im_files)} found, all corrupt; "
                                f"see the warnings above)")
         self.label_files = img2label_paths(self.im_files)
         self.labels = [cache_data["entries"][f][0].copy() for f in self.im_files]
@@ -131,7 +131,7 @@ class LoadImagesAndLabels(Dataset):
         """Fill the 'ram' cache (resized images) or write 'disk' .npy files; returns the mode in effect."""
         cache = "ram" if cache is True else cache or None
         if cache not in (None, "ram", "disk"):
-            raise ConfigError(f"{plain(self.prefix)}cache must be 'ram', 'disk' or None, got {cache!r}")
+            raise ConfigError(f"{self.prefix}cache must be 'ram', 'disk' or None, got {cache!r}")
         if cache == "disk" and not all(is_writeable(p.parent) for p in set(self.npy_files)):
             get_logger().warning(f"{self.prefix}WARNING: image folder not writeable, caching images in RAM instead")
             cache = "ram"

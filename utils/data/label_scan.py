@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.errors import DatasetError, LabelError
-from utils.log import get_logger, plain
+from utils.log import get_logger
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
 CACHE_VERSION = 1
@@ -59,8 +59,7 @@ def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
         elif p.is_file():
             files.append(str(p))
         else:
-            raise DatasetError(f"{plain(prefix)}{p}: does not exist (expected an image folder, a .txt list or an "
-                               "image)")
+            raise DatasetError(f"{prefix}{p}: does not exist (expected an image folder, a .txt list or an image)")
     return sorted(set(files))
 
 
