@@ -68,6 +68,16 @@ def test_label_checks_and_summary(tmp_path, logs):
     assert all(lb.dtype == np.float32 for lb in ds.labels)
 
 
+def test_a_label_file_saved_with_a_byte_order_mark_keeps_its_first_row(tmp_path, logs):
+    add_image(tmp_path, "bom.png", "\ufeff" + box_row(2) + box_row(1, (0, 0, 10, 10)))  # as Notepad saves UTF-8
+    lb = tmp_path / "labels" / "train" / "latin1.txt"
+    add_image(tmp_path, "latin1.png", "")
+    lb.write_bytes(b"0 0.5 0.5 0.2 0.2 # caf\xe9\n")  # not UTF-8
+    ds = LoadImagesAndLabels(tmp_path / "images/train", img_size=96, prefix="train: ")
+    assert [Path(f).name for f in ds.im_files] == ["bom.png"] and ds.labels[0][:, 0].tolist() == [2, 1]
+    assert "latin1" in "\n".join(logs) and "train: 1 images, 0 backgrounds, 1 corrupt" in "\n".join(logs)
+
+
 def test_class_id_out_of_range_names_file_line_and_nc(tmp_path):
     add_image(tmp_path, "a.png", box_row(0))
     add_image(tmp_path, "cls.png", box_row(1) + "\n" + box_row(5))

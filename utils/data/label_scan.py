@@ -131,10 +131,14 @@ def parse_row(values: list[str], lb_file: str, line: int) -> list[float]:
     return [nums[0]] + [min(max(v, 0.0), 1.0) for v in nums[1:]]
 
 
+def label_lines(lb_file: str | Path) -> list[str]:
+    """The lines of a label file, read as UTF-8 (a byte-order mark that Windows editors put first is dropped)."""
+    return Path(lb_file).read_text(encoding="utf-8-sig").splitlines()
+
+
 def read_labels(lb_file: str) -> tuple[np.ndarray, int]:
     """Parse a label file into unique rows (k, 5) float32 and the number of duplicates dropped."""
-    rows = [parse_row(line.split(), lb_file, i) for i, line in enumerate(Path(lb_file).read_text().splitlines(), 1)
-            if line.strip()]
+    rows = [parse_row(line.split(), lb_file, i) for i, line in enumerate(label_lines(lb_file), 1) if line.strip()]
     lb = np.array(rows, dtype=np.float32).reshape(-1, 5)
     _, first = np.unique(lb, axis=0, return_index=True)
     return lb[np.sort(first)], len(lb) - len(first)
@@ -243,7 +247,7 @@ def check_class_ids(labels: list[np.ndarray], label_files: list[str], nc: int) -
     """LabelError naming file, line, class id and nc for the first label with a class id >= nc."""
     for lb, lb_file in zip(labels, label_files):
         if len(lb) and lb[:, 0].max() >= nc:
-            for i, line in enumerate(Path(lb_file).read_text().splitlines(), 1):
+            for i, line in enumerate(label_lines(lb_file), 1):
                 if line.split() and float(line.split()[0]) >= nc:
                     raise LabelError(f"{lb_file}:{i}: class id {int(float(line.split()[0]))} >= nc {nc} "
                                      f"(valid ids 0..{nc - 1}); fix the label or 'names'/'nc' in the data YAML")

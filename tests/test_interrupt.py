@@ -1,0 +1,39 @@
+"""Ctrl-C during training: the guard that notices it, and the hint that says how to continue."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from utils.checkpoint import save_checkpoint
+from utils.train.interrupt import InterruptGuard, TrainingInterrupted, resume_hint
+
+
+def test_guard_raises_remembers_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGINT)
+    with InterruptGuard() as guard:
+        guard.check()  # nothing requested yet
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler before the next bytecode
+        assert guard.requested
+        with pytest.raises(KeyboardInterrupt):  # as when the first KeyboardInterrupt was swallowed by a callback
+            guard.check()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_training_interrupted_is_a_keyboard_interrupt():
+    assert issubclass(TrainingInterrupted, KeyboardInterrupt)  # code catching Ctrl-C (Optuna's, ours) still does
+
+
+def test_resume_hint_names_the_checkpoint_and_the_command(tmp_path):
+    assert "no resumable checkpoint" in resume_hint(tmp_path)
+    save_checkpoint({"epoch": 3, "optimizer": {"state": {}}, "model": torch.nn.Linear(1, 1)}, tmp_path / "last.pt")
+    hint = resume_hint(tmp_path)
+    assert "epoch 3" in hint and f"python train.py --resume {tmp_path / 'last.pt'}" in hint
+    save_checkpoint({"epoch": -1, "optimizer": None}, tmp_path / "last.pt")  # a finished (stripped) run
+    assert "no resumable checkpoint" in resume_hint(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    assert "no resumable checkpoint" in resume_hint(tmp_path)

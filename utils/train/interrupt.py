@@ -1,0 +1,65 @@
+"""Ctrl-C during training: stop at once, keep the last checkpoint, and say how to continue.
+
+A Ctrl-C reaches every process of the terminal's group: this one and its dataloader workers. The workers ignore it
+(``utils.data.dataset.seed_worker``), so they are shut down by this process instead of dying mid-batch (which made
+PyTorch report "DataLoader worker exited unexpectedly"). Python may swallow the KeyboardInterrupt when the signal
+lands inside a garbage-collector callback ("Exception ignored in ..."); ``InterruptGuard`` also remembers it, and
+the epoch loop calls ``check()`` each batch, so training still stops. ``TrainingInterrupted`` carries the one-line
+hint the command-line scripts print.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from utils.checkpoint import is_resumable, load_checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; str(e) says what was kept and the command that continues it."""
+
+
+class InterruptGuard:
+    """While active (``with InterruptGuard() as g``), SIGINT raises KeyboardInterrupt and sets ``g.requested``."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> InterruptGuard:
+        """Install the handler (only possible, and only needed, in the main thread)."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Restore the handler that was there before."""
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        """The SIGINT handler: remember the request, then interrupt whatever runs."""
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C came (also when its first KeyboardInterrupt was swallowed)."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+def resume_hint(weights_dir: Path) -> str:
+    """What an interrupted run kept in weights_dir and the command that continues it."""
+    last = Path(weights_dir) / "last.pt"
+    try:
+        ckpt = load_checkpoint(last) if last.is_file() else None
+    except Exception:  # noqa: BLE001 - a file we cannot read is reported as no checkpoint, the hint must not fail
+        ckpt = None
+    if not ckpt or not is_resumable(ckpt):
+        return (f"no resumable checkpoint in {weights_dir} (interrupted before the first epoch ended, or run with "
+                "--nosave); start the run again")
+    return f"{last} holds epoch {int(ckpt['epoch'])}; continue with: python train.py --resume {last}"
