@@ -33,6 +33,7 @@ from utils.deploy.detection_writer import ResultWriter, describe
 from utils.deploy.ort_engine import ENGINES
 from utils.deploy.sources import load_source
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
+from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
 from utils.nms import non_max_suppression
 from utils.paths import ROOT, increment_path
@@ -76,15 +77,6 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--imgsz takes one size or two (h w), got {len(opt.imgsz)}: {' '.join(map(str, opt.imgsz))}")
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz
     return opt
-
-
-def check_img_size(imgsz: Sequence[int], stride: int) -> list[int]:
-    """Round each size up to a multiple of stride, warning when it changes."""
-    imgsz = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
-    new = [max(int(np.ceil(s / stride)) * stride, stride) for s in imgsz]
-    if new != imgsz:
-        get_logger().warning(f"WARNING --imgsz {imgsz} must be a multiple of stride {stride}, using {new}")
-    return new
 
 
 def _show(window: str, im: np.ndarray) -> bool:
@@ -139,7 +131,7 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
     backend = _load_backend(weights, device, half, data, engine)
     if augment:
         backend.check_augment()
-    imgsz = backend.input_size(check_img_size(imgsz, backend.stride))
+    imgsz = backend.input_size(check_img_size(imgsz, backend.stride, floor=backend.stride))
     dataset = load_source(source, imgsz, backend.stride, auto=backend.dynamic, vid_stride=vid_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     writer = ResultWriter(save_dir, backend.names, not nosave, save_txt, save_conf, save_csv, save_crop,

@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import is_resumable, load_checkpoint
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
+from utils.log import get_logger
 from utils.paths import ROOT
 from utils.torch_utils import select_device
 from utils.train import dist
 from utils.train.hyp import load_hyp
+from utils.train.interrupt import TrainingInterrupted
 from utils.train.optim import AUTO, OPTIMIZERS
 from utils.train.train_setup import DEFAULT_CFG, TEST_HOOKS, run_training
 
@@ -95,11 +97,25 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def latest_last_pt(project: str | Path) -> Path:
-    """The most recently written last.pt under project (CheckpointError when there is none)."""
-    found = sorted(Path(project).glob("**/last.pt"), key=lambda f: f.stat().st_mtime)
+    """The most recently written last.pt under project that can be resumed: finished runs' (stripped) are passed
+    over. CheckpointError when there is none."""
+    found = sorted(Path(project).glob("**/last.pt"), key=lambda f: f.stat().st_mtime, reverse=True)
     if not found:
         raise CheckpointError(f"--resume: no last.pt found under {project}; pass the path of one")
-    return found[-1]
+    finished = []
+    for last in found:
+        try:
+            if is_resumable(load_checkpoint(last)):
+                if finished:
+                    get_logger().info(f"--resume: {last} is the newest interrupted run ({finished[0]} has finished)")
+                return last
+            finished.append(last)
+        except CheckpointError:  # an unreadable file is not the run to continue
+            continue
+    if not finished:
+        raise CheckpointError(f"--resume: no last.pt under {project} can be read; pass the path of one")
+    raise CheckpointError(f"--resume: every last.pt under {project} is of a finished run (the newest: {finished[0]}); "
+                          f"start a new run, with --weights {finished[0]} to fine-tune from it")
 
 
 def resolve_resume(opt: argparse.Namespace) -> argparse.Namespace:
@@ -156,7 +172,11 @@ def run_evolve(opt: argparse.Namespace, env: dist.DistEnv):
 
     opt = evolve.prepare(opt, classes)  # a resumed search's own options (data, --single-cls), not the command line's
     device = select_device(opt.device)
-    return evolve.evolve(opt, lambda trial_opt: run_training(trial_opt, device, env))
+    try:
+        return evolve.evolve(opt, lambda trial_opt: run_training(trial_opt, device, env))
+    except KeyboardInterrupt:  # the study keeps every finished trial; the interrupted one is recorded as failed
+        raise TrainingInterrupted(f"the search's finished trials are kept in {opt.save_dir}; continue with: "
+                                  f"python train.py --resume-evolve {opt.save_dir}") from None
 
 
 def run(**kwargs) -> tuple:
@@ -183,5 +203,6 @@ if __name__ == "__main__":
     except SlideYoloError as e:
         print(f"train.py: error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C; a TrainingInterrupted says how to continue
+        print(f"train.py: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
         sys.exit(130)

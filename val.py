@@ -23,10 +23,10 @@ from utils.deploy.ort_engine import ENGINES
 from utils.errors import ConfigError, DatasetError, SlideYoloError
 from utils.eval.coco import coco_evaluate, save_json, yolo_to_coco_gt
 from utils.eval.evaluate import EvalConfig, EvalResult, evaluate, format_table, write_per_class_csv
+from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT, increment_path
 from utils.torch_utils import select_device
-from utils.train.transfer import check_img_size
 
 TASKS = ("train", "val", "test", "speed")
 

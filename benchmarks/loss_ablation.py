@@ -165,6 +165,8 @@ def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) ->
     finally:
         spent_file.write_text(f"{spent + time.time() - t0:.1f}")
         cpu_file.write_text(f"{cpu + used:.1f}")
+    if rc in (130, -2):  # train.py stopped by Ctrl-C (which reached this process too)
+        raise KeyboardInterrupt
     if rc != 0:
         raise SystemExit(f"loss_ablation: {run.name} seed {run.seed} failed (exit {rc}); see {run.folder}/train.log")
 
@@ -249,3 +251,7 @@ if __name__ == "__main__":
     except SlideYoloError as e:  # a bad hyp or data file: one line that names it, no traceback
         print(f"loss_ablation.py: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("loss_ablation.py: interrupted; finished runs are kept and an interrupted one continues from its "
+              "last.pt: run the same command again", file=sys.stderr)
+        sys.exit(130)

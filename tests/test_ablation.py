@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import re
+import sys
 
 import cv2
 import pytest
@@ -165,6 +166,15 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     run.last_pt.parent.mkdir(parents=True)
     run.last_pt.write_bytes(b"checkpoint")
     assert runner.train_command(run, "data.yaml", ["--epochs", "5"])[-2:] == ["--resume", str(run.last_pt)]
+
+
+def test_a_run_stopped_by_ctrl_c_stops_the_ablation_as_interrupted(tmp_path, monkeypatch):
+    runner = load_runner()
+    run = AblationRun("hyp.slide.yaml", 0, tmp_path)
+    monkeypatch.setattr(runner, "train_command", lambda *a: [sys.executable, "-c", "raise SystemExit(130)"])
+    with pytest.raises(KeyboardInterrupt):  # train.py's exit status for Ctrl-C, not "failed (exit 130)"
+        runner.train(run, "data.yaml", [], runner.job_env(1))
+    assert (run.folder / "ablation_wall_s.txt").is_file()  # the time spent so far is kept
 
 
 def test_a_bad_hyp_file_fails_before_any_run(tmp_path):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
 import torch
 
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import deferred_sigint, load_checkpoint, save_checkpoint
 
 
 def test_a_failed_save_keeps_the_previous_file_and_no_temp_file(tmp_path):
@@ -33,3 +34,28 @@ def test_the_next_save_removes_a_killed_saves_temp_file(tmp_path):
     os.utime(other, (old, old))
     save_checkpoint({"model": torch.nn.Linear(2, 2)}, tmp_path / "best.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".last.pt.a1b2.tmp", "best.pt"]
+
+
+class _PressesCtrlC:
+    """Pickles as 0, sending this process a SIGINT while torch.save writes it (a Ctrl-C mid-save)."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return int, (0,)
+
+
+def test_a_ctrl_c_during_a_save_takes_effect_once_the_file_is_complete(tmp_path):
+    path = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt):  # not torch's "unexpected pos" RuntimeError from a half-written zip
+        save_checkpoint({"model": torch.nn.Linear(2, 2), "epoch": 3, "flag": _PressesCtrlC()}, path)
+    assert load_checkpoint(path)["epoch"] == 3 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is back
+
+
+def test_deferred_sigint_holds_a_ctrl_c_until_the_block_ends():
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("after the signal")
+    assert steps == ["after the signal"]

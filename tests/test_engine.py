@@ -39,7 +39,7 @@ from utils.train.optim import (
     warmup_iterations,
 )
 from utils.train.results import RESULT_COLUMNS, append_results, read_results
-from utils.train.transfer import check_img_size, freeze_layers, intersect_dicts, scale_loss_gains
+from utils.train.transfer import freeze_layers, intersect_dicts, scale_loss_gains
 
 HYP = {"lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "warmup_epochs": 3.0,
        "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "box": 0.05, "cls": 0.5, "obj": 1.0}
@@ -213,10 +213,6 @@ def test_intersect_dicts_and_freeze(yolo_n):
     freeze_layers(yolo_n, [0])
 
 
-def test_img_size_rounding():
-    assert check_img_size(320, 32) == 320 and check_img_size(300, 32) == 320 and check_img_size(10, 32, 64) == 64
-
-
 def test_multi_scale():
     rng = random.Random(0)
     sizes = {multi_scale_size(320, 32, rng) for _ in range(200)}
@@ -290,6 +286,20 @@ def test_train_one_epoch_nan_raises_before_backward():
     assert state.ema.updates == 1  # one step at ni 0 (ni 1 accumulates); the NaN batch never reached backward
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_ctrl_c_whose_keyboard_interrupt_was_swallowed_stops_the_epoch_at_the_next_batch():
+    from utils.train.interrupt import InterruptGuard
+
+    loss = _Loss()
+    guard = InterruptGuard()
+    cfg = EpochConfig(epochs=1, imgsz=32, device=torch.device("cpu"), grid=8, interrupt=guard)
+    train_one_epoch(_state(Tiny(), loss), list(_fake_loader(2)), 0, cfg)
+    assert loss.calls == 2
+    guard.requested = True  # what the SIGINT handler sets before raising
+    with pytest.raises(KeyboardInterrupt):
+        train_one_epoch(_state(Tiny(), loss), list(_fake_loader(2)), 0, cfg)
+    assert loss.calls == 2  # no further batch trained
 
 
 def test_results_csv(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import subprocess
@@ -163,3 +164,25 @@ def test_evolve_needs_a_positive_trial_count_and_names_the_postgresql_driver(tin
     assert sqlalchemy_url("postgresql://u:p@db:5432/s") == "postgresql+psycopg2://u:p@db:5432/s"  # psycopg2 only
     assert sqlalchemy_url("postgresql+psycopg2://u@db/s") == "postgresql+psycopg2://u@db/s"
     assert sqlalchemy_url("sqlite:////tmp/e.db") == "sqlite:////tmp/e.db"
+
+
+def test_a_ctrl_c_mid_trial_stops_the_search_and_its_values_run_again_on_resume(tmp_path):
+    from utils.train.evolve import evolve
+
+    opt = argparse.Namespace(save_dir=str(tmp_path), hyp="data/hyps/hyp.scratch-low.yaml", nc=1, evolve=2,
+                             evolve_storage="", seed=0, resume_evolve=None)
+    tried = []
+
+    def train_fn(run: argparse.Namespace) -> tuple:
+        tried.append(run.hyp)
+        if len(tried) == 1:
+            raise KeyboardInterrupt  # Ctrl-C during the first trial
+        return 0.5, 0.5, 0.4, 0.2
+
+    with pytest.raises(KeyboardInterrupt):
+        evolve(opt, train_fn)
+    assert len(tried) == 1  # no further trial started
+    opt.resume_evolve = str(tmp_path)
+    study = evolve(opt, train_fn)
+    assert tried[1] == tried[0]  # the interrupted values ran first
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from copy import deepcopy
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import yaml
 from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, tiny_shapes_yaml
 
 import train
-from utils.checkpoint import attempt_load, load_checkpoint
+from utils.checkpoint import attempt_load, load_checkpoint, save_checkpoint
 from utils.errors import CheckpointError, ConfigError
 from utils.log import get_logger
 from utils.train import train_setup
@@ -140,6 +143,7 @@ def test_resume_continues_schedule_optimizer_and_ema(tiny_data, tmp_path, monkey
 
     with SummaryWriter(str(tmp_path / "cut")) as stale:
         stale.add_scalar("metrics/mAP_0.5", 0.9, 1)
+    time.sleep(1.1)  # event files are read in name order, which has whole seconds: the stale one comes first
     train.run(resume=str(last), stop_after=2)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -163,6 +167,36 @@ def test_resume_continues_schedule_optimizer_and_ema(tiny_data, tmp_path, monkey
     assert load_checkpoint(last)["optimizer"] is None  # finished runs are stripped
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train.run(resume=str(last))
+
+
+def test_a_hyp_that_cannot_train_the_classes_is_refused_naming_the_file_before_any_folder(tiny_data, tmp_path):
+    ce = ROOT / "data" / "hyps" / "hyp.ce.yaml"
+    with pytest.raises(ConfigError, match=rf"hyp file {ce}: 'cls_loss_type' ce needs at least 2 classes .* has 1"):
+        _run(tiny_data, tmp_path, hyp=str(ce), single_cls=True)
+    counted = tmp_path / "counted.yaml"
+    counted.write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "data/hyps/hyp.scratch-low.yaml").read_text()),
+                                       "cls_weights": "inverse", "cls_weights_values": [1.0, 2.0]}))
+    with pytest.raises(ConfigError, match=rf"hyp file {counted}: 'cls_weights_values' has 2 values.* has 6 classes"):
+        _run(tiny_data, tmp_path, hyp=str(counted))
+    assert list(tmp_path.iterdir()) == [counted]  # no run folder made
+
+
+def test_resume_without_a_path_takes_the_newest_interrupted_run_not_a_finished_one(tmp_path):
+    def write(run: str, epoch: int, optimizer: dict | None, when: float) -> Path:
+        last = save_checkpoint({"model": torch.nn.Linear(1, 1), "epoch": epoch, "optimizer": optimizer},
+                               tmp_path / run / "weights" / "last.pt")
+        os.utime(last, (when, when))
+        return last
+
+    now = time.time()
+    interrupted = write("exp", 4, {"state": {}}, now - 30)
+    write("exp2", -1, None, now - 20)  # finished later: stripped
+    (tmp_path / "exp3" / "weights").mkdir(parents=True)
+    (tmp_path / "exp3" / "weights" / "last.pt").write_bytes(b"killed while copying")  # newest, unreadable
+    assert train.latest_last_pt(tmp_path) == interrupted
+    newest = write("exp", -1, None, now - 10)  # that run finished too
+    with pytest.raises(CheckpointError, match=rf"every last.pt under .* finished run .*--weights {newest}"):
+        train.latest_last_pt(tmp_path)
 
 
 @pytest.mark.slow
@@ -221,6 +255,35 @@ def test_cli_error_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error:") and "missing.yaml" in last
+
+
+def _interrupt_after_first_checkpoint(cmd: list[str], last: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run cmd in its own process group and press Ctrl-C (SIGINT to the whole group, dataloader workers included)
+    once last exists; returns the finished process with its output."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_data, tmp_path):
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    r = _interrupt_after_first_checkpoint(
+        [sys.executable, "train.py", "--data", tiny_data, "--imgsz", "64", "--batch-size", "2", "--workers", "2",
+         "--epochs", "300", "--noval", "--noplots", "--project", str(tmp_path)], last)
+    assert r.returncode == 130, r.stdout[-3000:]
+    assert "Traceback" not in r.stdout and "exited unexpectedly" not in r.stdout
+    message = r.stdout.strip().splitlines()[-1]
+    assert message.startswith("train.py: interrupted; ") and f"python train.py --resume {last}" in message
+    epoch = load_checkpoint(last)["epoch"]
+    assert f"holds epoch {epoch};" in message
+    train.run(resume=str(last), stop_after=epoch + 2)  # the command it names continues the run
+    assert load_checkpoint(last)["epoch"] == epoch + 1
 
 
 def test_error_line_unwraps_dataloader_worker_errors():

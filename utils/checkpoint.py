@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -19,25 +24,47 @@ from torch import nn
 from utils.errors import CheckpointError
 
 
+@contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it to the previous handler when the block
+    ends. In the main thread only (the one Python runs signal handlers in); elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[tuple[int, FrameType | None]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(*held[0])  # Python's default handler, or train.py's guard: raises KeyboardInterrupt
+        elif held and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> Path:
     """Write obj with torch.save to a temporary file in the same folder, fsync it, then rename over path.
 
     A crash mid-write leaves the previous file intact, never a truncated one; the temporary file of a writer that was
-    killed (SIGTERM, SIGKILL: no exception to clean up after) is removed by the next successful save of path.
+    killed (SIGTERM, SIGKILL: no exception to clean up after) is removed by the next successful save of path. A
+    Ctrl-C during the write takes effect once the file is complete (an interrupted torch.save raises a RuntimeError
+    from its zip writer instead of the KeyboardInterrupt).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with deferred_sigint():
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed save before this one
         if stale.stat().st_mtime < started:
             stale.unlink(missing_ok=True)
@@ -80,6 +107,11 @@ def attempt_load(weights: str | Path, device: str | torch.device = "cpu", fuse: 
     if fuse and hasattr(model, "fuse"):
         model.fuse()
     return model.to(device).eval()
+
+
+def is_resumable(ckpt: dict) -> bool:
+    """True for the last.pt of an unfinished run: it keeps its optimizer and epoch (``strip_optimizer`` drops both)."""
+    return ckpt.get("optimizer") is not None and int(ckpt.get("epoch", -1)) >= 0
 
 
 def strip_optimizer(path: str | Path) -> Path:

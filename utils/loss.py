@@ -51,7 +51,7 @@ from utils.loss_terms import (
     smooth_bce_targets,
 )
 from utils.torch_utils import de_parallel
-from utils.train.hyp import SCHEMA, validate_hyp
+from utils.train.hyp import SCHEMA, check_hyp_for_classes, validate_hyp
 
 
 def box_l1_loss(pxy: torch.Tensor, pwh: torch.Tensor, txy: torch.Tensor, twh: torch.Tensor,
@@ -123,9 +123,7 @@ class ComputeLoss:
         self.nc, self.na, self.nl = det.nc, det.na, det.nl
         self.anchors = det.anchors  # (nl, na, 2) in grid units
         self.device = next(m.parameters()).device
-        if h["cls_loss_type"] == "ce" and self.nc < 2:
-            raise ConfigError("hyp 'cls_loss_type': ce needs at least 2 classes (with nc=1 the softmax "
-                              "cross-entropy is identically zero); use bce for single-class data")
+        check_hyp_for_classes(h, self.nc, source="model.hyp")
         self.balance = level_balance(self.nl)
         self.ssi = list(det.stride).index(16) if autobalance else 0
         self.autobalance, self.gr = autobalance, 1.0
@@ -144,8 +142,6 @@ class ComputeLoss:
         if values is None:
             raise ConfigError(f"hyp 'cls_weights': {h['cls_weights']} needs 'cls_weights_values' (one weight per "
                               "class); train.py computes them from the training labels")
-        if len(values) != self.nc:
-            raise ConfigError(f"hyp 'cls_weights_values' has {len(values)} values, the model has {self.nc} classes")
         return torch.tensor(values, dtype=torch.float32, device=self.device)
 
     def state_dict(self) -> dict:

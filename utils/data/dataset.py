@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 from functools import partial
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -243,7 +244,9 @@ class LoadImagesAndLabels(Dataset):
 
 def seed_worker(worker_id: int, nice: int = 0) -> None:
     """Seed numpy and random in a dataloader worker from its torch seed (reproducible augmentation); with nice > 0,
-    lower the worker's scheduling priority by that much (``os.nice``; where the OS has none, the worker runs as is)."""
+    lower the worker's scheduling priority by that much (``os.nice``; where the OS has none, the worker runs as is).
+    The worker ignores Ctrl-C: the main process stops it (see utils/train/interrupt.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

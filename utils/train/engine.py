@@ -27,6 +27,7 @@ from utils.train.optim import Warmup
 
 if TYPE_CHECKING:
     from utils.train.distill import Distiller
+    from utils.train.interrupt import InterruptGuard
     from utils.train.thread_dp import ThreadDataParallel
 
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
@@ -70,6 +71,7 @@ class EpochConfig:
     save_dir: Path | None = None  # where train_batch{0,1,2}.jpg go (None: no plots)
     names: dict | None = None
     memory_format: torch.memory_format = torch.contiguous_format  # of the model's weights; batches are converted
+    interrupt: InterruptGuard | None = None  # checked each batch: a Ctrl-C whose KeyboardInterrupt was swallowed
 
 
 def multi_scale_size(imgsz: int, grid: int, rng: random.Random) -> int:
@@ -186,6 +188,8 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
     in_parts = state.dp is not None and not cfg.multi_scale  # each part converts its own images in its thread
     part = partial(_part_forward_loss if in_parts else _forward_loss, cfg=cfg)
     for i, (imgs, targets, paths, _) in bar:
+        if cfg.interrupt is not None:
+            cfg.interrupt.check()
         ni = i + nb * epoch  # iterations since the start of training
         if not in_parts:
             imgs = to_float_images(imgs, cfg.device, cfg.memory_format)

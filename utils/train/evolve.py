@@ -199,22 +199,32 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
         except TrainingDivergedError as e:  # an outcome of these hyperparameters, not a fault of the search
             get_logger().warning(f"evolve: trial {trial.number} diverged ({e}); recorded as failed")
             return float("nan")  # Optuna marks the trial FAIL and proposes the next one
+        except KeyboardInterrupt:  # Ctrl-C: as for a killed process, the trial's values run again on resume
+            study.enqueue_trial(trial.params)
+            interrupted.append(trial.number)
+            study.stop()
+            return float("nan")
         for m, v in zip(("P", "R", "mAP50", "mAP50-95"), results):
             trial.set_user_attr(m, float(v))
         return fitness(results)
 
     def after(study_: Any, trial: Any) -> None:
         write_outputs(study_, save_dir, base)
+        if trial.number in interrupted:
+            get_logger().info(f"evolve: trial {trial.number} was interrupted; queued again for --resume-evolve")
+            return
         value = f"fitness {trial.value:.4f}" if trial.value is not None else str(trial.state.name).lower()
         done = study_.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         best = f"{study_.best_value:.4f}" if done else "none yet"
         get_logger().info(f"evolve: trial {trial.number} {value}; best so far {best}")
 
-    complete = (optuna.trial.TrialState.COMPLETE,)
+    complete, interrupted = (optuna.trial.TrialState.COMPLETE,), []
     if len(study.get_trials(deepcopy=False, states=complete)) < opt.evolve:
         stop = optuna.study.MaxTrialsCallback(opt.evolve, states=complete)
         study.optimize(objective, callbacks=[stop, after], gc_after_trial=True, show_progress_bar=False)
     write_outputs(study, save_dir, base)
+    if interrupted:
+        raise KeyboardInterrupt
     done = study.get_trials(deepcopy=False, states=complete)
     best = f"best fitness {study.best_value:.5f}" if done else "none complete"
     get_logger().info(f"evolve: {len(study.trials)} trials in the study; {best}; "

@@ -197,3 +197,15 @@ def load_hyp(path: str | Path | dict) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"hyp file {p}: not valid YAML ({e})") from e
     return validate_hyp(data, source=f"hyp file {p}")
+
+
+def check_hyp_for_classes(hyp: dict, nc: int, source: str = "hyp") -> None:
+    """ConfigError naming source when hyp cannot train nc classes: ce with one class, or cls_weights_values that do
+    not give one weight per class."""
+    if hyp.get("cls_loss_type") == "ce" and nc < 2:
+        raise ConfigError(f"{source}: 'cls_loss_type' ce needs at least 2 classes and this run has {nc} (single-class "
+                          "data or --single-cls), where softmax cross-entropy is identically zero; use bce")
+    values = hyp.get("cls_weights_values")
+    if values is not None and len(values) != nc:
+        raise ConfigError(f"{source}: 'cls_weights_values' has {len(values)} values, one per class is needed and "
+                          f"this run has {nc} classes")

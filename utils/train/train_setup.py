@@ -23,6 +23,7 @@ from models import bn_silu
 from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
 from utils.errors import ConfigError
+from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
 from utils.loss import ComputeLoss, describe_loss
 from utils.loss_terms import class_balance_weights, class_counts
@@ -33,7 +34,8 @@ from utils.train.autoanchor import check_anchors
 from utils.train.distill import Distiller, make_distiller
 from utils.train.ema import ModelEMA
 from utils.train.engine import EpochConfig, TrainState
-from utils.train.hyp import load_hyp, validate_hyp
+from utils.train.hyp import check_hyp_for_classes, load_hyp, validate_hyp
+from utils.train.interrupt import InterruptGuard, TrainingInterrupted, resume_hint
 from utils.train.optim import (
     AUTO,
     OptimizerPlan,
@@ -49,7 +51,7 @@ from utils.train.results import keep_results_before
 from utils.train.run_logger import TensorBoardLogger
 from utils.train.thread_dp import ThreadDataParallel
 from utils.train.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
-from utils.train.transfer import build_model, check_img_size, freeze_layers, scale_loss_gains
+from utils.train.transfer import build_model, freeze_layers, scale_loss_gains
 
 DEFAULTS = {"epochs": 100, "batch_size": 16, "imgsz": 640, "optimizer": "SGD"}  # YOLOv5's
 BUILTIN_DEFAULTS = {"epochs": 40, "batch_size": 16, "imgsz": 320, "optimizer": AUTO}  # built-in data, 2 CPU cores
@@ -178,7 +180,7 @@ def prepare_model(opt: argparse.Namespace, hyp: dict, data: dict, device: torch.
 
 def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, ModuleType | None, Path]:
     """Validate hyp and data, fill size defaults, make the run folder -> (hyp, data, val module, run folder)."""
-    hyp = load_hyp(opt.hyp)
+    hyp, source = load_hyp(opt.hyp), f"hyp file {opt.hyp}" if isinstance(opt.hyp, (str, Path)) else "hyp"
     if getattr(opt, "label_smoothing", None) is not None:  # the flag wins over the hyp file, checked as a hyp key
         hyp = validate_hyp({**hyp, "label_smoothing": opt.label_smoothing}, source="--label-smoothing")
     opt.hyp = dict(hyp)  # saved in opt.yaml (and hyp.yaml), so --resume finds the same values
@@ -188,6 +190,7 @@ def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, M
                           "(train with --noval to skip validation)")
     with dist.main_first(env):
         data = check_dataset(opt.data)
+    check_hyp_for_classes(hyp, 1 if opt.single_cls else int(data["nc"]), source)  # before any scan or folder
     fill_defaults(opt, data)
     if opt.batch_size % env.world_size:
         raise ConfigError(f"--batch-size {opt.batch_size} must be a multiple of the {env.world_size} DDP processes")
@@ -330,16 +333,21 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
         keep_results_before(save_dir / "results.csv", start_epoch)  # rows written after the last checkpoint
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=amp, amp_dtype=amp_dtype, multi_scale=opt.multi_scale,
                       env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
-                      memory_format=training_memory_format(device))
+                      memory_format=training_memory_format(device), interrupt=InterruptGuard())
     get_logger().info(f"Image sizes {imgsz} train, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
                       f"workers\nLogging results to {colorstr('bold', str(save_dir))} (TensorBoard: tensorboard "
                       f"--logdir {save_dir.parent})\nStarting training for "
                       f"{opt.epochs} epochs...")
-    try:
-        results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
-    finally:
-        if state.dp is not None:
-            state.dp.close()
+    with cfg.interrupt:
+        try:
+            results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
+        except BaseException as e:  # Ctrl-C (or what it broke on its way): last.pt is whole, saves are atomic
+            if isinstance(e, KeyboardInterrupt) or cfg.interrupt.requested:
+                raise TrainingInterrupted(resume_hint(ctx.weights_dir) if env.is_main else "") from None
+            raise
+        finally:
+            if state.dp is not None:
+                state.dp.close()
     if opt.weights_hash:
         print(f"weights-hash rank {env.rank}: {parameters_hash(state.model)}", flush=True)
     interrupted = opt.stop_after is not None and last_epoch + 1 < opt.epochs

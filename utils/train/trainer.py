@@ -21,7 +21,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import WeightedRandomSampler
 
-from utils.checkpoint import attempt_load, save_checkpoint, strip_optimizer
+from utils.checkpoint import attempt_load, is_resumable, save_checkpoint, strip_optimizer
 from utils.data.sampling import update_sampler
 from utils.errors import CheckpointError
 from utils.eval.metrics import fitness
@@ -127,7 +127,7 @@ def save_epoch(state: TrainState, ctx: RunContext, epoch: int, best_fitness: flo
 def restore_state(ckpt: dict, state: TrainState, scheduler: LambdaLR, weights: str, epochs: int) -> tuple[int, float]:
     """Load optimizer, EMA, schedule position and best fitness from a last.pt; return (start_epoch, best_fitness)."""
     start_epoch = int(ckpt.get("epoch", -1)) + 1
-    if start_epoch <= 0 or ckpt.get("optimizer") is None:
+    if not is_resumable(ckpt):
         raise CheckpointError(f"--resume {weights}: this run has finished (its optimizer was stripped), nothing to "
                               "resume; start a new run with --weights to fine-tune from it")
     if start_epoch >= epochs:

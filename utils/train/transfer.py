@@ -3,7 +3,6 @@ and the YOLOv5 scaling of loss gains to the model's levels, classes and image si
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -83,11 +82,3 @@ def scale_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int, label_smoothing: f
     h["obj"] = hyp["obj"] * (imgsz / 640) ** 2 * per_level
     h["label_smoothing"] = hyp.get("label_smoothing", 0.0) if label_smoothing is None else label_smoothing
     return h
-
-
-def check_img_size(imgsz: int, grid: int, floor: int = 0) -> int:
-    """imgsz rounded up to a multiple of grid (the largest stride), with a warning when it changes."""
-    new = max(math.ceil(imgsz / grid) * grid, floor)
-    if new != imgsz:
-        get_logger().warning(f"--imgsz {imgsz} must be a multiple of the max stride {grid}, using {new}")
-    return new
