@@ -38,6 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 from utils.data.data_config import check_dataset  # noqa: E402
 from utils.errors import SlideYoloError  # noqa: E402
+from utils.paths import write_atomic  # noqa: E402
 from utils.train.ablation import (  # noqa: E402
     DONE_FILE,
     RECIPE_FILE,
@@ -107,7 +108,7 @@ def execute(run: AblationRun, data: str, extra: list[str], env: dict[str, str] |
     row = {"hyp": run.name, "seed": run.seed, **read_run_metrics(run.folder),
            "wall_s": _seconds(run.folder / "ablation_wall_s.txt"), "cpu_s": _seconds(run.folder / "ablation_cpu_s.txt"),
            "threads": env.get("OMP_NUM_THREADS", "default"), "cpu": cpu_model(), "commit": code_commit()}
-    (run.folder / DONE_FILE).write_text(json.dumps(row, indent=1))
+    write_atomic(run.folder / DONE_FILE, json.dumps(row, indent=1))
     return row
 
 
@@ -149,7 +150,7 @@ def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) ->
     if not run.last_pt.is_file() and run.folder.exists():
         shutil.rmtree(run.folder)  # started but no epoch finished: nothing worth keeping
     run.folder.mkdir(parents=True, exist_ok=True)
-    (run.folder / RECIPE_FILE).write_text(recipe_key(data, extra))
+    write_atomic(run.folder / RECIPE_FILE, recipe_key(data, extra))
     spent_file, cpu_file = run.folder / "ablation_wall_s.txt", run.folder / "ablation_cpu_s.txt"
     spent, cpu = _seconds(spent_file), _seconds(cpu_file)
     cmd = train_command(run, data, extra)
@@ -163,8 +164,8 @@ def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) ->
             proc.returncode = rc = os.waitstatus_to_exitcode(status)
             used = usage.ru_utime + usage.ru_stime
     finally:
-        spent_file.write_text(f"{spent + time.time() - t0:.1f}")
-        cpu_file.write_text(f"{cpu + used:.1f}")
+        write_atomic(spent_file, f"{spent + time.time() - t0:.1f}")
+        write_atomic(cpu_file, f"{cpu + used:.1f}")
     if rc in (130, -2):  # train.py stopped by Ctrl-C (which reached this process too)
         raise KeyboardInterrupt
     if rc != 0:
@@ -175,8 +176,8 @@ def write_outputs(rows: list[dict], project: Path) -> None:
     """ablation.csv, ablation.md, ablation.png and ablation.json (the rows as recorded) from the finished runs."""
     project.mkdir(parents=True, exist_ok=True)
     write_csv(rows, project / "ablation.csv")
-    (project / "ablation.json").write_text(json.dumps(rows, indent=1))
-    (project / "ablation.md").write_text(markdown_table(rows))
+    write_atomic(project / "ablation.json", json.dumps(rows, indent=1))
+    write_atomic(project / "ablation.md", markdown_table(rows))
     plot_ablation(rows, project / "ablation.png")
 
 

@@ -4,9 +4,10 @@ or pooled over several files (``--pool``), and summarised as medians, ranges and
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
+
+from utils.paths import write_atomic
 
 Times = dict[str, dict[str, dict[str, list]]]  # command -> epochs (str) -> side -> [(wall s, peak MiB) per round]
 
@@ -38,9 +39,7 @@ def save_rounds(path: Path | None, config: dict, times: Times, counts: dict[str,
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"config": config, "counts": counts, "times": times}, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"config": config, "counts": counts, "times": times}, indent=1))
 
 
 def summary_rows(times: Times, counts: dict[str, int]) -> list[dict]:

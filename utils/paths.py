@@ -1,7 +1,9 @@
-"""Filesystem helpers: project root, run-folder numbering."""
+"""Filesystem helpers: project root, run-folder numbering, atomic writes."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (holds train.py)
@@ -33,3 +35,20 @@ def project_candidates(path: str | Path, *dirs: str) -> list[Path]:
     if p.is_absolute():
         return [p]
     return [p, ROOT / p] + [ROOT / d / p.name for d in dirs]
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write data (text as UTF-8) to a temporary file beside path, fsync it and rename it over path: a reader, or a
+    resume after a kill mid-write, finds the old file or the new one, never part of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from utils.errors import DatasetError, LabelError
 from utils.log import get_logger
+from utils.paths import write_atomic
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"}
 CACHE_VERSION = 1
@@ -194,10 +195,7 @@ def save_cache(cache_path: Path, cache: dict, prefix: str = "") -> None:
         why = "is not writeable" if cache_path.parent.exists() else "does not exist (no label files)"
         get_logger().warning(f"{prefix}WARNING: cache not saved, {cache_path.parent} {why}")
         return
-    tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(cache, f)
-    os.replace(tmp, cache_path)
+    write_atomic(cache_path, pickle.dumps(cache))
     get_logger().info(f"{prefix}New cache created: {cache_path}")
 
 

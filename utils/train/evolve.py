@@ -23,6 +23,7 @@ import yaml
 
 from utils.errors import ConfigError
 from utils.log import get_logger
+from utils.paths import write_atomic
 from utils.train.engine import TrainingDivergedError
 from utils.train.hyp import load_hyp, validate_hyp
 
@@ -123,11 +124,11 @@ def write_outputs(study: Any, save_dir: Path, base_hyp: dict) -> None:
     for t in sorted(done, key=lambda t: t.number):
         vals = [t.user_attrs.get(m, "") for m in metrics] + [t.params.get(k, "") for k in keys]
         lines.append(",".join(str(x) for x in [t.number, f"{t.value:.5f}", *vals]))
-    (save_dir / "evolve.csv").write_text("\n".join(lines) + "\n")
+    write_atomic(save_dir / "evolve.csv", "\n".join(lines) + "\n")
     best = max(done, key=lambda t: t.value)
     hyp = validate_hyp({**base_hyp, **best.params}, source="evolve")
     header = f"# Best of {len(done)} trials: trial {best.number}, fitness {best.value:.5f}\n"
-    (save_dir / "hyp_evolve.yaml").write_text(header + yaml.safe_dump(hyp, sort_keys=False))
+    write_atomic(save_dir / "hyp_evolve.yaml", header + yaml.safe_dump(hyp, sort_keys=False))
     plot_evolve(done, keys, save_dir / "evolve.png")
 
 
@@ -172,7 +173,7 @@ def prepare(opt: argparse.Namespace, classes: Callable[[argparse.Namespace], int
         folder = increment_path(project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     opt.save_dir, opt.nc = str(folder), nc
     keep = {k: v for k, v in vars(opt).items() if k not in ("stop_after", "weights_hash", "resume_evolve")}
-    (folder / "evolve_opt.yaml").write_text(yaml.safe_dump(keep, sort_keys=False))
+    write_atomic(folder / "evolve_opt.yaml", yaml.safe_dump(keep, sort_keys=False))  # --resume-evolve reads it
     return opt
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Sequence
+
+from utils.paths import write_atomic
 
 RESULT_COLUMNS = ("epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
                   "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
@@ -42,9 +43,7 @@ def keep_results_before(path: str | Path, epoch: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) < epoch]
     if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(kept))
 
 
 def read_results(path: str | Path) -> list[dict[str, float]]:

@@ -27,7 +27,7 @@ from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
 from utils.loss import ComputeLoss, describe_loss
 from utils.loss_terms import class_balance_weights, class_counts
-from utils.paths import increment_path
+from utils.paths import increment_path, write_atomic
 from utils.torch_utils import training_autocast, training_memory_format
 from utils.train import dist
 from utils.train.autoanchor import check_anchors
@@ -93,9 +93,9 @@ def prepare_save_dir(opt: argparse.Namespace, env: dist.DistEnv) -> Path:
 
 def save_run_config(save_dir: Path, opt: argparse.Namespace, hyp: dict) -> None:
     """Write hyp.yaml and opt.yaml (the resolved options, hyp included) into the run folder."""
-    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
+    write_atomic(save_dir / "hyp.yaml", yaml.safe_dump(hyp, sort_keys=False))
     saved = {k: v for k, v in vars(opt).items() if k not in TEST_HOOKS}
-    (save_dir / "opt.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    write_atomic(save_dir / "opt.yaml", yaml.safe_dump(saved, sort_keys=False))  # --resume reads it
 
 
 def init_seeds(seed: int) -> None:

@@ -1,0 +1,27 @@
+"""utils/paths.py: run-folder numbering and atomic writes of the files a resume reads."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from utils.paths import increment_path, write_atomic
+
+
+def test_increment_path_numbers_run_folders(tmp_path):
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp"
+    (tmp_path / "exp").mkdir()
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp2"
+    assert increment_path(tmp_path / "exp", exist_ok=True) == tmp_path / "exp"
+
+
+def test_write_atomic_writes_text_and_bytes_and_a_failed_write_keeps_the_old_file(tmp_path):
+    opt = write_atomic(tmp_path / "opt.yaml", "epochs: 3\nname: café\n")
+    assert opt.read_text(encoding="utf-8") == "epochs: 3\nname: café\n"
+    cache = write_atomic(tmp_path / "train.cache", pickle.dumps({"version": 1}))
+    assert pickle.loads(cache.read_bytes()) == {"version": 1}
+    with pytest.raises(TypeError):
+        write_atomic(opt, 12)  # neither text nor bytes: fails while writing the temporary file
+    assert opt.read_text(encoding="utf-8").startswith("epochs: 3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yaml", "train.cache"]  # no temporary file left
