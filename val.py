@@ -77,8 +77,9 @@ def _dataloader_for(data: dict, task: str, imgsz: int, batch_size: int, stride: 
 def _check_classes(backend: DetectMultiBackend, data: dict, weights: str, single_cls: bool) -> None:
     """A model trained on nc classes must be validated on a dataset of nc names."""
     if backend.nc and not single_cls and backend.nc != data["nc"]:
+        hint = " (a model trained with --single-cls: validate with --single-cls too)" if backend.nc == 1 else ""
         raise ConfigError(f"weights {weights} predict {backend.nc} classes but {data.get('yaml_file') or 'the data'}"
-                          f" names {data['nc']}; pass the data YAML the model was trained on")
+                          f" names {data['nc']}; pass the data YAML the model was trained on{hint}")
 
 
 def _square_size(backend: DetectMultiBackend, imgsz: int, weights: str) -> int:

@@ -60,6 +60,22 @@ def test_names_dict_nc_and_missing_test(root):
     assert d["names"] == {0: "class0", 1: "class1", 2: "class2"}
 
 
+def test_an_absent_test_split_is_checked_only_when_validated_on(root):
+    f = _write(root / "rf.yaml", {"path": str(root), "train": "images/train", "val": "images/val",
+                                  "test": "images/test", "names": ["a"]})  # as exported without a test split
+    assert check_dataset(f)["test"].endswith("images/test")  # train.py's check: train and val
+    with pytest.raises(DatasetError, match=r"rf\.yaml: 'test' path not found: .*images/test"):
+        check_dataset(f, only=("test",))  # val.py --task test
+
+
+def test_hidden_files_and_folders_are_not_images(root):
+    hidden = root / "images" / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    (hidden / "a-checkpoint.jpg").write_bytes(b"")  # a notebook's copy
+    (root / "images" / "train" / "._a.jpg").write_bytes(b"")  # macOS metadata beside a.jpg
+    assert [Path(f).name for f in list_image_files(root / "images" / "train")] == ["a.jpg"]
+
+
 def test_nc_mismatch_names_the_file(root):
     f = _write(root / "bad.yaml", {"path": str(root), "train": "images/train", "val": "images/val",
                                    "names": ["a", "b"], "nc": 3})

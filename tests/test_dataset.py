@@ -13,7 +13,7 @@ from PIL import Image
 
 from utils.data.dataset import LoadImagesAndLabels, create_dataloader
 from utils.data.label_scan import img2label_paths, list_image_files
-from utils.errors import DatasetError, LabelError
+from utils.errors import ConfigError, DatasetError, LabelError
 from utils.log import colorstr
 from utils.paths import ROOT
 
@@ -235,6 +235,30 @@ def test_image_cache_modes_give_same_items(tmp_path, logs):
     finally:
         os.chmod(tmp_path / "images/train", 0o755)
     assert fallback.cache == "ram" and any("caching images in RAM" in m for m in logs)
+
+
+def test_a_disk_cache_follows_an_image_replaced_since(tmp_path):
+    im_file = add_image(tmp_path, "a.png", box_row(0), hw=(64, 96))
+    LoadImagesAndLabels(tmp_path / "images/train", 96, cache="disk")
+    add_image(tmp_path, "a.png", box_row(0), hw=(48, 80))  # the user replaces the picture
+    old = os.stat(tmp_path / "images/train/a.npy").st_mtime - 60
+    os.utime(im_file, (old, old))  # even with an older time (cp -p, an archive), it differs from the cached one
+    ds = LoadImagesAndLabels(tmp_path / "images/train", 96, cache="disk")
+    assert ds.load_image(0)[1] == (48, 80) and np.load(tmp_path / "images/train/a.npy").shape == (48, 80, 3)
+
+
+def test_rect_batches_and_image_weights_do_not_combine(tmp_path):
+    add_image(tmp_path, "a.png", box_row(0))
+    with pytest.raises(ConfigError, match="--rect and --image-weights do not combine"):
+        create_dataloader(tmp_path / "images/train", 64, 2, 32, rect=True, image_weights=True, workers=0)
+
+
+def test_a_split_without_any_label_says_where_labels_are_looked_for(tmp_path, logs):
+    add_image(tmp_path, "a.png", None)
+    (tmp_path / "Labels" / "train").mkdir(parents=True)  # labels beside, in a folder the layout does not use
+    LoadImagesAndLabels(tmp_path / "images/train", 64, prefix="train: ")
+    assert any("no labels found, every image is a background" in m and str(tmp_path / "labels/train/a.txt") in m
+               for m in logs)
 
 
 def test_distributed_sampler(tmp_path):

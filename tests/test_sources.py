@@ -67,6 +67,20 @@ def test_glob_and_txt_list(images, tmp_path):
     assert len(expand_source([images / "a.jpg", str(images / "*.png")])) == 2
 
 
+def test_paths_with_brackets_are_paths_hidden_files_are_skipped_and_a_list_may_start_with_a_bom(images, tmp_path):
+    dated = tmp_path / "photos [2024]"
+    images.rename(dated)
+    (dated / "._a.jpg").write_bytes(b"macOS metadata")
+    assert [p.rsplit("/", 1)[-1] for p in expand_source(dated)] == ["a.jpg", "b.png", "broken.jpg", "notes.md"]
+    single = dated / "photo[1].jpg"
+    (dated / "a.jpg").rename(single)
+    assert expand_source(single) == [str(single)]  # not read as a glob pattern
+    assert expand_source(str(tmp_path / "photos ?2024?" / "*.png")) == [str(dated / "b.png")]  # a pattern still is
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + f"{single}\r\n".encode())  # as Notepad saves it
+    assert expand_source(listing) == [str(single)]
+
+
 def test_missing_and_empty_sources(tmp_path):
     with pytest.raises(DatasetError, match="nowhere.jpg"):
         LoadImages(tmp_path / "nowhere.jpg")

@@ -191,3 +191,14 @@ def test_tta_on_coco128_matches_upstream_yolov5(tmp_path):
                                                batch_size=32, project=tmp_path, workers=2, plots=False, augment=True)
     assert p == pytest.approx(0.635, abs=0.005) and r == pytest.approx(0.510, abs=0.01)
     assert map50 == pytest.approx(0.541, abs=0.003) and map5095 == pytest.approx(0.364, abs=0.002)
+
+
+def test_a_single_class_model_on_its_multi_class_data_is_told_about_single_cls():
+    from types import SimpleNamespace
+
+    data = {"nc": 3, "yaml_file": "masks.yaml"}
+    with pytest.raises(ConfigError, match=r"predict 1 classes but masks.yaml names 3; .*validate with --single-cls"):
+        val._check_classes(SimpleNamespace(nc=1), data, "sc.pt", single_cls=False)
+    val._check_classes(SimpleNamespace(nc=1), data, "sc.pt", single_cls=True)
+    with pytest.raises(ConfigError, match=r"trained on$"):  # other counts: the data YAML is the likely mistake
+        val._check_classes(SimpleNamespace(nc=2), data, "two.pt", single_cls=False)

@@ -144,8 +144,9 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True, only: Sequ
     Returns the data dict with: ``path`` (Path), ``train``/``val`` (resolved str or list of str), ``test`` (same or
     None), ``names`` ({int: str}), ``nc`` (int) and ``yaml_file`` (str, or None for a dict input). Raises
     DatasetError for a missing YAML or split path and ConfigError for a malformed YAML, both naming the file.
-    By default train and val must be given and every split given must exist; ``only`` names the splits whose paths
-    are checked instead (val.py: the one it validates, and its own error when that one is absent).
+    By default train and val must be given and exist (an optional ``test`` path is checked only when it is used:
+    ``val.py --task test``); ``only`` names the splits whose paths are checked instead (val.py: the one it
+    validates, and its own error when that one is absent).
     """
     if isinstance(data, dict):
         yaml_file = data.get("yaml_file")
@@ -165,7 +166,7 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True, only: Sequ
     out = {**data, "path": root, "names": names, "nc": len(names), "yaml_file": yaml_file}
     for key in SPLITS:
         out[key] = resolve_split(data.get(key), root, source, key)
-        if only is not None and key not in only:
+        if key not in (only or ("train", "val")):  # train.py never reads 'test': a YAML naming an absent one trains
             continue
         missing = _missing(out[key])
         if missing:

@@ -21,6 +21,7 @@ image and label files (list, sizes and modification times) are unchanged. Read-o
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -60,6 +61,7 @@ from utils.data.label_scan import (
 from utils.data.sampling import weighted_sampler
 from utils.errors import ConfigError, DatasetError
 from utils.log import get_logger
+from utils.paths import write_atomic
 
 
 def rect_batch_shapes(shapes: np.ndarray, batch_size: int, img_size: int, stride: int, pad: float) -> np.ndarray:
@@ -152,15 +154,19 @@ class LoadImagesAndLabels(Dataset):
         return cache
 
     def _save_npy(self, i: int) -> int:
-        """Write the original image i as .npy beside it (once); returns its size in bytes."""
-        f = self.npy_files[i]
-        if not f.exists():
-            np.save(f, self._read(i))
+        """Write the original image i as .npy beside it, atomically, unless one from this very image file is there
+        (the .npy carries the image's modification time: an image replaced since is read again); returns its size."""
+        f, mtime = self.npy_files[i], os.stat(self.im_files[i]).st_mtime_ns
+        if not f.exists() or f.stat().st_mtime_ns != mtime:
+            buf = io.BytesIO()
+            np.save(buf, self._read(i, fresh=True))
+            write_atomic(f, buf.getvalue())
+            os.utime(f, ns=(mtime, mtime))
         return f.stat().st_size
 
-    def _read(self, i: int) -> np.ndarray:
-        """Original BGR image i (EXIF orientation applied by cv2), from .npy when disk-cached."""
-        if self.cache == "disk" and self.npy_files[i].exists():
+    def _read(self, i: int, fresh: bool = False) -> np.ndarray:
+        """Original BGR image i (EXIF orientation applied by cv2), from .npy when disk-cached (unless fresh)."""
+        if self.cache == "disk" and not fresh and self.npy_files[i].exists():
             return np.load(self.npy_files[i])
         im = cv2.imread(self.im_files[i], cv2.IMREAD_COLOR)
         if im is None:
@@ -272,6 +278,9 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     """
     if image_weights and rank != -1:
         raise ConfigError("--image-weights is not supported with DDP (one process per device); train without it")
+    if rect and image_weights:
+        raise ConfigError("--rect and --image-weights do not combine: rect batches hold images of one shape, while "
+                          "weighted sampling draws images from every batch; train with one of them")
     if rect and shuffle:
         get_logger().warning(f"{prefix}WARNING: rect batches need a fixed order, shuffle disabled")
         shuffle = False

@@ -44,13 +44,20 @@ def _text_lines(p: Path) -> list[str]:
         raise DatasetError(f"{p}: not a text list of image paths (not UTF-8 at byte {e.start})") from None
 
 
+def _visible_images(folder: Path) -> list[str]:
+    """Image files under folder, recursively, leaving out hidden ones and hidden folders (``.ipynb_checkpoints``
+    copies, macOS ``._x.jpg`` files), as a shell's ``**/*.*`` glob does."""
+    return [str(f) for f in folder.rglob("*.*") if f.suffix[1:].lower() in IMG_FORMATS
+            and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+
+
 def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
     """Sorted absolute image paths of a folder (recursive), a .txt list (entries relative to it), a file, or a list."""
     files: list[str] = []
     for p in path if isinstance(path, (list, tuple)) else [path]:
         p = Path(os.path.abspath(Path(p).expanduser()))
         if p.is_dir():
-            files += [str(f) for f in p.rglob("*.*") if f.suffix[1:].lower() in IMG_FORMATS]
+            files += _visible_images(p)
         elif p.is_file() and p.suffix == ".txt":
             for line in _text_lines(p):
                 line = line.strip()
@@ -238,6 +245,10 @@ def scan_dataset(im_files: list[str], label_files: list[str], prefix: str = "",
     if len(cache["msgs"]) > MAX_WARNINGS:
         log.warning(f"{prefix}WARNING: ... and {len(cache['msgs']) - MAX_WARNINGS} more files with problems")
     log.info(prefix + ", ".join(f"{v} {k}" for k, v in cache["stats"].items()))
+    stats = cache["stats"]
+    if stats["images"] and stats["backgrounds"] == stats["images"]:
+        log.warning(f"{prefix}WARNING: no labels found, every image is a background: the label of {im_files[0]} "
+                    f"is looked for at {label_files[0]} (the last 'images' folder in the path becomes 'labels')")
     return cache, cache_path
 
 

@@ -50,7 +50,7 @@ def prepare_image(im0: np.ndarray, img_size: Union[int, Sequence[int]], stride: 
 def _read_list(txt: Path) -> list[str]:
     """Paths listed one per line in a .txt file; relative ones resolve against the list's folder."""
     out = []
-    for line in txt.read_text().splitlines():
+    for line in txt.read_text(encoding="utf-8-sig").splitlines():  # a byte-order mark (Windows editors) dropped
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line).expanduser()
@@ -61,7 +61,9 @@ def _read_list(txt: Path) -> list[str]:
 def expand_source(source: Union[str, Path, Sequence[Union[str, Path]]]) -> list[str]:
     """Resolve a source (file, folder, glob, .txt list, or a list of these) to a sorted list of file paths.
 
-    A missing path raises DatasetError naming it. Folders contribute their files (not recursive); globs may use **.
+    A missing path raises DatasetError naming it. Folders contribute their files (not recursive; hidden files, such
+    as macOS's ``._x.jpg``, left out); globs may use **. A path that exists is taken as it is, even with ``[`` or ``?``
+    in its name.
     """
     if isinstance(source, (list, tuple)):
         return [f for s in source for f in expand_source(s)]
@@ -69,13 +71,13 @@ def expand_source(source: Union[str, Path, Sequence[Union[str, Path]]]) -> list[
     if text.lower().startswith(STREAM_PREFIXES):
         raise DatasetError(f"source {text}: URLs of files are not downloaded; save the file locally and pass its path")
     p = Path(text).expanduser()
-    if any(c in text for c in "*?["):
+    if not p.exists() and any(c in text for c in "*?["):
         files = sorted(glob.glob(str(p), recursive=True))
         if not files:
             raise DatasetError(f"source {text}: the pattern matches no file")
         return [f for f in files if Path(f).is_file()]
     if p.is_dir():
-        return sorted(str(f) for f in p.iterdir() if f.is_file())
+        return sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
     if p.is_file() and p.suffix.lower() == ".txt":
         return expand_source(_read_list(p))
     if p.is_file():
