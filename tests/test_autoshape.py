@@ -62,6 +62,14 @@ def test_custom_takes_paths_arrays_pil_and_lists(weights):
     torch.testing.assert_close(results.xyxyn[1][:, 0] * w, boxes[:, 0])
 
 
+def test_float_and_16_bit_arrays_give_the_detections_of_the_uint8_image_and_size_may_be_a_float(weights):
+    model = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local"))
+    rgb = np.asarray(Image.open(DEMO[1]).convert("RGB"))
+    results = model([rgb, rgb / 255.0, rgb.astype(np.float32), rgb.astype(np.uint16) * 257], size=320.0)
+    for i in (1, 2, 3):  # [0, 1] floats (skimage, torchvision), 0-255 floats, 16-bit
+        torch.testing.assert_close(results.xyxy[i], results.xyxy[0])
+
+
 def test_pandas_print_save_and_crop(weights, tmp_path, capsys):
     model = low_threshold(torch.hub.load(str(ROOT), "custom", path=str(weights["bce"]), source="local"))
     model.max_det = 3

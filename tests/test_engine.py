@@ -208,8 +208,11 @@ def test_intersect_dicts_and_freeze(yolo_n):
     assert frozen and all(int(k.split(".")[1]) < 10 for k in frozen)
     assert freeze_layers(yolo_n, [1, 2]) and all(k.split(".")[1] in "12" for k in freeze_layers(yolo_n, [1, 2]))
     assert freeze_layers(yolo_n, [0]) == [] and all(p.requires_grad for p in yolo_n.parameters())
-    with pytest.raises(ConfigError, match="--freeze 100 freezes every layer of this 25-layer model"):
+    with pytest.raises(ConfigError, match=r"--freeze 100 freezes every layer of this 25-layer model.*"
+                                          r"--freeze 10 is this model's backbone"):
         freeze_layers(yolo_n, [100])
+    with pytest.raises(ConfigError, match=r"--freeze 7 is this model's backbone"):  # ShuffleNetV2's is shorter
+        freeze_layers(DetectionModel("yolov5-shufflenetv2-0.5.yaml", nc=3), [100])
     freeze_layers(yolo_n, [0])
 
 

@@ -53,7 +53,20 @@ def load_image(item: Any, index: int) -> tuple[np.ndarray, str]:
         im = np.repeat(im[..., None], 3, axis=2)
     if im.ndim != 3 or im.shape[2] not in (3, 4):
         raise ConfigError(f"input {index}: expected an HWC image array with 3 channels, got shape {im.shape}")
-    return np.ascontiguousarray(im[..., :3]).astype(np.uint8), f"image{index}.jpg"
+    return to_uint8(np.ascontiguousarray(im[..., :3])), f"image{index}.jpg"
+
+
+def to_uint8(im: np.ndarray) -> np.ndarray:
+    """An image array as uint8 0-255: floats in [0, 1] (as scikit-image and torchvision give them) are scaled,
+    other floats are taken as 0-255, 16-bit integers are reduced to their high byte."""
+    if im.dtype == np.uint8:
+        return im
+    if np.issubdtype(im.dtype, np.floating):
+        scale = 255.0 if im.size and float(np.nanmax(im)) <= 1.0 else 1.0
+        return np.clip(np.rint(np.nan_to_num(im) * scale), 0, 255).astype(np.uint8)
+    if im.dtype == np.uint16:
+        return (im >> 8).astype(np.uint8)
+    return np.clip(im, 0, 255).astype(np.uint8)
 
 
 class AutoShape(nn.Module):
@@ -82,7 +95,7 @@ class AutoShape(nn.Module):
 
     def _size(self, size: int | Sequence[int]) -> list[int]:
         """The input [h, w]: size rounded up to the stride, or what a fixed-size export needs."""
-        hw = [size, size] if isinstance(size, int) else list(size)
+        hw = [int(size)] * 2 if isinstance(size, (int, float)) else [int(s) for s in size]
         if hasattr(self.model, "input_size"):
             hw = self.model.input_size(hw)
         return [int(np.ceil(s / self.stride) * self.stride) for s in hw]

@@ -61,8 +61,9 @@ def freeze_layers(model: nn.Module, freeze: list[int] | tuple[int, ...]) -> list
             frozen.append(name)
     if frozen and len(frozen) == len(list(model.parameters())):
         n = len(getattr(model, "model", []))
+        backbone = len((getattr(model, "yaml", None) or {}).get("backbone") or []) or 10
         raise ConfigError(f"--freeze {' '.join(map(str, freeze))} freezes every layer of this {n}-layer model, so "
-                          "nothing would train; freeze fewer (--freeze 10 is the YOLOv5 backbone)")
+                          f"nothing would train; freeze fewer (--freeze {backbone} is this model's backbone)")
     if frozen:
         get_logger().info(f"Froze {len(frozen)} parameter tensors in layers {layers}")
     return frozen
