@@ -10,7 +10,7 @@ from PIL import Image
 
 from models.yolo import DetectionModel
 from utils.checkpoint import save_checkpoint
-from utils.deploy.autoshape import AutoShape, Detections
+from utils.deploy.autoshape import AutoShape, Detections, to_uint8
 from utils.errors import CheckpointError, ConfigError
 
 DEMO = [ROOT / "data" / "images" / "shapes1.jpg", ROOT / "data" / "images" / "shapes2.jpg"]
@@ -68,6 +68,8 @@ def test_float_and_16_bit_arrays_give_the_detections_of_the_uint8_image_and_size
     results = model([rgb, rgb / 255.0, rgb.astype(np.float32), rgb.astype(np.uint16) * 257], size=320.0)
     for i in (1, 2, 3):  # [0, 1] floats (skimage, torchvision), 0-255 floats, 16-bit
         torch.testing.assert_close(results.xyxy[i], results.xyxy[0])
+    overshoot = to_uint8(np.array([[[0.0, 0.5, 1.02]]]))  # a bicubic resize of a [0, 1] image overshoots 1
+    assert overshoot.dtype == np.uint8 and overshoot.tolist() == [[[0, 128, 255]]]
 
 
 def test_pandas_print_save_and_crop(weights, tmp_path, capsys):

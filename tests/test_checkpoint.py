@@ -59,3 +59,39 @@ def test_deferred_sigint_holds_a_ctrl_c_until_the_block_ends():
             os.kill(os.getpid(), signal.SIGINT)
             steps.append("after the signal")
     assert steps == ["after the signal"]
+
+
+def test_a_second_ctrl_c_stops_a_held_block_at_once_and_nested_blocks_hold_until_the_outermost_ends():
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("held")
+            os.kill(os.getpid(), signal.SIGINT)  # a save stuck on a slow disk: the second one is not held
+            steps.append("never")
+    assert steps == ["held"]
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_sigint():  # save_epoch: last.pt, then best.pt, each in its own save_checkpoint block
+            with deferred_sigint():
+                os.kill(os.getpid(), signal.SIGINT)
+            steps.append("best.pt written too")
+    assert steps == ["held", "best.pt written too"]
+
+
+def test_an_ignored_sigint_stays_ignored(monkeypatch):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for `python train.py &` in a script, or nohup
+    try:
+        with deferred_sigint():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_saved_files_get_the_permissions_of_plainly_created_ones(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint({"model": torch.nn.Linear(1, 1)}, tmp_path / "best.pt")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the group and others, as torch.save's own file

@@ -167,3 +167,16 @@ def test_gain_controls_change_only_the_gains(name):
     base, changes = CONTROLS[name]
     control = load_hyp(HYPS.parents[1] / "benchmarks" / "hyps" / f"hyp.{name}.yaml")
     assert {k: v for k, v in control.items() if load_hyp(HYPS / f"hyp.{base}.yaml")[k] != v} == changes
+
+
+def test_class_count_checks_name_the_source_and_ignore_unused_weights():
+    from utils.train.hyp import check_hyp_for_classes
+
+    hyp = load_hyp("hyp.ce.yaml")
+    with pytest.raises(ConfigError, match=r"my.yaml: 'cls_loss_type' ce needs at least 2 classes and this run has 1"):
+        check_hyp_for_classes(hyp, 1, "my.yaml")
+    check_hyp_for_classes(hyp, 2, "my.yaml")
+    weighted = {**load_hyp("hyp.scratch-low.yaml"), "cls_weights": "inverse", "cls_weights_values": [1.0, 2.0]}
+    with pytest.raises(ConfigError, match=r"my.yaml: 'cls_weights_values' has 2 values, .* this run has 3 classes"):
+        check_hyp_for_classes(weighted, 3, "my.yaml")
+    check_hyp_for_classes({**weighted, "cls_weights": "none"}, 3, "my.yaml")  # values a run's hyp.yaml kept, unused

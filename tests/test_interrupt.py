@@ -24,6 +24,16 @@ def test_guard_raises_remembers_and_restores_the_handler():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_sigint_ignored_on_purpose_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # `python train.py &` from a script, nohup
+    try:
+        with InterruptGuard() as guard:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not guard.requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_training_interrupted_is_a_keyboard_interrupt():
     assert issubclass(TrainingInterrupted, KeyboardInterrupt)  # code catching Ctrl-C (Optuna's, ours) still does
 
@@ -33,7 +43,12 @@ def test_resume_hint_names_the_checkpoint_and_the_command(tmp_path):
     save_checkpoint({"epoch": 3, "optimizer": {"state": {}}, "model": torch.nn.Linear(1, 1)}, tmp_path / "last.pt")
     hint = resume_hint(tmp_path)
     assert "epoch 3" in hint and f"python train.py --resume {tmp_path / 'last.pt'}" in hint
-    save_checkpoint({"epoch": -1, "optimizer": None}, tmp_path / "last.pt")  # a finished (stripped) run
+    assert f"torchrun --nproc_per_node 2 train.py --resume {tmp_path / 'last.pt'}" in resume_hint(tmp_path, 2)
+    save_checkpoint({"epoch": 9, "optimizer": {"state": {}}, "opt": {"epochs": 10}, "model": torch.nn.Linear(1, 1)},
+                    tmp_path / "last.pt")
+    assert "no resumable checkpoint" in resume_hint(tmp_path)  # every epoch done, stopped before the final strip
+    stripped = {"epoch": -1, "optimizer": None, "model": torch.nn.Linear(1, 1)}  # a finished run's
+    save_checkpoint(stripped, tmp_path / "last.pt")
     assert "no resumable checkpoint" in resume_hint(tmp_path)
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     assert "no resumable checkpoint" in resume_hint(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -25,3 +26,12 @@ def test_write_atomic_writes_text_and_bytes_and_a_failed_write_keeps_the_old_fil
         write_atomic(opt, 12)  # neither text nor bytes: fails while writing the temporary file
     assert opt.read_text(encoding="utf-8").startswith("epochs: 3")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yaml", "train.cache"]  # no temporary file left
+
+
+def test_write_atomic_files_are_not_private(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        path = write_atomic(tmp_path / "train.cache", b"shared dataset")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o640  # 0666 less the umask, not mkstemp's 0600

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -22,17 +21,27 @@ import torch
 from torch import nn
 
 from utils.errors import CheckpointError
+from utils.paths import temp_beside
 
 
 @contextmanager
 def deferred_sigint() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it to the previous handler when the block
-    ends. In the main thread only (the one Python runs signal handlers in); elsewhere the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
+    ends; a second Ctrl-C is delivered at once (a save stuck on a slow disk can still be stopped). In the main thread
+    only (the one Python runs signal handlers in), and only over a handler set from Python that does not ignore
+    SIGINT; elsewhere the block runs as is. Nested blocks hold until the outermost ends."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None or previous == signal.SIG_IGN:
         yield
         return
     held: list[tuple[int, FrameType | None]] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append((signum, frame))
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
@@ -54,7 +63,7 @@ def save_checkpoint(obj: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     with deferred_sigint():
         try:
             with os.fdopen(fd, "wb") as f:
@@ -110,8 +119,10 @@ def attempt_load(weights: str | Path, device: str | torch.device = "cpu", fuse: 
 
 
 def is_resumable(ckpt: dict) -> bool:
-    """True for the last.pt of an unfinished run: it keeps its optimizer and epoch (``strip_optimizer`` drops both)."""
-    return ckpt.get("optimizer") is not None and int(ckpt.get("epoch", -1)) >= 0
+    """True for the last.pt of an unfinished run: it keeps its optimizer and epoch (``strip_optimizer`` drops both)
+    and, where it records its options, epochs remain."""
+    epoch, epochs = int(ckpt.get("epoch", -1)), (ckpt.get("opt") or {}).get("epochs")
+    return ckpt.get("optimizer") is not None and epoch >= 0 and (epochs is None or epoch + 1 < int(epochs))
 
 
 def strip_optimizer(path: str | Path) -> Path:

@@ -37,11 +37,22 @@ def project_candidates(path: str | Path, *dirs: str) -> list[Path]:
     return [p, ROOT / p] + [ROOT / d / p.name for d in dirs]
 
 
+def temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file (descriptor, name) in path's folder, to be renamed over path, with the permissions a
+    plainly created file gets (0666 less the umask; mkstemp's own 0600 would make shared datasets and runs private)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if hasattr(os, "fchmod"):
+        umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write data (text as UTF-8) to a temporary file beside path, fsync it and rename it over path: a reader, or a
     resume after a kill mid-write, finds the old file or the new one, never part of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)

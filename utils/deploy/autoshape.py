@@ -57,12 +57,12 @@ def load_image(item: Any, index: int) -> tuple[np.ndarray, str]:
 
 
 def to_uint8(im: np.ndarray) -> np.ndarray:
-    """An image array as uint8 0-255: floats in [0, 1] (as scikit-image and torchvision give them) are scaled,
-    other floats are taken as 0-255, 16-bit integers are reduced to their high byte."""
+    """An image array as uint8 0-255: floats up to 1.5 are taken as [0, 1] (scikit-image, torchvision; a resize may
+    overshoot 1 a little) and scaled, other floats as 0-255; full-range 16-bit integers keep their high byte."""
     if im.dtype == np.uint8:
         return im
     if np.issubdtype(im.dtype, np.floating):
-        scale = 255.0 if im.size and float(np.nanmax(im)) <= 1.0 else 1.0
+        scale = 255.0 if im.size and float(np.nanmax(im)) <= 1.5 else 1.0
         return np.clip(np.rint(np.nan_to_num(im) * scale), 0, 255).astype(np.uint8)
     if im.dtype == np.uint16:
         return (im >> 8).astype(np.uint8)

@@ -205,7 +205,7 @@ def check_hyp_for_classes(hyp: dict, nc: int, source: str = "hyp") -> None:
     if hyp.get("cls_loss_type") == "ce" and nc < 2:
         raise ConfigError(f"{source}: 'cls_loss_type' ce needs at least 2 classes and this run has {nc} (single-class "
                           "data or --single-cls), where softmax cross-entropy is identically zero; use bce")
-    values = hyp.get("cls_weights_values")
-    if values is not None and len(values) != nc:
+    values = hyp.get("cls_weights_values")  # used only by cls_weights inverse / effective
+    if values is not None and hyp.get("cls_weights", "none") != "none" and len(values) != nc:
         raise ConfigError(f"{source}: 'cls_weights_values' has {len(values)} values, one per class is needed and "
                           f"this run has {nc} classes")

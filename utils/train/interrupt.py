@@ -31,7 +31,8 @@ class InterruptGuard:
 
     def __enter__(self) -> InterruptGuard:
         """Install the handler (only possible, and only needed, in the main thread)."""
-        if threading.current_thread() is threading.main_thread():
+        current = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+        if current is not None and current != signal.SIG_IGN:  # a SIGINT ignored on purpose (nohup, `cmd &`) stays so
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -52,14 +53,15 @@ class InterruptGuard:
             raise KeyboardInterrupt
 
 
-def resume_hint(weights_dir: Path) -> str:
-    """What an interrupted run kept in weights_dir and the command that continues it."""
+def resume_hint(weights_dir: Path, world_size: int = 1) -> str:
+    """What an interrupted run kept in weights_dir and the command that continues it (under torchrun for DDP)."""
     last = Path(weights_dir) / "last.pt"
     try:
         ckpt = load_checkpoint(last) if last.is_file() else None
     except Exception:  # noqa: BLE001 - a file we cannot read is reported as no checkpoint, the hint must not fail
         ckpt = None
     if not ckpt or not is_resumable(ckpt):
-        return (f"no resumable checkpoint in {weights_dir} (interrupted before the first epoch ended, or run with "
-                "--nosave); start the run again")
-    return f"{last} holds epoch {int(ckpt['epoch'])}; continue with: python train.py --resume {last}"
+        return (f"no resumable checkpoint in {weights_dir} (interrupted before the first epoch ended, run with "
+                "--nosave, or every epoch already done)")
+    launcher = f"torchrun --nproc_per_node {world_size}" if world_size > 1 else "python"
+    return f"{last} holds epoch {int(ckpt['epoch'])}; continue with: {launcher} train.py --resume {last}"

@@ -343,7 +343,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
             results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
         except BaseException as e:  # Ctrl-C (or what it broke on its way): last.pt is whole, saves are atomic
             if isinstance(e, KeyboardInterrupt) or cfg.interrupt.requested:
-                raise TrainingInterrupted(resume_hint(ctx.weights_dir) if env.is_main else "") from None
+                raise TrainingInterrupted(resume_hint(ctx.weights_dir, env.world_size) if env.is_main else "") from None
             raise
         finally:
             if state.dp is not None:

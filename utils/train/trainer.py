@@ -21,7 +21,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import WeightedRandomSampler
 
-from utils.checkpoint import attempt_load, is_resumable, save_checkpoint, strip_optimizer
+from utils.checkpoint import attempt_load, deferred_sigint, save_checkpoint, strip_optimizer
 from utils.data.sampling import update_sampler
 from utils.errors import CheckpointError
 from utils.eval.metrics import fitness
@@ -113,21 +113,23 @@ def make_checkpoint(state: TrainState, ctx: RunContext, epoch: int, best_fitness
 
 
 def save_epoch(state: TrainState, ctx: RunContext, epoch: int, best_fitness: float, is_best: bool) -> None:
-    """Write last.pt, best.pt when is_best, and epoch{N}.pt every --save-period epochs (all atomically)."""
+    """Write last.pt, best.pt when is_best, and epoch{N}.pt every --save-period epochs (all atomically; a Ctrl-C
+    waits for all of them, as a last.pt whose best_fitness is this epoch's needs this epoch's best.pt)."""
     ensure_finite_weights(state)
     ckpt = make_checkpoint(state, ctx, epoch, best_fitness)
-    save_checkpoint(ckpt, ctx.weights_dir / "last.pt")
-    if is_best:
-        save_checkpoint(ckpt, ctx.weights_dir / "best.pt")
-    period = ctx.opt.save_period
-    if period > 0 and epoch % period == 0:
-        save_checkpoint(ckpt, ctx.weights_dir / f"epoch{epoch}.pt")
+    with deferred_sigint():
+        save_checkpoint(ckpt, ctx.weights_dir / "last.pt")
+        if is_best:
+            save_checkpoint(ckpt, ctx.weights_dir / "best.pt")
+        period = ctx.opt.save_period
+        if period > 0 and epoch % period == 0:
+            save_checkpoint(ckpt, ctx.weights_dir / f"epoch{epoch}.pt")
 
 
 def restore_state(ckpt: dict, state: TrainState, scheduler: LambdaLR, weights: str, epochs: int) -> tuple[int, float]:
     """Load optimizer, EMA, schedule position and best fitness from a last.pt; return (start_epoch, best_fitness)."""
     start_epoch = int(ckpt.get("epoch", -1)) + 1
-    if not is_resumable(ckpt):
+    if start_epoch <= 0 or ckpt.get("optimizer") is None:
         raise CheckpointError(f"--resume {weights}: this run has finished (its optimizer was stripped), nothing to "
                               "resume; start a new run with --weights to fine-tune from it")
     if start_epoch >= epochs:
