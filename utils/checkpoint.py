@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from utils.errors import CheckpointError
-from utils.paths import temp_beside
+from utils.paths import write_atomic
 
 
 @contextmanager
@@ -63,17 +63,8 @@ def save_checkpoint(obj: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    fd, tmp = temp_beside(path)
     with deferred_sigint():
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: torch.save(obj, f))
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed save before this one
         if stale.stat().st_mtime < started:
             stale.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (holds train.py)
 
@@ -37,7 +38,7 @@ def project_candidates(path: str | Path, *dirs: str) -> list[Path]:
     return [p, ROOT / p] + [ROOT / d / p.name for d in dirs]
 
 
-def temp_beside(path: Path) -> tuple[int, str]:
+def _temp_beside(path: Path) -> tuple[int, str]:
     """A new temporary file (descriptor, name) in path's folder, to be renamed over path, with the permissions a
     plainly created file gets (0666 less the umask; mkstemp's own 0600 would make shared datasets and runs private)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -48,14 +49,18 @@ def temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write data (text as UTF-8) to a temporary file beside path, fsync it and rename it over path: a reader, or a
-    resume after a kill mid-write, finds the old file or the new one, never part of one."""
+def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write data to a temporary file beside path, fsync it and rename it over path: a reader, or a resume after a
+    kill mid-write, finds the old file or the new one, never part of one. data: text (written as UTF-8), bytes, or
+    a function that writes into the open binary file (``lambda f: torch.save(obj, f)``)."""
     path = Path(path)
-    fd, tmp = temp_beside(path)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
