@@ -118,6 +118,13 @@ def latest_last_pt(project: str | Path) -> Path:
                           f"start a new run, with --weights {finished[0]} to fine-tune from it")
 
 
+def ignored_on_resume(opt: argparse.Namespace) -> list[str]:
+    """The command-line options given besides --resume (and --project, which says where to look), as flags."""
+    defaults, skip = vars(parse_opt([])), {"resume", "project", "local_rank", *TEST_HOOKS}
+    return [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(opt).items()
+            if k not in skip and v != defaults.get(k)]
+
+
 def resolve_resume(opt: argparse.Namespace) -> argparse.Namespace:
     """For --resume: the options of the interrupted run (its opt.yaml), pointed at its last.pt."""
     last = latest_last_pt(opt.project) if opt.resume is True else Path(str(opt.resume))
@@ -127,6 +134,11 @@ def resolve_resume(opt: argparse.Namespace) -> argparse.Namespace:
     saved = yaml.safe_load(opt_yaml.read_text()) if opt_yaml.is_file() else load_checkpoint(last).get("opt")
     if not isinstance(saved, dict):
         raise CheckpointError(f"--resume {last}: no opt.yaml beside the weights folder and no options in the file")
+    ignored = ignored_on_resume(opt)
+    if ignored:
+        get_logger().warning(f"--resume continues {last.parent.parent} with its own options (its opt.yaml), so "
+                             f"{' '.join(ignored)} is ignored; to train with other options, start a new run with "
+                             f"--weights {last}")
     new = argparse.Namespace(**{**vars(parse_opt([])), **saved})
     new.cfg, new.weights, new.resume, new.exist_ok = "", str(last), True, True
     new.save_dir = str(last.parent.parent)

@@ -181,6 +181,18 @@ def test_a_hyp_that_cannot_train_the_classes_is_refused_naming_the_file_before_a
     assert list(tmp_path.iterdir()) == [counted]  # no run folder made
 
 
+def test_options_given_with_resume_are_named_as_ignored(tmp_path, log_lines):
+    saved = vars(train.parse_opt(["--epochs", "30"]))
+    last = save_checkpoint({"model": torch.nn.Linear(1, 1), "epoch": 4, "optimizer": {}, "opt": saved},
+                           tmp_path / "exp" / "weights" / "last.pt")
+    opt = train.resolve_resume(train.parse_opt(["--resume", str(last), "--epochs", "100", "--cos-lr"]))
+    assert opt.epochs == 30 and not opt.cos_lr and opt.weights == str(last)  # the run's own options
+    assert any("--epochs 100 --cos-lr is ignored" in m and f"--weights {last}" in m for m in log_lines)
+    log_lines.clear()
+    train.resolve_resume(train.parse_opt(["--resume", str(last)]))
+    assert not any("ignored" in m for m in log_lines)
+
+
 def test_resume_without_a_path_takes_the_newest_interrupted_run_not_a_finished_one(tmp_path):
     def write(run: str, epoch: int, optimizer: dict | None, when: float) -> Path:
         last = save_checkpoint({"model": torch.nn.Linear(1, 1), "epoch": epoch, "optimizer": optimizer},
