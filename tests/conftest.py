@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,17 @@ def tiny_shapes_yaml(folder: Path, seed: int, n_train: int, n_val: int) -> str:
                                  "names": dict(enumerate(synth.CLASS_NAMES))}))
     return str(f)
 
+
+
+def press_ctrl_c_when(cmd: list[str], ready: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run cmd from the project root in its own process group and press Ctrl-C (SIGINT to the whole group, as a
+    terminal sends it, dataloader workers included) once the file ready exists; returns the finished process with
+    its output (stdout and stderr together)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)

@@ -6,12 +6,13 @@ import csv
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 
 import cv2
 import pytest
 import torch
-from conftest import ROOT, tiny_shapes_yaml
+from conftest import ROOT, press_ctrl_c_when, tiny_shapes_yaml
 
 from utils.errors import SlideYoloError
 from utils.train.ablation import (
@@ -127,6 +128,24 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     other = [a if a != "1" else "2" for a in argv]  # --epochs 2: these folders' rows are not its rows
     with pytest.raises(SlideYoloError, match=r"seed0: started with other options \(--data .* --epochs 1 "):
         runner.main(other)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_ablation_and_the_same_command_finishes_it(tiny_data, tmp_path):
+    project = tmp_path / "abl"
+    cmd = [sys.executable, "benchmarks/loss_ablation.py", "--data", tiny_data, "--hyps", "hyp.scratch-low.yaml",
+           "--seeds", "0", "--project", str(project), "--epochs", "12", "--imgsz", "64", "--batch-size", "2",
+           "--workers", "2", "--noval", "--noplots"]
+    last = project / "hyp.scratch-low" / "seed0" / "weights" / "last.pt"
+    r = press_ctrl_c_when(cmd, last)
+    assert r.returncode == 130 and "Traceback" not in r.stdout, r.stdout[-3000:]
+    assert "loss_ablation.py: interrupted; finished runs are kept" in r.stdout
+    assert "holds epoch" in (last.parent.parent / "train.log").read_text()  # train.py's own hint, in the run's log
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (last.parent.parent / "train.log").read_text()
+    assert "--resume" in log.split("$ ")[-1].splitlines()[0]  # the second command continued the run
+    assert json.loads((project / "ablation.json").read_text())[0]["epochs"] == 12
 
 
 def test_jobs_share_the_cores_unless_threads_are_set(monkeypatch):

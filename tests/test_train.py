@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, tiny_shapes_yaml
+from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, press_ctrl_c_when, tiny_shapes_yaml
 
 import train
 from utils.checkpoint import attempt_load, load_checkpoint, save_checkpoint
@@ -269,23 +268,10 @@ def test_cli_error_is_one_line(tmp_path):
     assert last.startswith("train.py: error:") and "missing.yaml" in last
 
 
-def _interrupt_after_first_checkpoint(cmd: list[str], last: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run cmd in its own process group and press Ctrl-C (SIGINT to the whole group, dataloader workers included)
-    once last exists; returns the finished process with its output."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.time() + timeout
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out)
-
-
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_data, tmp_path):
     last = tmp_path / "exp" / "weights" / "last.pt"
-    r = _interrupt_after_first_checkpoint(
+    r = press_ctrl_c_when(
         [sys.executable, "train.py", "--data", tiny_data, "--imgsz", "64", "--batch-size", "2", "--workers", "2",
          "--epochs", "300", "--noval", "--noplots", "--project", str(tmp_path)], last)
     assert r.returncode == 130, r.stdout[-3000:]
