@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,14 +24,23 @@ from utils.errors import CheckpointError
 from utils.paths import write_atomic
 
 
+def replaceable_sigint() -> Callable | int | None:
+    """The SIGINT handler in place when this thread may put its own: in the main thread (the one Python runs signal
+    handlers in), over a handler set from Python that does not ignore SIGINT (nohup, `cmd &`); else None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    current = signal.getsignal(signal.SIGINT)
+    return None if current == signal.SIG_IGN else current
+
+
 @contextmanager
 def deferred_sigint() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it to the previous handler when the block
-    ends; a second Ctrl-C is delivered at once (a save stuck on a slow disk can still be stopped). In the main thread
-    only (the one Python runs signal handlers in), and only over a handler set from Python that does not ignore
-    SIGINT; elsewhere the block runs as is. Nested blocks hold until the outermost ends."""
-    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if previous is None or previous == signal.SIG_IGN:
+    ends; a second Ctrl-C is delivered at once (a save stuck on a slow disk can still be stopped). Where the handler
+    is not ours to replace (``replaceable_sigint``), the block runs as is. Nested blocks hold until the outermost
+    ends."""
+    previous = replaceable_sigint()
+    if previous is None:
         yield
         return
     held: list[tuple[int, FrameType | None]] = []

@@ -159,14 +159,14 @@ class LoadImagesAndLabels(Dataset):
         f, mtime = self.npy_files[i], os.stat(self.im_files[i]).st_mtime_ns
         if not f.exists() or f.stat().st_mtime_ns != mtime:
             buf = io.BytesIO()
-            np.save(buf, self._read(i, fresh=True))
+            np.save(buf, self._read(i))  # from the image: self.cache is set once caching is done
             write_atomic(f, buf.getvalue())
             os.utime(f, ns=(mtime, mtime))
         return f.stat().st_size
 
-    def _read(self, i: int, fresh: bool = False) -> np.ndarray:
-        """Original BGR image i (EXIF orientation applied by cv2), from .npy when disk-cached (unless fresh)."""
-        if self.cache == "disk" and not fresh and self.npy_files[i].exists():
+    def _read(self, i: int) -> np.ndarray:
+        """Original BGR image i (EXIF orientation applied by cv2), from .npy when disk-cached."""
+        if self.cache == "disk" and self.npy_files[i].exists():
             return np.load(self.npy_files[i])
         im = cv2.imread(self.im_files[i], cv2.IMREAD_COLOR)
         if im is None:

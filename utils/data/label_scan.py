@@ -36,12 +36,13 @@ def img2label_paths(im_files: list[str]) -> list[str]:
     return [str(Path(b.join(f.rsplit(a, 1))).with_suffix(".txt")) for f in im_files]
 
 
-def _text_lines(p: Path) -> list[str]:
-    """The lines of a .txt image list (a UTF-8 byte-order mark dropped); DatasetError naming it if it is not text."""
+def text_lines(p: str | Path, kind: str = "text file") -> list[str]:
+    """The lines of a UTF-8 text file (label file, image or source list), the byte-order mark that Windows editors
+    put first dropped; DatasetError naming the file as not a ``kind`` when it is not UTF-8."""
     try:
-        return p.read_text(encoding="utf-8-sig").splitlines()
+        return Path(p).read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{p}: not a text list of image paths (not UTF-8 at byte {e.start})") from None
+        raise DatasetError(f"{p}: not a {kind} (not UTF-8 at byte {e.start})") from None
 
 
 def _visible_images(folder: Path) -> list[str]:
@@ -59,7 +60,7 @@ def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
         if p.is_dir():
             files += _visible_images(p)
         elif p.is_file() and p.suffix == ".txt":
-            for line in _text_lines(p):
+            for line in text_lines(p, "text list of image paths"):
                 line = line.strip()
                 if line:
                     entry = Path(line[2:] if line.startswith("./") else line)
@@ -139,14 +140,10 @@ def parse_row(values: list[str], lb_file: str, line: int) -> list[float]:
     return [nums[0]] + [min(max(v, 0.0), 1.0) for v in nums[1:]]
 
 
-def label_lines(lb_file: str | Path) -> list[str]:
-    """The lines of a label file, read as UTF-8 (a byte-order mark that Windows editors put first is dropped)."""
-    return Path(lb_file).read_text(encoding="utf-8-sig").splitlines()
-
-
 def read_labels(lb_file: str) -> tuple[np.ndarray, int]:
     """Parse a label file into unique rows (k, 5) float32 and the number of duplicates dropped."""
-    rows = [parse_row(line.split(), lb_file, i) for i, line in enumerate(label_lines(lb_file), 1) if line.strip()]
+    lines = text_lines(lb_file, "label file")
+    rows = [parse_row(line.split(), lb_file, i) for i, line in enumerate(lines, 1) if line.strip()]
     lb = np.array(rows, dtype=np.float32).reshape(-1, 5)
     _, first = np.unique(lb, axis=0, return_index=True)
     return lb[np.sort(first)], len(lb) - len(first)
@@ -162,7 +159,7 @@ def verify_pair(args: tuple[str, str]) -> dict[str, Any]:
             out["labels"], out["ndup"] = read_labels(lb_file)
         else:
             out["labels"] = np.zeros((0, 5), np.float32)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, DatasetError) as e:  # DatasetError: a label file that is not UTF-8 text
         reason = str(e) if str(e).startswith(lb_file) else f"{im_file}: {e}"
         return {**out, "status": "corrupt", "labels": None, "msg": f"{reason} (image skipped)"}
     notes = [f"{im_file}: {out['msg']}"] if out["msg"] else []
@@ -256,7 +253,7 @@ def check_class_ids(labels: list[np.ndarray], label_files: list[str], nc: int) -
     """LabelError naming file, line, class id and nc for the first label with a class id >= nc."""
     for lb, lb_file in zip(labels, label_files):
         if len(lb) and lb[:, 0].max() >= nc:
-            for i, line in enumerate(label_lines(lb_file), 1):
+            for i, line in enumerate(text_lines(lb_file, "label file"), 1):
                 if line.split() and float(line.split()[0]) >= nc:
                     raise LabelError(f"{lb_file}:{i}: class id {int(float(line.split()[0]))} >= nc {nc} "
                                      f"(valid ids 0..{nc - 1}); fix the label or 'names'/'nc' in the data YAML")

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from utils.data.augment import letterbox
+from utils.data.label_scan import text_lines
 from utils.errors import DatasetError
 from utils.log import get_logger
 
@@ -50,7 +51,7 @@ def prepare_image(im0: np.ndarray, img_size: Union[int, Sequence[int]], stride: 
 def _read_list(txt: Path) -> list[str]:
     """Paths listed one per line in a .txt file; relative ones resolve against the list's folder."""
     out = []
-    for line in txt.read_text(encoding="utf-8-sig").splitlines():  # a byte-order mark (Windows editors) dropped
+    for line in text_lines(txt, "text list of sources"):
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line).expanduser()

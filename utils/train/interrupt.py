@@ -11,11 +11,10 @@ hint the command-line scripts print.
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
 from types import FrameType
 
-from utils.checkpoint import is_resumable, load_checkpoint
+from utils.checkpoint import is_resumable, load_checkpoint, replaceable_sigint
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -30,9 +29,8 @@ class InterruptGuard:
         self._previous = None
 
     def __enter__(self) -> InterruptGuard:
-        """Install the handler (only possible, and only needed, in the main thread)."""
-        current = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-        if current is not None and current != signal.SIG_IGN:  # a SIGINT ignored on purpose (nohup, `cmd &`) stays so
+        """Install the handler where it is ours to replace (``utils.checkpoint.replaceable_sigint``)."""
+        if replaceable_sigint() is not None:  # main thread, and not a SIGINT ignored on purpose
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
