@@ -1,8 +1,9 @@
-"""Export a trained .pt model to TorchScript and/or ONNX, written next to the weights (best.pt -> best.onnx).
+"""Export a trained .pt model to TorchScript, ONNX and/or OpenVINO, written next to the weights (best.pt -> best.onnx).
 
 Usage:
     python export.py --weights runs/train/exp/weights/best.pt --include torchscript onnx
     python export.py --weights best.pt --include onnx --dynamic --simplify
+    python export.py --weights best.pt --include openvino --int8 --data data.yaml   # INT8, calibrated on 'train'
 
 Exported files carry stride, class names and the class activation (sigmoid / softmax), so detect.py and val.py read
 them with nothing re-specified. After an ONNX export the file is run once through onnxruntime and the largest
@@ -19,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from utils.checkpoint import attempt_load
+from utils.checkpoint import attempt_load, load_checkpoint
 from utils.deploy.export import (
     check_half,
     export_onnx,
@@ -29,6 +30,7 @@ from utils.deploy.export import (
     onnx_parity_detail,
     openvino_parity_detail,
 )
+from utils.deploy.quantize import calibration_files, trained_data
 from utils.errors import ConfigError, SlideYoloError
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT
@@ -41,7 +43,7 @@ FORMATS = ("torchscript", "onnx", "openvino")
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options (YOLOv5 names and defaults)."""
-    parser = argparse.ArgumentParser(description="Export a .pt model to TorchScript / ONNX")
+    parser = argparse.ArgumentParser(description="Export a .pt model to TorchScript / ONNX / OpenVINO")
     parser.add_argument("--weights", type=str, default=str(DEFAULT_WEIGHTS), help="model.pt path")
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the example input")
@@ -51,6 +53,10 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph with onnxslim")
     parser.add_argument("--opset", type=int, default=17, help="ONNX: opset version")
     parser.add_argument("--include", nargs="+", default=["torchscript"], choices=FORMATS, help="formats to export")
+    parser.add_argument("--int8", action="store_true", help="OpenVINO: INT8 quantization with NNCF")
+    parser.add_argument("--data", type=str, default=None,
+                        help="INT8: dataset YAML whose train images calibrate (default: the one trained on)")
+    parser.add_argument("--int8-images", type=int, default=300, help="INT8: number of calibration images")
     opt = parser.parse_args(argv)
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz
     return opt
@@ -58,12 +64,14 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), batch_size: int = 1,
         device: str = "cpu", include: Sequence[str] = ("torchscript",), half: bool = False, dynamic: bool = False,
-        simplify: bool = False, opset: int = 17) -> dict[str, Path]:
+        simplify: bool = False, opset: int = 17, int8: bool = False, data: Optional[str] = None,
+        int8_images: int = 300) -> dict[str, Path]:
     """Export weights to each format in include; returns {format: exported file}."""
     log, t0 = get_logger(), time.time()
     weights = Path(weights)
     dev = select_device(device)
     check_half(half, include)
+    calib_data, calib = _int8_calibration(weights, include, data, int8_images) if int8 else (None, None)
     imgsz = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
     model = attempt_load(weights, device=dev, fuse=True)
     for p in model.parameters():
@@ -89,12 +97,25 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
         log.info(f"{colorstr('ONNX:')} onnxruntime vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
                  f"scores {d['scores']:.3g}")
     if "openvino" in include:
-        files["openvino"] = _timed("OpenVINO", export_openvino, model, im, weights, dynamic=dynamic)
-        d = openvino_parity_detail(model, files["openvino"], im)
-        log.info(f"{colorstr('OpenVINO:')} vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
-                 f"scores {d['scores']:.3g}")
-    _summary(files, weights, imgsz, dynamic, time.time() - t0)
+        label = "OpenVINO INT8" if calib else "OpenVINO"
+        files["openvino"] = _timed(label, export_openvino, model, im, weights, dynamic=dynamic, int8_files=calib)
+        if not calib:  # INT8 rounding moves raw outputs by design: its accuracy is what val.py measures
+            d = openvino_parity_detail(model, files["openvino"], im)
+            log.info(f"{colorstr(label + ':')} vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
+                     f"scores {d['scores']:.3g}")
+    _summary(files, weights, imgsz, dynamic, time.time() - t0, calib_data)
     return files
+
+
+def _int8_calibration(weights: Path, include: Sequence[str], data: Optional[str], n: int) -> tuple[str, list[str]]:
+    """(data YAML, calibration image paths) for --int8, checked before any export work; ConfigError outside OpenVINO."""
+    if "openvino" not in include:
+        raise ConfigError("--int8 quantizes the OpenVINO IR: add --include openvino")
+    if not data:  # the checkpoint's training options name its data YAML
+        data = trained_data(load_checkpoint(weights).get("opt"), weights)
+    files = calibration_files(data, n)
+    get_logger().info(f"{colorstr('OpenVINO INT8:')} calibrating on {len(files)} images of {data} 'train'")
+    return data, files
 
 
 def _timed(label: str, fn, *args, **kwargs) -> Path:
@@ -106,7 +127,8 @@ def _timed(label: str, fn, *args, **kwargs) -> Path:
     return file
 
 
-def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], dynamic: bool, seconds: float) -> None:
+def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], dynamic: bool, seconds: float,
+             data: Optional[str] = None) -> None:
     """Log where results went and a detect/val command to try them (val.py takes one square size)."""
     if not files:
         return
@@ -115,6 +137,7 @@ def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], dynamic: b
     size = "" if imgsz == [640, 640] else f" --imgsz {h}" if h == w else f" --imgsz {h} {w}"
     if h == w or dynamic:
         check = f"python val.py --weights {f}" + ("" if max(h, w) == 640 else f" --imgsz {max(h, w)}")
+        check += f" --data {data}" if data else ""
     else:
         check = "val.py letterboxes to squares: export at one size (--imgsz N) or with --dynamic to validate"
     folder = colorstr("bold", str(weights.parent.resolve()))

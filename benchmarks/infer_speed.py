@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/infer_speed.py                          # randomly initialised yolov5n at 640, 2 threads
     python benchmarks/infer_speed.py --weights best.pt --threads 4 --runs 50
+    python benchmarks/infer_speed.py --weights best.pt --int8-data data.yaml   # adds OpenVINO INT8
 
 Weights (or a random model from --cfg when none are given; nothing is downloaded) are fused, exported to a temporary
 folder and timed on the same random (1, 3, imgsz, imgsz) input after warm-up, in turn (round-robin). torch and
@@ -42,6 +43,9 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and onnxruntime")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     p.add_argument("--runs", type=int, default=30, help="timed runs")
+    p.add_argument("--int8-data", type=str, default=None,
+                   help="data YAML: also time an OpenVINO INT8 export calibrated on its train images")
+    p.add_argument("--int8-images", type=int, default=300, help="INT8 calibration images")
     return p.parse_args(argv)
 
 
@@ -69,8 +73,10 @@ def build_model(weights: Optional[str], cfg: str) -> torch.nn.Module:
     return DetectionModel(cfg).fuse().eval()
 
 
-def openvino_compiled(model: torch.nn.Module, im: torch.Tensor, folder: Path, threads: int):
-    """The model exported to OpenVINO and compiled for the CPU with threads, or None without the package."""
+def openvino_compiled(model: torch.nn.Module, im: torch.Tensor, folder: Path, threads: int,
+                      int8_files: Optional[Sequence[str]] = None):
+    """The model exported to OpenVINO (INT8 with calibration files) and compiled for the CPU with threads, or None
+    without the package."""
     try:
         import openvino as ov
     except ImportError:
@@ -78,13 +84,20 @@ def openvino_compiled(model: torch.nn.Module, im: torch.Tensor, folder: Path, th
     from models.backend import OPENVINO_CPU_CONFIG
     from utils.deploy.export import export_openvino
 
-    xml = next(export_openvino(model, im, folder / "m.pt").glob("*.xml"))
+    xml = next(export_openvino(model, im, folder / "m.pt", int8_files=int8_files).glob("*.xml"))
     return ov.Core().compile_model(str(xml), "CPU", {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads})
 
 
+def _int8_files(data: str, n: int) -> list[str]:
+    """Calibration images for the INT8 case: n images of data's train split."""
+    from utils.deploy.quantize import calibration_files
+
+    return calibration_files(data, n)
+
+
 def run(weights: Optional[str] = None, cfg: str = "yolov5n.yaml", imgsz: int = 640, threads: int = 2,
-        warmup: int = 5, runs: int = 30) -> dict[str, float]:
-    """Time the three backends; returns {backend: median ms} and prints a markdown table."""
+        warmup: int = 5, runs: int = 30, int8_data: Optional[str] = None, int8_images: int = 300) -> dict[str, float]:
+    """Time the backends; returns {backend: median ms} and prints a markdown table."""
     import onnxruntime as ort
 
     torch.set_num_threads(threads)
@@ -102,11 +115,15 @@ def run(weights: Optional[str] = None, cfg: str = "yolov5n.yaml", imgsz: int = 6
                                     providers=["CPUExecutionProvider"])
         x = im.numpy()
         ov_model = openvino_compiled(model, im, Path(tmp), threads)
+        ov_int8 = openvino_compiled(model, im, Path(tmp), threads, _int8_files(int8_data, int8_images)) \
+            if int8_data else None
         with export_mode(model), torch.inference_mode():
             cases = {"PyTorch eager": lambda: model(im), "TorchScript": lambda: ts(im),
                      "onnxruntime": lambda: sess.run(None, {"images": x})}
             if ov_model is not None:
                 cases["OpenVINO"] = lambda: ov_model(x)
+            if ov_int8 is not None:
+                cases["OpenVINO INT8"] = lambda: ov_int8(x)
             times = time_ms(cases, warmup, runs)
     result = {k: statistics.median(v) for k, v in times.items()}
     name = Path(weights).name if weights else f"{Path(cfg).stem} (random init)"

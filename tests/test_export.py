@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 from conftest import OFFICIAL_WEIGHTS, ROOT, SHARED, needs_shared, tiny_shapes_yaml
 
 import export as export_cli
@@ -193,14 +194,15 @@ def test_export_cli_error_is_one_line(tmp_path):
     assert str(e.value.code).startswith("export.py: weights ") and "gone.pt" in str(e.value.code)
 
 
-def test_benchmark_script_runs(capsys):
+def test_benchmark_script_runs(tmp_path, capsys):
     from benchmarks.infer_speed import parse_opt, run
 
-    assert parse_opt([]).threads == 2 and parse_opt([]).imgsz == 640
-    result = run(imgsz=64, threads=1, warmup=0, runs=1)
-    assert set(result) == {"PyTorch eager", "TorchScript", "onnxruntime", "OpenVINO"}
+    assert parse_opt([]).threads == 2 and parse_opt([]).imgsz == 640 and parse_opt([]).int8_data is None
+    data = tiny_shapes_yaml(tmp_path, seed=6, n_train=2, n_val=1)
+    result = run(imgsz=64, threads=1, warmup=0, runs=1, int8_data=data, int8_images=2)
+    assert set(result) == {"PyTorch eager", "TorchScript", "onnxruntime", "OpenVINO", "OpenVINO INT8"}
     out = capsys.readouterr().out
-    assert "| onnxruntime |" in out and "| OpenVINO |" in out
+    assert "| onnxruntime |" in out and "| OpenVINO |" in out and "| OpenVINO INT8 |" in out
 
 
 @pytest.mark.parametrize("kind", ["bce", "ce"])
@@ -345,3 +347,84 @@ def test_formats_benchmark_dynamic_exports_score_exactly_as_the_pt(tmp_path):
     assert scores["pytorch"][0] > 0.2  # a real detector, so equal scores are a real check
     assert scores["onnx"] == pytest.approx(scores["pytorch"], abs=1e-3)
     assert scores["openvino"] == pytest.approx(scores["pytorch"], abs=1e-3)
+
+
+def conv_inputs(xml) -> dict[str, tuple[str, str]]:
+    """{convolution name: (what feeds its activations, the element type its weights are stored in)} of an IR file."""
+    import openvino as ov
+
+    def stored(node) -> str:  # through the dequantization (Multiply by a scale, Convert) to the Constant
+        while node.get_type_name() != "Constant":
+            node = node.input(0).get_source_output().get_node()
+        return node.get_output_element_type(0).get_type_name()
+
+    out = {}
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() == "Convolution":
+            feed = op.input(0).get_source_output().get_node().get_type_name()
+            out[op.get_friendly_name()] = (feed, stored(op.input(1).get_source_output().get_node()))
+    return out
+
+
+def float_decode_ops(xml, head: str) -> list[str]:
+    """Names of the Detect head's operations after its convolutions that take a FakeQuantize output (none wanted)."""
+    import openvino as ov
+
+    return [op.get_friendly_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()
+            if op.get_friendly_name().startswith(head) and op.get_type_name() != "Convolution"
+            and any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())]
+
+
+@pytest.mark.parametrize("kind", ["bce", "ce"])
+def test_int8_openvino_export_quantizes_convolutions_and_keeps_the_decode_in_float(tmp_path, kind):
+    from models.backend import DetectMultiBackend
+
+    model = tiny_model(ce=kind == "ce")
+    weights = save_checkpoint({"model": model}, tmp_path / f"{kind}.pt")
+    data = tiny_shapes_yaml(tmp_path, seed=3, n_train=5, n_val=1)
+    folder = export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"], int8=True, data=data,
+                            int8_images=3)["openvino"]
+    assert folder.name == f"{kind}_int8_openvino_model" and (folder / f"{kind}.xml").is_file()
+    meta = yaml.safe_load((folder / "metadata.yaml").read_text())
+    assert meta["int8"] is True and meta["calibration_images"] == 3 and meta["class_act"] == model.class_act
+    convs = conv_inputs(folder / f"{kind}.xml")  # 8-bit activations (quantized before a Concat) and weights
+    assert len(convs) == 60 and set(convs.values()) <= {("FakeQuantize", "i8"), ("Concat", "i8")}
+    assert not float_decode_ops(folder / f"{kind}.xml", head=f"/model.{len(model.model) - 1}/")
+    backend, x = DetectMultiBackend(folder), torch.rand(2, 3, 64, 64)
+    got = backend(x)
+    with torch.no_grad():
+        expected = attempt_load(weights)(x)[0]
+    assert backend.openvino and backend.names == NAMES and got.shape == expected.shape
+    assert (got[..., 4:] - expected[..., 4:]).abs().max() < 0.1  # rounded, not broken
+    if kind == "ce":
+        torch.testing.assert_close(got[..., 5:].sum(-1), torch.ones(got.shape[:2]), atol=1e-4, rtol=0)
+
+
+def test_int8_calibration_images_come_from_the_train_split(tmp_path):
+    from utils.deploy.quantize import calibration_files
+
+    data = tiny_shapes_yaml(tmp_path, seed=4, n_train=6, n_val=2)
+    files = calibration_files(data, 4)
+    assert len(files) == 4 and files == sorted(files) and all("/train/" in f for f in files)
+    assert calibration_files(data, 4) == files  # the same draw each time
+    assert len(calibration_files(data, 100)) == 6
+    with pytest.raises(ConfigError, match="--int8-images 0: must be at least 1"):
+        calibration_files(data, 0)
+
+
+def test_int8_needs_openvino_and_calibration_data(tmp_path, checkpoint):
+    with pytest.raises(ConfigError, match="--int8 quantizes the OpenVINO IR: add --include openvino"):
+        export_cli.run(weights=str(checkpoint), imgsz=[64], include=["onnx"], int8=True)
+    with pytest.raises(ConfigError, match=r"--int8 needs calibration images: give --data"):
+        export_cli.run(weights=str(checkpoint), imgsz=[64], include=["openvino"], int8=True)
+    gone = save_checkpoint({"model": tiny_model(), "opt": {"data": str(tmp_path / "gone.yaml")}}, tmp_path / "g.pt")
+    with pytest.raises(ConfigError, match=r"g.pt was trained on .*gone.yaml, which is not here"):
+        export_cli.run(weights=str(gone), imgsz=[64], include=["openvino"], int8=True)
+
+
+def test_int8_calibrates_on_the_data_the_checkpoint_was_trained_on(tmp_path, logs):
+    from utils.deploy.quantize import trained_data
+
+    data = tiny_shapes_yaml(tmp_path, seed=5, n_train=2, n_val=1)
+    assert trained_data({"data": data}, tmp_path / "best.pt") == data
+    assert any("the data best.pt was trained on" in m for m in logs)

@@ -109,27 +109,36 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Union[str, Path], opse
     return file
 
 
-def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path], dynamic: bool = False) -> Path:
+def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path], dynamic: bool = False,
+                    int8_files: Optional[Sequence[str]] = None) -> Path:
     """Export to an OpenVINO IR folder ``<stem>_openvino_model/`` (``<stem>.xml`` + ``.bin`` + ``metadata.yaml``).
 
     The graph goes through ONNX (the same graph as ``export_onnx``: decoded boxes, softmax inside for ce models) and
     ``openvino.convert_model``; the metadata (stride, names, class_act, imgsz, dynamic, nc, batch) is written both into
     the IR's rt_info and into metadata.yaml, which ``DetectMultiBackend`` reads. Weights are stored in FP32.
+    With ``int8_files`` (calibration images) the IR is quantized to INT8 by NNCF (utils/deploy/quantize.py) and
+    written to ``<stem>_int8_openvino_model/`` instead, with ``int8: true`` and the image count in its metadata.
     """
     import openvino as ov
     import yaml
 
+    from utils.deploy.quantize import int8_folder, quantize_openvino
+
     weights = Path(weights)
-    folder = weights.with_name(f"{weights.stem}_openvino_model")
+    folder = int8_folder(weights) if int8_files else weights.with_name(f"{weights.stem}_openvino_model")
     folder.mkdir(parents=True, exist_ok=True)
     onnx_file = export_onnx(model, im.float(), folder / f"{weights.stem}.onnx", dynamic=dynamic)
     ov_model = ov.convert_model(str(onnx_file))
+    onnx_file.unlink()
     meta = export_metadata(model, im, dynamic)
+    if int8_files:
+        ov_model = quantize_openvino(ov_model, int8_files, meta["imgsz"], meta["stride"], meta["batch"],
+                                     head_index=len(model.model) - 1)
+        meta.update(int8=True, calibration_images=len(int8_files))
     for key, value in meta.items():
         ov_model.set_rt_info(json.dumps(value), ["model_info", key])
     xml = folder / f"{weights.stem}.xml"
     ov.save_model(ov_model, str(xml), compress_to_fp16=False)
-    onnx_file.unlink()
     (folder / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return folder
 
