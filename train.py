@@ -105,7 +105,7 @@ def latest_last_pt(project: str | Path) -> Path:
     finished = []
     for last in found:
         try:
-            if is_resumable(load_checkpoint(last)):
+            if is_resumable(load_checkpoint(last, mmap=True)):
                 if finished:
                     get_logger().info(f"--resume: {last} is the newest interrupted run ({finished[0]} has finished)")
                 return last

@@ -86,3 +86,13 @@ def test_saved_files_get_the_permissions_of_plainly_created_ones(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644  # readable by the group and others, as torch.save's own file
+
+
+def test_a_quick_look_maps_the_tensors_and_reads_legacy_files_whole(tmp_path):
+    """load_checkpoint(mmap=True), what --resume uses to find the run to continue, gives the same checkpoint."""
+    layer = torch.nn.Linear(3, 2)
+    new = save_checkpoint({"model": layer, "epoch": 4}, tmp_path / "new.pt")
+    torch.save({"model": layer, "epoch": 5}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    for path, epoch in ((new, 4), (tmp_path / "old.pt", 5)):
+        ckpt = load_checkpoint(path, mmap=True)
+        assert ckpt["epoch"] == epoch and torch.equal(ckpt["model"].weight, layer.weight)

@@ -80,14 +80,23 @@ def save_checkpoint(obj: dict, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Unpickle a trusted checkpoint file into a dict; CheckpointError names the file when it is missing or bad."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Unpickle a trusted checkpoint file into a dict; CheckpointError names the file when it is missing or bad.
+
+    mmap: map the tensors' storage instead of reading it, for a quick look at a checkpoint's epoch and options
+    (files in PyTorch's legacy format, which cannot be mapped, are read whole).
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"weights {path}: file not found (this project never downloads weights; "
                               "pass the path of a local .pt file)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        except RuntimeError as e:
+            if not mmap or "mmap" not in str(e):
+                raise
+            ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated zip, not a torch file, missing classes
         reason = f"{type(e).__name__}: {e}"
         raise CheckpointError(f"weights {path}: cannot be read as a PyTorch checkpoint ({reason})") from e

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -39,14 +39,17 @@ def project_candidates(path: str | Path, *dirs: str) -> list[Path]:
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file (descriptor, name) in path's folder, to be renamed over path, with the permissions a
-    plainly created file gets (0666 less the umask; mkstemp's own 0600 would make shared datasets and runs private)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    if hasattr(os, "fchmod"):
-        umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
+    """A new temporary file (descriptor, name) in path's folder, to be renamed over path, created with mode 0666 so
+    that the kernel applies the umask as for any new file (mkstemp's own 0600 would make shared datasets and runs
+    private; reading the umask in Python means setting it, which races with other threads creating files)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], object]) -> Path:

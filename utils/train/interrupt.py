@@ -55,7 +55,7 @@ def resume_hint(weights_dir: Path, world_size: int = 1) -> str:
     """What an interrupted run kept in weights_dir and the command that continues it (under torchrun for DDP)."""
     last = Path(weights_dir) / "last.pt"
     try:
-        ckpt = load_checkpoint(last) if last.is_file() else None
+        ckpt = load_checkpoint(last, mmap=True) if last.is_file() else None
     except Exception:  # noqa: BLE001 - a file we cannot read is reported as no checkpoint, the hint must not fail
         ckpt = None
     if not ckpt or not is_resumable(ckpt):
