@@ -72,6 +72,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
+    p.add_argument("--dnn", action="store_true", help="run an .onnx file in OpenCV DNN instead of onnxruntime")
     opt = p.parse_args(argv)
     if len(opt.imgsz) > 2:
         p.error(f"--imgsz takes one size or two (h w), got {len(opt.imgsz)}: {' '.join(map(str, opt.imgsz))}")
@@ -98,12 +99,12 @@ def _sync(device: torch.device) -> float:
 
 
 def _load_backend(weights: Union[str, Path], device: str, half: bool, data: Optional[str],
-                  engine: str = "auto") -> DetectMultiBackend:
+                  engine: str = "auto", dnn: bool = False) -> DetectMultiBackend:
     """Open the weights (CheckpointError telling the user to pass --weights if missing) and apply --data names."""
     if not Path(weights).exists():
         raise CheckpointError(f"weights {weights}: file not found. Nothing is downloaded: pass --weights with a local "
                               ".pt, .torchscript or .onnx file (e.g. runs/train/exp/weights/best.pt)")
-    backend = DetectMultiBackend(weights, device=device or "", fp16=half, engine=engine)
+    backend = DetectMultiBackend(weights, device=device or "", fp16=half, engine=engine, dnn=dnn)
     if data:
         yaml_file = find_data_yaml(data)
         names = normalise_names(load_yaml(yaml_file), str(yaml_file))
@@ -120,15 +121,15 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
         classes: Optional[Sequence[int]] = None, agnostic_nms: bool = False,
         project: Union[str, Path] = ROOT / "runs" / "detect", name: str = "exp", exist_ok: bool = False,
         line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False, half: bool = False,
-        vid_stride: int = 1, engine: str = "auto", augment: bool = False) -> dict:
+        vid_stride: int = 1, engine: str = "auto", augment: bool = False, dnn: bool = False) -> dict:
     """Detect on source and save results; returns {'save_dir': Path, 'predictions': [...], 'speed': (pre, inf, nms)}.
 
     Each prediction is {'path': str, 'frame': int (0 for images), 'det': (n, 6) float tensor on CPU with
     x1, y1, x2, y2 in original-image pixels, conf, cls}. 'speed' is the mean ms per image of each stage. ``augment``
-    runs test-time augmentation (models/tta.py; .pt weights only).
+    runs test-time augmentation (models/tta.py; .pt weights only); ``dnn`` runs an .onnx file in OpenCV DNN.
     """
     log = get_logger()
-    backend = _load_backend(weights, device, half, data, engine)
+    backend = _load_backend(weights, device, half, data, engine, dnn)
     if augment:
         backend.check_augment()
     imgsz = backend.input_size(check_img_size(imgsz, backend.stride, floor=backend.stride))

@@ -60,6 +60,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one label per box, as detect.py outputs (default: every class above --conf-thres)")
     parser.add_argument("--engine", default="auto", choices=ENGINES,
                         help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
+    parser.add_argument("--dnn", action="store_true", help="run an .onnx file in OpenCV DNN instead of onnxruntime")
     return parser.parse_args(argv)
 
 
@@ -114,13 +115,14 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = False, model=None, dataloader=None, save_dir: Path = Path(""),
         plots: bool = True, compute_loss=None, engine: str = "auto", single_label: bool = False,
-        augment: bool = False):
+        augment: bool = False, dnn: bool = False):
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls), maps (nc,), (pre, inference, nms) ms per image).
 
     From training pass ``model`` (a DetectionModel), ``dataloader``, ``save_dir`` and ``compute_loss``; otherwise
     ``weights`` (.pt, .torchscript, .onnx) and ``data`` are loaded here. Every model, sigmoid or softmax, is scored
     with every class above conf_thres per box (the mAP protocol); ``single_label`` keeps one label per box instead.
-    ``augment`` runs test-time augmentation (models/tta.py; .pt weights only, not during training).
+    ``augment`` runs test-time augmentation (models/tta.py; .pt weights only, not during training); ``dnn`` runs
+    an .onnx file in OpenCV DNN.
     """
     log = get_logger()
     training = model is not None
@@ -137,7 +139,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         device = select_device(device, batch_size)
         weights = weights[0] if isinstance(weights, (list, tuple)) else weights
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-        backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine)
+        backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine, dnn=dnn)
         if augment:
             backend.check_augment()
         data = check_dataset(data, only=("val" if task == "speed" else task,))  # the split validated, not train

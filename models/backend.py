@@ -1,5 +1,5 @@
-"""DetectMultiBackend: one inference call for PyTorch (.pt), TorchScript (.torchscript), ONNX (.onnx) and OpenVINO
-(``*_openvino_model/`` folders, run by the ``openvino`` package on the CPU) weights.
+"""DetectMultiBackend: one inference call for PyTorch (.pt), TorchScript (.torchscript), ONNX (.onnx, in onnxruntime
+or OpenCV DNN) and OpenVINO (``*_openvino_model/`` folders, run by the ``openvino`` package on the CPU) weights.
 
 Every backend takes a float tensor (bs, 3, h, w) in [0, 1] and returns the decoded prediction (bs, N, 5 + nc) as a
 float32 tensor on the backend's device: xywh in input pixels, objectness, class scores (sigmoid or softmax, see
@@ -85,13 +85,14 @@ class DetectMultiBackend(nn.Module):
     ``names`` (dict int -> str), ``nc``, ``class_act`` ('sigmoid' | 'softmax'), ``imgsz`` ([h, w] the file was
     exported at, None for .pt), ``batch`` (exported batch size; 1 for .pt), ``dynamic`` (True when any input size is
     accepted: .pt, or ONNX / OpenVINO exported with dynamic axes), ``fp16``, ``device``, ``engine`` (what runs a .pt
-    model: 'torch' or 'onnxruntime', see utils/deploy/ort_engine.py; ``engine="auto"`` picks onnxruntime on a CPU).
+    model: 'torch' or 'onnxruntime', see utils/deploy/ort_engine.py; ``engine="auto"`` picks onnxruntime on a CPU;
+    an .onnx file runs in onnxruntime, or in OpenCV's DNN module with ``dnn=True``: engine 'opencv-dnn').
     TorchScript traces are treated as fixed-size (``dynamic`` False). ``input_size(imgsz)`` gives the [h, w] to feed;
     ``warmup(shape)`` runs zeros through once.
     """
 
     def __init__(self, weights: Union[str, Path], device: Union[str, torch.device] = "cpu", fp16: bool = False,
-                 fuse: bool = True, engine: str = "auto"):
+                 fuse: bool = True, engine: str = "auto", dnn: bool = False):
         super().__init__()
         w = Path(weights)
         suffix = w.suffix.lower()
@@ -103,6 +104,9 @@ class DetectMultiBackend(nn.Module):
         if not (xml or w).is_file():
             raise CheckpointError(f"weights {w}: file not found (this project never downloads weights; "
                                   "pass the path of a local .pt, .torchscript, .onnx file or OpenVINO folder)")
+        if dnn and suffix != ".onnx":
+            raise ConfigError(f"weights {w}: --dnn runs .onnx files through OpenCV DNN; export this model with "
+                              "`python export.py --include onnx` first, or drop --dnn")
         self.device = select_device(device)
         if fp16 and self.device.type != "cuda":
             raise ConfigError(f"weights {w}: FP16 (--half) inference needs a CUDA device, got '{self.device}'")
@@ -112,13 +116,16 @@ class DetectMultiBackend(nn.Module):
         self.model, self.session = None, None
         self.engine = resolve_engine(engine, self.device, fp16)  # for a .pt file; other formats name their runtime
         if not self.pt:
-            self.engine = "openvino" if self.openvino else suffix.lstrip(".")
+            self.engine = "openvino" if self.openvino else "opencv-dnn" if dnn else suffix.lstrip(".")
+        self.dnn = dnn
         if self.pt:
             meta = self._load_pt(w, fuse)
         elif self.jit:
             meta = self._load_torchscript(w)
         elif self.openvino:
             meta = self._load_openvino(xml)
+        elif dnn:
+            meta = self._load_dnn(w)
         else:
             meta = self._load_onnx(w)
         for k, v in meta.items():
@@ -183,6 +190,29 @@ class DetectMultiBackend(nn.Module):
             meta["imgsz"], meta["batch"] = [int(inp.shape[2]), int(inp.shape[3])], int(inp.shape[0])
         return meta
 
+    def _load_dnn(self, w: Path) -> dict:
+        """Read an ONNX file into OpenCV's DNN module (CPU); metadata and input shape from the file itself."""
+        import cv2
+        import onnx
+
+        try:
+            proto = onnx.load(str(w), load_external_data=False)
+            self.session = cv2.dnn.readNetFromONNX(str(w))
+        except Exception as e:  # invalid protobuf, an operator OpenCV lacks
+            raise CheckpointError(f"weights {w}: cannot be read by OpenCV DNN ({type(e).__name__}: {e})") from e
+        if self.device.type != "cpu":
+            get_logger().warning(f"WARNING {w.name}: --dnn runs on the CPU here (OpenCV's CPU backend)")
+        raw = {p.key: _parse_value(p.value) for p in proto.metadata_props}
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        last = proto.graph.output[0].type.tensor_type.shape.dim[-1]
+        meta = _normalize_metadata(raw, last.dim_value - 5 if last.HasField("dim_value") else None)
+        meta["dynamic"] = None in dims
+        if not meta["dynamic"]:
+            meta["imgsz"], meta["batch"] = [dims[2], dims[3]], dims[0]
+        self.input_fp16 = False  # OpenCV takes float32 input for FP16 graphs too
+        return meta
+
     def _load_openvino(self, xml: Path) -> dict:
         """Compile an OpenVINO IR for the CPU in float32; metadata from metadata.yaml beside it (else the IR's rt_info).
 
@@ -233,6 +263,10 @@ class DetectMultiBackend(nn.Module):
         """One pass of the loaded model or session."""
         if (self.openvino or self.onnx) and not self.dynamic and self.batch and len(im) != self.batch:
             return self._forward_fixed_batches(im)
+        if self.dnn:
+            self._check_fixed_size(im)
+            self.session.setInput(im.detach().cpu().float().numpy())
+            return torch.from_numpy(self.session.forward()).float().to(self.device)
         if self.openvino:
             self._check_fixed_size(im)
             y = self.session(im.detach().cpu().float().numpy())[0]

@@ -119,3 +119,25 @@ def test_onnx_without_metadata_infers_nc(tmp_path, exported):
     onnx.save(proto, str(tmp_path / "bare.onnx"))
     b = DetectMultiBackend(tmp_path / "bare.onnx")
     assert b.nc == 3 and b.names == {0: "class0", 1: "class1", 2: "class2"} and b.imgsz == [64, 96]
+
+
+def test_opencv_dnn_runs_an_onnx_file_as_onnxruntime_does(tmp_path, exported):
+    """--dnn: the same file through cv2.dnn gives onnxruntime's output, metadata and size checks."""
+    ce, files = exported
+    dnn, ort = DetectMultiBackend(files[".onnx"], dnn=True), DetectMultiBackend(files[".onnx"])
+    assert dnn.engine == "opencv-dnn" and ort.engine == "onnx" and dnn.onnx
+    for key in ("names", "nc", "stride", "class_act", "imgsz", "batch", "dynamic"):
+        assert getattr(dnn, key) == getattr(ort, key), key
+    im = torch.rand(2, 3, 64, 96)  # two images through a batch-1 file: one at a time
+    assert (dnn(im) - ort(im)).abs().max() < 1e-4
+    with pytest.raises(ConfigError, match="--dynamic"):
+        dnn(torch.zeros(1, 3, 64, 64))
+    dynamic = export_onnx(attempt_load(files[".pt"]), torch.zeros(1, 3, 64, 64), tmp_path / "d.onnx", dynamic=True)
+    b = DetectMultiBackend(dynamic, dnn=True)
+    assert b.dynamic and b(torch.rand(2, 3, 128, 160)).shape == (2, 3 * (16 * 20 + 8 * 10 + 4 * 5), 8)
+
+
+def test_dnn_needs_an_onnx_file(exported):
+    _, files = exported
+    with pytest.raises(ConfigError, match=r"m.pt: --dnn runs .onnx files through OpenCV DNN; .*export.py"):
+        DetectMultiBackend(files[".pt"], dnn=True)

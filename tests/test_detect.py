@@ -149,13 +149,14 @@ def official_onnx(tmp_path_factory) -> dict[str, object]:
 @pytest.mark.slow
 @needs_shared(OFFICIAL_WEIGHTS)
 def test_official_checkpoint_detections_pt_and_onnx(tmp_path, official_onnx):
-    """4 persons + 1 bus on bus.jpg and 2 persons + 1 tie on zidane.jpg, from the .pt and its (dynamic) ONNX export."""
+    """4 persons + 1 bus on bus.jpg and 2 persons + 1 tie on zidane.jpg, from the .pt and its (dynamic) ONNX export,
+    in onnxruntime and in OpenCV DNN (--dnn)."""
     expected = {"bus.jpg": {COCO_PERSON: 4, COCO_BUS: 1}, "zidane.jpg": {COCO_PERSON: 2, COCO_TIE: 1}}
-    for w in (OFFICIAL_WEIGHTS, official_onnx["dynamic"]):
+    for w, dnn in ((OFFICIAL_WEIGHTS, False), (official_onnx["dynamic"], False), (official_onnx["dynamic"], True)):
         out = detect.run(weights=w, source=[SAMPLES / "bus.jpg", SAMPLES / "zidane.jpg"], imgsz=[640],
-                         conf_thres=0.25, device="cpu", project=tmp_path / "runs")
+                         conf_thres=0.25, device="cpu", project=tmp_path / "runs", dnn=dnn)
         got = {p["path"].rsplit("/", 1)[-1]: counts(p["det"]) for p in out["predictions"]}
-        assert got == expected, w.suffix
+        assert got == expected, (w.suffix, dnn)
         assert DetectMultiBackend(w).names[COCO_TIE] == "tie"
 
 
