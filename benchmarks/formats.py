@@ -6,7 +6,8 @@ Usage:
 
 The weights are copied into --project, exported there with export.py (batch 1; fixed size unless --dynamic), and
 each file is validated by val.py on the data's val split at batch 1: PyTorch (``--engine torch``), TorchScript,
-ONNX (onnxruntime) and OpenVINO. A format that fails to export or validate gets a row with the reason instead of
+ONNX (onnxruntime), OpenVINO and OpenVINO INT8 (calibrated on --int8-images of the data's train split, so the
+validation images are not among them). A format that fails to export or validate gets a row with the reason instead of
 stopping the table. Prints a Markdown table and writes it, with a CSV, to --project.
 """
 
@@ -32,7 +33,7 @@ import val  # noqa: E402
 from utils.deploy.export import file_size_mb  # noqa: E402
 from utils.errors import ConfigError, SlideYoloError  # noqa: E402
 
-FORMATS = ("pytorch", "torchscript", "onnx", "openvino")
+FORMATS = ("pytorch", "torchscript", "onnx", "openvino", "openvino-int8")
 COLUMNS = ("format", "file", "size_mb", "export_s", "mAP50", "mAP50-95", "inference_ms", "status")
 
 
@@ -44,6 +45,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--imgsz", type=int, default=320, help="export and validation size")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="formats to measure")
     p.add_argument("--dynamic", action="store_true", help="dynamic-shape ONNX/OpenVINO (pads to the stride only)")
+    p.add_argument("--int8-images", type=int, default=300, help="openvino-int8: calibration images (train split)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, and so onnxruntime and OpenVINO)")
     p.add_argument("--workers", type=int, default=2, help="validation dataloader workers")
     p.add_argument("--project", type=str, default=str(ROOT / "runs/formats"), help="folder for files and tables")
@@ -55,8 +57,11 @@ def export_file(fmt: str, weights: Path, opt: argparse.Namespace) -> tuple[Path,
     if fmt == "pytorch":
         return weights, 0.0
     t = time.perf_counter()
+    int8 = fmt == "openvino-int8"
+    fmt = "openvino" if int8 else fmt
     files = export.run(weights=str(weights), imgsz=(opt.imgsz,), include=(fmt,),
-                       dynamic=opt.dynamic and fmt != "torchscript")
+                       dynamic=opt.dynamic and fmt != "torchscript", int8=int8, data=opt.data if int8 else None,
+                       int8_images=opt.int8_images)
     return Path(files[fmt]), time.perf_counter() - t
 
 

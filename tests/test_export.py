@@ -307,7 +307,8 @@ def test_formats_benchmark_exports_and_validates_every_format(tmp_path, capsys):
     rows = formats.main(["--weights", str(weights), "--data", data, "--imgsz", "64", "--threads", "1",
                          "--workers", "0", "--project", str(tmp_path / "fmt")])
     assert [r["format"] for r in rows] == list(formats.FORMATS) and all(r["status"] == "ok" for r in rows)
-    assert {r["file"] for r in rows} == {"m.pt", "m.torchscript", "m.onnx", "m_openvino_model"}
+    assert {r["file"] for r in rows} == {"m.pt", "m.torchscript", "m.onnx", "m_openvino_model",
+                                         "m_int8_openvino_model"}
     assert (tmp_path / "fmt" / "formats.csv").is_file() and "| onnx | m.onnx |" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="expected an existing .pt file"):
         formats.main(["--weights", str(tmp_path / "gone.pt")])
@@ -329,24 +330,25 @@ def test_formats_benchmark_reports_a_failing_format_in_its_row(tmp_path, monkeyp
 
 @needs_shared(OFFICIAL_WEIGHTS)
 def test_formats_benchmark_dynamic_exports_score_exactly_as_the_pt(tmp_path):
-    """On a trained model (the official yolov5n, 12 coco128 images at 320) dynamic ONNX and OpenVINO match the .pt."""
-    import yaml
-
+    """On a trained model (the official yolov5n, 12 coco128 images at 320) dynamic ONNX and OpenVINO match the .pt,
+    and INT8 (calibrated on 24 other images) stays close."""
     from benchmarks import formats
 
-    images = sorted((SHARED / "data" / "coco128" / "images" / "train2017").glob("*.jpg"))[:12]
-    (tmp_path / "val.txt").write_text("".join(f"{f}\n" for f in images))
+    images = sorted((SHARED / "data" / "coco128" / "images" / "train2017").glob("*.jpg"))
+    (tmp_path / "val.txt").write_text("".join(f"{f}\n" for f in images[:12]))
+    (tmp_path / "train.txt").write_text("".join(f"{f}\n" for f in images[12:36]))
     names = yaml.safe_load((SHARED / "data" / "coco128" / "coco128.yaml").read_text())["names"]
     data = tmp_path / "coco12.yaml"
-    data.write_text(yaml.safe_dump({"train": str(tmp_path / "val.txt"), "val": str(tmp_path / "val.txt"),
+    data.write_text(yaml.safe_dump({"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt"),
                                     "names": names}))
     rows = formats.main(["--weights", str(OFFICIAL_WEIGHTS), "--data", str(data), "--imgsz", "320", "--dynamic",
-                         "--formats", "pytorch", "onnx", "openvino", "--threads", "2", "--workers", "0",
-                         "--project", str(tmp_path / "fmt")])
+                         "--formats", "pytorch", "onnx", "openvino", "openvino-int8", "--threads", "2",
+                         "--workers", "0", "--project", str(tmp_path / "fmt")])
     scores = {r["format"]: (float(r["mAP50"]), float(r["mAP50-95"])) for r in rows}
     assert scores["pytorch"][0] > 0.2  # a real detector, so equal scores are a real check
     assert scores["onnx"] == pytest.approx(scores["pytorch"], abs=1e-3)
     assert scores["openvino"] == pytest.approx(scores["pytorch"], abs=1e-3)
+    assert scores["openvino-int8"] == pytest.approx(scores["pytorch"], abs=0.05), scores  # rounded, not broken
 
 
 def conv_inputs(xml) -> dict[str, tuple[str, str]]:
