@@ -52,6 +52,25 @@ def test_search_space_covers_yolov5_and_loss_keys():
     assert fitness((0.5, 0.5, 0.6, 0.4)) == pytest.approx(0.1 * 0.6 + 0.9 * 0.4)
 
 
+def test_optimizer_auto_keeps_its_own_learning_rates_out_of_the_search(tiny_data, tmp_path):
+    """Short runs under --optimizer auto train AdamW at lr0 0.001 whatever the hyp says: those keys are not searched."""
+    from utils.train.evolve import fixed_by_optimizer
+
+    hyp = load_hyp("hyp.scratch-low.yaml")
+    opt = argparse.Namespace(optimizer="auto", data=tiny_data, epochs=1, batch_size=4)
+    assert fixed_by_optimizer(opt, hyp) == {"lr0": 0.001, "warmup_bias_lr": 0.01}
+    assert fixed_by_optimizer(argparse.Namespace(**{**vars(opt), "optimizer": None}), hyp) == {}  # user data: SGD
+    builtin = tmp_path / "builtin.yaml"  # generated data: auto by default, as for data/shapes.yaml
+    spec = {"name": "shapes", "seed": 1, "n_train": 4, "n_val": 2, "imgsz": 64}
+    builtin.write_text(yaml.safe_dump({"path": str(tmp_path / "gen"), "train": "images/train", "val": "images/val",
+                                       "names": yaml.safe_load(open(tiny_data))["names"], "generate": spec}))
+    unset = argparse.Namespace(optimizer=None, data=str(builtin), epochs=None, batch_size=None)
+    assert fixed_by_optimizer(unset, hyp) == {"lr0": 0.001, "warmup_bias_lr": 0.01}
+    assert fixed_by_optimizer(argparse.Namespace(**{**vars(opt), "optimizer": "SGD"}), hyp) == {}
+    long_run = argparse.Namespace(**{**vars(opt), "epochs": 10_001})  # 8 images, batch 4: 20,002 iterations -> SGD
+    assert fixed_by_optimizer(long_run, hyp) == {}
+
+
 @pytest.mark.slow
 def test_evolve_writes_outputs_and_resumes_an_interrupted_trial(tiny_data, tmp_path):
     project = tmp_path / "train"

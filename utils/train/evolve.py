@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ from utils.log import get_logger
 from utils.paths import write_atomic
 from utils.train.engine import TrainingDivergedError
 from utils.train.hyp import load_hyp, validate_hyp
+from utils.train.optim import AUTO, AUTO_ADAMW_HYP, plan_optimizer
 
 # YOLOv5's evolve ranges (train.py `meta`), obj on a log scale down to 0.001 so that the weighted-focal and
 # heatmap recipes (obj 0.0288, 0.0054) are inside the space, plus this project's loss keys.
@@ -50,6 +52,24 @@ def search_space(nc: int) -> dict[str, tuple]:
     """The keys searched for a dataset of nc classes (no softmax CE or class weights for one class)."""
     skip = {"cls_loss_type", "cls_weights"} if nc < 2 else set()
     return {k: v for k, v in SEARCH_SPACE.items() if k not in skip}
+
+
+def fixed_by_optimizer(opt: argparse.Namespace, hyp: dict) -> dict:
+    """The hyp values ``--optimizer auto`` sets itself for the search's runs (lr0 and warmup_bias_lr when it picks
+    AdamW for a run this short), which are therefore not searched: {} for any other optimizer or run length."""
+    from utils.data.data_config import check_dataset
+    from utils.data.label_scan import list_image_files
+    from utils.train.train_setup import BUILTIN_DEFAULTS, DEFAULTS
+
+    data = check_dataset(opt.data)
+    defaults = BUILTIN_DEFAULTS if data.get("generate") else DEFAULTS  # what each run's fill_defaults will pick
+    optimizer, epochs, batch = (getattr(opt, k, None) or defaults[k] for k in ("optimizer", "epochs", "batch_size"))
+    if optimizer != AUTO:
+        return {}
+    batch = max(int(batch), 1)
+    iterations = int(epochs) * math.ceil(len(list_image_files(data["train"])) / batch)
+    plan = plan_optimizer(AUTO, hyp, iterations, batch)
+    return {k: plan.hyp[k] for k in AUTO_ADAMW_HYP} if plan.name == "AdamW" else {}
 
 
 def suggest(trial: Any, name: str, spec: tuple) -> Any:
@@ -185,6 +205,13 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
     base = load_hyp(opt.hyp)
     nc = int(opt.nc)
     space = search_space(nc)
+    fixed = fixed_by_optimizer(opt, base)
+    if fixed:  # searching them would record values that never trained
+        get_logger().info(f"evolve: --optimizer auto trains these short runs with AdamW at "
+                          f"{', '.join(f'{k} {v}' for k, v in fixed.items())}, so those keys are not searched "
+                          "(pass --optimizer SGD, Adam or AdamW to search them)")
+        base = {**base, **fixed}
+        space = {k: v for k, v in space.items() if k not in fixed}
     url = opt.evolve_storage or f"sqlite:///{(save_dir / 'evolve.db').resolve()}"
     study = open_study(url, opt.seed, resume=bool(opt.resume_evolve))
     if not study.trials:
