@@ -13,6 +13,7 @@ difference from the PyTorch output is printed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from utils.checkpoint import attempt_load, load_checkpoint
 from utils.deploy.export import (
     check_half,
+    check_opset,
     export_onnx,
     export_openvino,
     export_torchscript,
@@ -71,6 +73,10 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
     weights = Path(weights)
     dev = select_device(device)
     check_half(half, include)
+    check_opset(opset, include)
+    if weights.is_file() and not os.access(weights.parent, os.W_OK):
+        raise ConfigError(f"{weights.parent}: not writable, and exports are written next to the weights; copy "
+                          f"{weights.name} into a folder you can write to and export it there")
     calib_data, calib = _int8_calibration(weights, include, data, int8_images) if int8 else (None, None)
     imgsz = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
     model = attempt_load(weights, device=dev, fuse=True)
@@ -121,7 +127,10 @@ def _int8_calibration(weights: Path, include: Sequence[str], data: Optional[str]
 def _timed(label: str, fn, *args, **kwargs) -> Path:
     """Call an exporter, log its duration and the file size; returns the file."""
     t = time.time()
-    file = fn(*args, **kwargs)
+    try:
+        file = fn(*args, **kwargs)
+    except OSError as e:  # a read-only disk, a folder where the file goes, a full disk
+        raise ConfigError(f"{e.filename or label}: cannot write the {label} export ({e.strerror or e})") from e
     get_logger().info(f"{colorstr(label + ':')} export success {time.time() - t:.1f}s, saved as {file} "
                       f"({file_size_mb(file):.1f} MB)")
     return file

@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from benchmarks.rounds import Times, load_saved, pool, save_rounds, summary_rows  # noqa: E402
 from utils.data.data_config import check_dataset  # noqa: E402
 from utils.data.label_scan import list_image_files  # noqa: E402
+from utils.errors import ConfigError, SlideYoloError  # noqa: E402
 
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -248,8 +249,18 @@ def time_rounds(opt: argparse.Namespace, which: str, times: Times, counts: dict,
             save_rounds(opt.save, run_config(opt), times, counts)
 
 
+def check_sides(opt: argparse.Namespace) -> None:
+    """ConfigError, before anything is timed, for an --upstream or --baseline checkout or a Python that is not there."""
+    for flag, folder in (("--upstream", opt.upstream), ("--baseline", opt.baseline)):
+        if folder and not (Path(folder) / "train.py").is_file():
+            raise ConfigError(f"{flag} {folder}: not a YOLOv5-style checkout (no train.py there)")
+    if opt.upstream and not shutil.which(opt.upstream_python):
+        raise ConfigError(f"--upstream-python {opt.upstream_python}: no such Python")
+
+
 def bench(opt: argparse.Namespace) -> list[dict]:
     """Time every command: one warm-up each, then --runs alternating rounds; returns one summary row per command."""
+    check_sides(opt)
     config = run_config(opt)
     times = load_saved(opt.save, config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -297,4 +308,7 @@ def main(opt: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    try:
+        main(parse_opt())
+    except SlideYoloError as e:
+        sys.exit(f"cli_speed.py: {e}")

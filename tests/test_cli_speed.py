@@ -105,6 +105,20 @@ def test_an_older_checkout_of_ours_is_a_baseline_side(tmp_path):
     assert "ratio" not in row  # no upstream side, no ratio to it
 
 
+def test_a_missing_checkout_or_python_is_refused_before_anything_is_timed(tmp_path):
+    from utils.errors import ConfigError
+
+    cli = load_cli_speed()
+    with pytest.raises(ConfigError, match=r"--upstream /path/to/yolov5: not a YOLOv5-style checkout"):
+        cli.bench(cli.parse_opt(["--commands", "train", "--upstream", "/path/to/yolov5"]))
+    with pytest.raises(ConfigError, match=r"--baseline .*old: not a YOLOv5-style checkout"):
+        cli.bench(cli.parse_opt(["--commands", "train", "--baseline", str(tmp_path / "old")]))
+    (tmp_path / "train.py").touch()
+    with pytest.raises(ConfigError, match=r"--upstream-python /no/python: no such Python"):
+        cli.bench(cli.parse_opt(["--commands", "train", "--upstream", str(tmp_path), "--upstream-python",
+                                 "/no/python"]))
+
+
 def test_train_at_two_lengths_gives_the_time_per_added_epoch(tmp_path):
     cli = load_cli_speed()
     opt = cli.parse_opt(["--commands", "val", "train", "--weights", "w.pt", "--data", "d.yaml",

@@ -430,3 +430,20 @@ def test_int8_calibrates_on_the_data_the_checkpoint_was_trained_on(tmp_path, log
     data = tiny_shapes_yaml(tmp_path, seed=5, n_train=2, n_val=1)
     assert trained_data({"data": data}, tmp_path / "best.pt") == data
     assert any("the data best.pt was trained on" in m for m in logs)
+
+
+def test_opsets_torch_cannot_write_or_this_model_cannot_use_are_one_line_errors(checkpoint):
+    with pytest.raises(ConfigError, match=r"--opset 30: torch .* writes ONNX opsets 7 to \d+ \(default 17\)"):
+        export_cli.run(weights=str(checkpoint), imgsz=[64], include=["onnx"], opset=30)
+    with pytest.raises(ConfigError, match=r"--opset 8: this model cannot be exported at that opset \(.*upsample"):
+        export_cli.run(weights=str(checkpoint), imgsz=[64], include=["onnx"], opset=8)
+
+
+def test_a_folder_that_cannot_take_the_export_is_named(tmp_path, monkeypatch):
+    weights = save_checkpoint({"model": tiny_model()}, tmp_path / "m.pt")
+    (tmp_path / "m.onnx").mkdir()  # something in the way of the file
+    with pytest.raises(ConfigError, match=r"m.onnx: cannot write the ONNX export \(Is a directory\)"):
+        export_cli.run(weights=str(weights), imgsz=[64], include=["onnx"])
+    monkeypatch.setattr(export_cli.os, "access", lambda path, mode: False)  # a read-only mount, as for ../shared
+    with pytest.raises(ConfigError, match=rf"{tmp_path}: not writable, .*copy m.pt into a folder"):
+        export_cli.run(weights=str(weights), imgsz=[64], include=["onnx"])

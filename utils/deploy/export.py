@@ -27,6 +27,7 @@ from utils.errors import ConfigError
 from utils.log import get_logger
 
 INPUT_NAME, OUTPUT_NAME = "images", "output0"
+DEFAULT_OPSET = 17  # export.py --opset
 
 
 @contextlib.contextmanager
@@ -72,6 +73,16 @@ def check_half(half: bool, include: Sequence[str]) -> None:
         raise ConfigError("--include openvino: the IR is exported in FP32; export it without --half")
 
 
+def check_opset(opset: int, include: Sequence[str]) -> None:
+    """ConfigError, before any work, for an ONNX opset outside what torch.onnx can write."""
+    from torch.onnx import _constants
+
+    low, high = getattr(_constants, "ONNX_MIN_OPSET", 7), getattr(_constants, "ONNX_MAX_OPSET", 20)
+    if ("onnx" in include or "openvino" in include) and not low <= opset <= high:
+        raise ConfigError(f"--opset {opset}: torch {torch.__version__} writes ONNX opsets {low} to {high} "
+                          "(default 17)")
+
+
 def export_torchscript(model: nn.Module, im: torch.Tensor, file: Union[str, Path]) -> Path:
     """Trace the model on im and save it to file (.torchscript) with metadata in the 'config.txt' extra file."""
     file = Path(file)
@@ -84,8 +95,8 @@ def export_torchscript(model: nn.Module, im: torch.Tensor, file: Union[str, Path
     return file
 
 
-def export_onnx(model: nn.Module, im: torch.Tensor, file: Union[str, Path], opset: int = 17, dynamic: bool = False,
-                simplify: bool = False) -> Path:
+def export_onnx(model: nn.Module, im: torch.Tensor, file: Union[str, Path], opset: int = DEFAULT_OPSET,
+                dynamic: bool = False, simplify: bool = False) -> Path:
     """Export to ONNX at opset, with dynamic batch/height/width if dynamic; checked by onnx.checker; metadata added."""
     import onnx
 
@@ -96,8 +107,15 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Union[str, Path], opse
     with export_mode(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is marked legacy
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, (im,), str(file), opset_version=opset, do_constant_folding=True, dynamo=False,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+        try:
+            torch.onnx.export(model, (im,), str(file), opset_version=opset, do_constant_folding=True, dynamo=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+        except (RuntimeError, getattr(torch.onnx, "OnnxExporterError", RuntimeError)) as e:
+            if opset == DEFAULT_OPSET:  # the opset every model of this project exports at: a bug, keep its trace
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"--opset {opset}: this model cannot be exported at that opset ({first}); "
+                              f"the default {DEFAULT_OPSET} works") from e
     proto = onnx.load(str(file))
     onnx.checker.check_model(proto)
     if simplify:
