@@ -138,11 +138,10 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     else:
         device = select_device(device, batch_size)
         weights = weights[0] if isinstance(weights, (list, tuple)) else weights
-        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+        data = check_dataset(data, only=("val" if task == "speed" else task,))  # the split validated, not train
         backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine, dnn=dnn)
         if augment:
             backend.check_augment()
-        data = check_dataset(data, only=("val" if task == "speed" else task,))  # the split validated, not train
         _check_classes(backend, data, weights, single_cls)
         names, fp16 = data["names"], half
         imgsz = _square_size(backend, imgsz, weights)
@@ -150,6 +149,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         rect = backend.dynamic  # rectangular batches need a model that accepts any size (.pt, dynamic exports)
         dataloader = _dataloader_for(data, task, imgsz, batch_size, backend.stride, 0.5 if rect else 0.0, rect,
                                      single_cls, workers)
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # no empty folder on errors
         model_fn = functools.partial(backend, augment=True) if augment else backend
         if not rect and batch_size > 1:
             log.info(f"{weights}: fixed-size model, square {imgsz} batches")

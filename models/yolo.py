@@ -377,4 +377,9 @@ def main(opt: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.errors import SlideYoloError
+
+    try:
+        main(parse_opt())
+    except SlideYoloError as e:
+        sys.exit(f"models/yolo.py: {e}")

@@ -133,9 +133,12 @@ def test_bad_hyp_and_unreachable_storage_are_clear_errors(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml: 'slide_ratio' is 3"):
         train.main(train.parse_opt(["--data", tiny_data, "--evolve", "1", "--hyp", str(bad),
                                     "--project", str(tmp_path / "train"), *TINY]))
-    with pytest.raises(ConfigError, match=r"--evolve-storage postgresql://nobody@127\.0\.0\.1:1/none: cannot open"):
+    shown = r"--evolve-storage postgresql://nobody:\*\*\*@127\.0\.0\.1:1/none: cannot"
+    with pytest.raises(ConfigError, match=shown) as e:
         train.main(train.parse_opt(["--data", tiny_data, "--evolve", "1", "--evolve-storage",
-                                    "postgresql://nobody@127.0.0.1:1/none", "--project", str(tmp_path / "t"), *TINY]))
+                                    "postgresql://nobody:secret@127.0.0.1:1/none", "--project", str(tmp_path / "t"),
+                                    *TINY]))
+    assert "secret" not in str(e.value)  # the password is not printed
     with pytest.raises(ConfigError, match="no evolve_opt.yaml"):
         train.main(train.parse_opt(["--resume-evolve", str(tmp_path), *TINY]))
 

@@ -88,7 +88,12 @@ def test_missing_weights_is_a_clear_error(tiny_data, tmp_path):
 def test_missing_split_is_a_clear_error(tiny_data, tmp_path):
     weights = tiny_checkpoint(tmp_path / "m.pt", nc=6)
     with pytest.raises(DatasetError, match="no 'test' split"):
-        val.run(data=tiny_data["yaml_file"], weights=str(weights), task="test", project=tmp_path, workers=0)
+        val.run(data=tiny_data["yaml_file"], weights=str(weights), task="test", project=tmp_path / "runs", workers=0)
+    with pytest.raises(DatasetError, match=r"data YAML not found: nosuch.yaml \(looked at ") as e:
+        val.run(data="nosuch.yaml", weights=str(weights), project=tmp_path / "runs", workers=0)
+    looked = str(e.value).split("looked at ")[1].rstrip(")").split(", ")
+    assert len(looked) == len(set(looked))  # each place named once
+    assert not (tmp_path / "runs").exists()  # a run that stops on an error leaves no empty runs/val/expN
 
 
 def test_a_data_yaml_without_a_train_split_validates(tiny_data, tmp_path):

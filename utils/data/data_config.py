@@ -54,7 +54,7 @@ def find_data_yaml(data: str | Path) -> Path:
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    looked = ", ".join(str(c) for c in candidates)
+    looked = ", ".join(dict.fromkeys(str(c.resolve()) for c in candidates))  # each place once
     raise DatasetError(f"data YAML not found: {data} (looked at {looked})")
 
 

@@ -105,6 +105,17 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+def shown_url(url: str) -> str:
+    """url as printed: its password replaced by *** (SQLAlchemy's rendering), or as given if it does not parse."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def open_study(storage_url: str, seed: int, resume: bool):
     """The study in storage (created if new); on resume, trials left running by a killed process fail and requeue."""
     import optuna
@@ -120,8 +131,9 @@ def open_study(storage_url: str, seed: int, resume: bool):
             break
         except (SQLAlchemyError, ValueError, ImportError) as e:
             if attempt + 1 == STORAGE_ATTEMPTS or not isinstance(e, SQLAlchemyError) or "connect" in str(e):
-                raise ConfigError(f"--evolve-storage {storage_url}: cannot open the Optuna storage "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+                reason = str(e).splitlines()[0].replace(storage_url, shown_url(storage_url))
+                raise ConfigError(f"--evolve-storage {shown_url(storage_url)}: cannot open the Optuna storage "
+                                  f"({type(e).__name__}: {reason})") from e
             time.sleep(0.5 * (attempt + 1))
     if resume:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
