@@ -33,13 +33,13 @@ step() {  # step NAME SECONDS COMMAND...: run with min(SECONDS, budget left), lo
   timeout "$limit" "$@" > "$WORK/logs/$name.log" 2>&1
   local rc=$?
   echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$SUMMARY"
-  tr '\r' '\n' < "$WORK/logs/$name.log" | grep -a "images/s\|ms/image\| all \|Speed:\|parity\|peak" \
+  tr '\r' '\n' < "$WORK/logs/$name.log" | grep -a "images/s\|ms/image\| all \|Speed:\|max abs difference\|peak" \
     | tail -n 8 | tee -a "$SUMMARY"
   [ "$rc" -ne 0 ] && tr '\r' '\n' < "$WORK/logs/$name.log" | tail -n 3 | tee -a "$SUMMARY"
   return 0
 }
 
-step env 30 python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
+step env 30 python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')"
 step val_fp32 60 python3 val.py --weights "$WEIGHTS" --data "$WORK/coco128.yaml" --img 640 --batch 32 \
   --device "$DEVICE" --project "$WORK/val" --name fp32 --exist-ok
 step val_fp16 60 python3 val.py --weights "$WEIGHTS" --data "$WORK/coco128.yaml" --img 640 --batch 32 \

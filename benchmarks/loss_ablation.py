@@ -169,7 +169,14 @@ def train(run: AblationRun, data: str, extra: list[str], env: dict[str, str]) ->
     if rc in (130, -2):  # train.py stopped by Ctrl-C (which reached this process too)
         raise KeyboardInterrupt
     if rc != 0:
-        raise SystemExit(f"loss_ablation: {run.name} seed {run.seed} failed (exit {rc}); see {run.folder}/train.log")
+        raise SystemExit(f"loss_ablation: {run.name} seed {run.seed} failed (exit {rc}): {last_line(run.folder)}; "
+                         f"see {run.folder}/train.log")
+
+
+def last_line(folder: Path) -> str:
+    """The last non-empty line of a run's train.log (train.py's one-line error), progress-bar redraws dropped."""
+    lines = (folder / "train.log").read_text(errors="replace").replace("\r", "\n").splitlines()
+    return next((line.strip() for line in reversed(lines) if line.strip()), "no output")
 
 
 def write_outputs(rows: list[dict], project: Path) -> None:
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         bar.write(f"{runs[i].name} seed {runs[i].seed}: {status}, mAP50 {row['mAP50']:.3f}, "
                   f"mAP50-95 {row['mAP50-95']:.3f} ({seconds:.0f} s)")
 
-    for run in runs:
+    for run in runs if not opt.report else ():  # a report trains nothing: it shows what each folder holds
         run.check_recipe(recipe)  # a finished or half-done run of other options is never reused under these
     todo = []
     for i, run in enumerate(runs):

@@ -128,6 +128,16 @@ def test_tiny_ablation_writes_its_outputs_and_resumes(tiny_data, tmp_path):
     other = [a if a != "1" else "2" for a in argv]  # --epochs 2: these folders' rows are not its rows
     with pytest.raises(SlideYoloError, match=r"seed0: started with other options \(--data .* --epochs 1 "):
         runner.main(other)
+    report = runner.main(["--hyps", "hyp.scratch-low.yaml", "hyp.slide.yaml", "--seeds", "0", "--project",
+                          str(project), "--report"])  # a report trains nothing: no training options needed
+    assert [r["mAP50"] for r in report] == [r["mAP50"] for r in rows]
+
+
+def test_a_failed_run_is_reported_with_the_last_line_of_its_log(tmp_path):
+    runner = load_runner()
+    (tmp_path / "train.log").write_text("$ python train.py\nscan 10%\rscan 100%\n"
+                                        "train.py: data YAML not found: nosuch.yaml\n\n")
+    assert runner.last_line(tmp_path) == "train.py: data YAML not found: nosuch.yaml"
 
 
 @pytest.mark.slow
