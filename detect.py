@@ -28,6 +28,7 @@ import torch
 
 from models.backend import DetectMultiBackend
 from utils.boxes import scale_boxes
+from utils.cli import DefaultsHelpFormatter
 from utils.data.data_config import find_data_yaml, load_yaml, normalise_names
 from utils.deploy.detection_writer import ResultWriter, describe
 from utils.deploy.ort_engine import ENGINES
@@ -44,8 +45,10 @@ DEFAULT_SOURCE = ROOT / "data" / "images"
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options (YOLOv5 names and defaults)."""
-    p = argparse.ArgumentParser(description="Detect objects in images, videos and streams")
-    p.add_argument("--weights", type=str, default=DEFAULT_WEIGHTS, help="model path (.pt, .torchscript, .onnx)")
+    p = argparse.ArgumentParser(description="Detect objects in images, videos and streams",
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--weights", type=str, default=DEFAULT_WEIGHTS,
+                   help="model path (.pt, .torchscript, .onnx, OpenVINO folder)")
     p.add_argument("--source", type=str, default=str(DEFAULT_SOURCE), help="file/dir/glob/.txt/video, 0=webcam")
     p.add_argument("--data", type=str, default=None, help="optional data YAML whose names replace the model's")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")

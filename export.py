@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from utils.checkpoint import attempt_load, load_checkpoint
+from utils.cli import DefaultsHelpFormatter
 from utils.deploy.export import (
     check_half,
     check_opset,
@@ -45,7 +46,8 @@ FORMATS = ("torchscript", "onnx", "openvino")
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options (YOLOv5 names and defaults)."""
-    parser = argparse.ArgumentParser(description="Export a .pt model to TorchScript / ONNX / OpenVINO")
+    parser = argparse.ArgumentParser(description="Export a .pt model to TorchScript / ONNX / OpenVINO",
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--weights", type=str, default=str(DEFAULT_WEIGHTS), help="model.pt path")
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the example input")

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from utils.checkpoint import is_resumable, load_checkpoint
+from utils.cli import DefaultsHelpFormatter
 from utils.errors import CheckpointError, ConfigError, SlideYoloError
 from utils.log import get_logger
 from utils.paths import ROOT
@@ -34,8 +35,7 @@ from utils.train.train_setup import DEFAULT_CFG, TEST_HOOKS, run_training
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (YOLOv5's names and meanings); argv None reads sys.argv."""
-    p = argparse.ArgumentParser(description="Train a YOLOv5-style detector", formatter_class=argparse.
-                                ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Train a YOLOv5-style detector", formatter_class=DefaultsHelpFormatter)
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
     p.add_argument("--cfg", type=str, default="", help=f"model.yaml path ({DEFAULT_CFG} when no --weights)")
     p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset.yaml path")

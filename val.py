@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from models.backend import DetectMultiBackend
+from utils.cli import DefaultsHelpFormatter
 from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
 from utils.deploy.ort_engine import ENGINES
@@ -33,10 +34,11 @@ TASKS = ("train", "val", "test", "speed")
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """YOLOv5's val.py flags and defaults."""
-    parser = argparse.ArgumentParser(description="Validate a detector on a dataset split")
+    parser = argparse.ArgumentParser(description="Validate a detector on a dataset split",
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--data", type=str, default=str(ROOT / "data/shapes.yaml"), help="dataset.yaml path")
     parser.add_argument("--weights", nargs="+", type=str, default=str(ROOT / "runs/train/exp/weights/best.pt"),
-                        help="model path(s): .pt, .torchscript or .onnx")
+                        help="model path(s): .pt, .torchscript, .onnx or an OpenVINO folder")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")

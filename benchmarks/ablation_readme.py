@@ -12,6 +12,7 @@ who reads them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -48,8 +49,9 @@ def report(script: str, folder: Path) -> tuple[str, Path, list[dict]]:
     return table, folder / "ablation.png", json.loads((folder / "ablation.json").read_text())
 
 
-def main() -> None:
-    """Refresh every table and plot."""
+def main(argv: list[str] | None = None) -> None:
+    """Refresh every table and plot (after -h, only the help is printed)."""
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # no options: -h, or a clear error
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()
     measured = {}

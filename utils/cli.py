@@ -1,0 +1,18 @@
+"""Command-line help shared by the entry points (train.py, val.py, detect.py, export.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """argparse help that appends ``(default: X)`` where X says something: not for flags, None or empty defaults,
+    nor where the help text already gives the default in its own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """The help text, with the default appended when it is informative."""
+        text = action.help or ""
+        silent = action.default in (None, False, "", argparse.SUPPRESS) or action.nargs == 0
+        if silent or "%(default)" in text or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
