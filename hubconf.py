@@ -36,10 +36,11 @@ def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape:
     from utils.errors import CheckpointError
 
     if pretrained:
-        found = [p for p in (Path.cwd() / f"{name}.pt", ROOT / f"{name}.pt") if p.is_file()]
+        folders = list(dict.fromkeys((Path.cwd().resolve(), ROOT)))  # the working folder, then the project's
+        found = [f / f"{name}.pt" for f in folders if (f / f"{name}.pt").is_file()]
         if not found:
-            raise CheckpointError(f"{name}.pt: not found in {Path.cwd()} or {ROOT}; this project never downloads "
-                                  f"weights: copy the file there, or use 'custom' with path=...")
+            raise CheckpointError(f"{name}.pt: not found in {' or '.join(map(str, folders))}; this project never "
+                                  "downloads weights: copy the file there, or use 'custom' with path=...")
         return custom(found[0], autoshape, device)
     model = DetectionModel(ROOT / "models" / f"{name}.yaml", ch=channels, nc=classes).to(device)
     model.names = {i: f"class{i}" for i in range(classes)}

@@ -43,8 +43,11 @@ def test_hub_load_untrained_model_by_name_offline():
     assert isinstance(results, Detections) and len(results) == 1 and results.xyxy[0].shape[1] == 6
 
 
-def test_pretrained_without_a_local_file_names_it():
+def test_pretrained_without_a_local_file_names_it(monkeypatch):
     with pytest.raises(CheckpointError, match=r"yolov5x\.pt: not found .* never downloads"):
+        torch.hub.load(str(ROOT), "yolov5x", source="local")
+    monkeypatch.chdir(ROOT)  # the working folder is the project's: named once
+    with pytest.raises(CheckpointError, match=rf"yolov5x\.pt: not found in {ROOT}; this project never downloads"):
         torch.hub.load(str(ROOT), "yolov5x", source="local")
 
 

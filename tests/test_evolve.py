@@ -139,6 +139,7 @@ def test_bad_hyp_and_unreachable_storage_are_clear_errors(tiny_data, tmp_path):
                                     "postgresql://nobody:secret@127.0.0.1:1/none", "--project", str(tmp_path / "t"),
                                     *TINY]))
     assert "secret" not in str(e.value)  # the password is not printed
+    assert not (tmp_path / "t").exists() and not (tmp_path / "evolve").exists()  # and no empty run folder is left
     with pytest.raises(ConfigError, match="no evolve_opt.yaml"):
         train.main(train.parse_opt(["--resume-evolve", str(tmp_path), *TINY]))
 

@@ -201,6 +201,8 @@ def prepare(opt: argparse.Namespace, classes: Callable[[argparse.Namespace], int
         nc = classes(opt)
     else:
         nc = classes(opt)
+        if opt.evolve_storage:  # a URL that cannot be opened stops here, before a run folder is made
+            open_study(opt.evolve_storage, opt.seed, resume=False)
         project = Path(opt.project).parent / "evolve" if Path(opt.project).name == "train" else Path(opt.project)
         folder = increment_path(project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     opt.save_dir, opt.nc = str(folder), nc
