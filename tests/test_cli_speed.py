@@ -152,6 +152,7 @@ def fake_runs(cli, monkeypatch, seconds: dict[str, float]) -> list:
         return seconds[side] * int(argv[argv.index("--epochs") + 1]), 100.0
 
     monkeypatch.setattr(cli, "run_once", run_once)
+    monkeypatch.setattr(cli, "check_sides", lambda opt: None)  # the fake upstream is no checkout
     monkeypatch.setattr(cli, "train_data", lambda n, folder, sides: {"ours": folder / "o.yaml",
                                                                      "upstream": folder / "u.yaml"})
     return calls

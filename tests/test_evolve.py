@@ -193,7 +193,7 @@ def test_a_ctrl_c_mid_trial_stops_the_search_and_its_values_run_again_on_resume(
     from utils.train.evolve import evolve
 
     opt = argparse.Namespace(save_dir=str(tmp_path), hyp="data/hyps/hyp.scratch-low.yaml", nc=1, evolve=2,
-                             evolve_storage="", seed=0, resume_evolve=None)
+                             evolve_storage="", seed=0, resume_evolve=None, optimizer="SGD")
     tried = []
 
     def train_fn(run: argparse.Namespace) -> tuple:

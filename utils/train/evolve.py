@@ -61,6 +61,8 @@ def fixed_by_optimizer(opt: argparse.Namespace, hyp: dict) -> dict:
     from utils.data.label_scan import list_image_files
     from utils.train.train_setup import BUILTIN_DEFAULTS, DEFAULTS
 
+    if opt.optimizer not in (None, AUTO):  # an explicit optimizer uses the hyp's own values
+        return {}
     data = check_dataset(opt.data)
     defaults = BUILTIN_DEFAULTS if data.get("generate") else DEFAULTS  # what each run's fill_defaults will pick
     optimizer, epochs, batch = (getattr(opt, k, None) or defaults[k] for k in ("optimizer", "epochs", "batch_size"))
