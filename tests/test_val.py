@@ -190,12 +190,20 @@ def test_augment_runs_tta_on_pt_and_refuses_exports(tiny_data, tmp_path, monkeyp
 @pytest.mark.slow
 @needs_shared(OFFICIAL_WEIGHTS)
 def test_tta_on_coco128_matches_upstream_yolov5(tmp_path):
-    # upstream `val.py --augment` (5081342, same weights, data, 640, batch 32): P 0.635, R 0.510, mAP50 0.541,
-    # mAP50-95 0.364; its recall pairs boxes by highest IoU first (see test above), hence the wider R tolerance
-    (p, r, map50, map5095, *_), _, _ = val.run(data=str(COCO128), weights=str(OFFICIAL_WEIGHTS), imgsz=640,
+    # upstream `val.run(..., augment=True)` (5081342, same weights, these 32 images, 640, batch 32): P 0.6657,
+    # R 0.5556, mAP50 0.6616, mAP50-95 0.4417 (on all 128 images: 0.635, 0.510, 0.541, 0.364, which this test
+    # checked until 2026-12-07, at four times the time); its recall pairs boxes by highest IoU first (see test
+    # above), hence the wider R tolerance
+    first = sorted((COCO128.parent / "images" / "train2017").glob("*.jpg"))[:32]
+    (tmp_path / "val32.txt").write_text("".join(f"{f}\n" for f in first))
+    names = yaml.safe_load(COCO128.read_text())["names"]
+    data = tmp_path / "coco32.yaml"
+    data.write_text(yaml.safe_dump({"train": str(tmp_path / "val32.txt"), "val": str(tmp_path / "val32.txt"),
+                                    "names": names}))
+    (p, r, map50, map5095, *_), _, _ = val.run(data=str(data), weights=str(OFFICIAL_WEIGHTS), imgsz=640,
                                                batch_size=32, project=tmp_path, workers=2, plots=False, augment=True)
-    assert p == pytest.approx(0.635, abs=0.005) and r == pytest.approx(0.510, abs=0.01)
-    assert map50 == pytest.approx(0.541, abs=0.003) and map5095 == pytest.approx(0.364, abs=0.002)
+    assert p == pytest.approx(0.6657, abs=0.005) and r == pytest.approx(0.5556, abs=0.01)
+    assert map50 == pytest.approx(0.6616, abs=0.003) and map5095 == pytest.approx(0.4417, abs=0.002)
 
 
 def test_a_single_class_model_on_its_multi_class_data_is_told_about_single_cls():
