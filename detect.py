@@ -106,7 +106,8 @@ def _load_backend(weights: Union[str, Path], device: str, half: bool, data: Opti
     """Open the weights (CheckpointError telling the user to pass --weights if missing) and apply --data names."""
     if not Path(weights).exists():
         raise CheckpointError(f"weights {weights}: file not found. Nothing is downloaded: pass --weights with a local "
-                              ".pt, .torchscript or .onnx file (e.g. runs/train/exp/weights/best.pt)")
+                              ".pt, .torchscript or .onnx file or OpenVINO folder "
+                              "(e.g. runs/train/exp/weights/best.pt)")
     backend = DetectMultiBackend(weights, device=device or "", fp16=half, engine=engine, dnn=dnn)
     if data:
         yaml_file = find_data_yaml(data)

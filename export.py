@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -119,14 +119,16 @@ def _int8_calibration(weights: Path, include: Sequence[str], data: Optional[str]
     """(data YAML, calibration image paths) for --int8, checked before any export work; ConfigError outside OpenVINO."""
     if "openvino" not in include:
         raise ConfigError("--int8 quantizes the OpenVINO IR: add --include openvino")
-    if not data:  # the checkpoint's training options name its data YAML
-        data = trained_data(load_checkpoint(weights).get("opt"), weights)
+    given = bool(data)
+    if not given:  # the checkpoint's training options name its data YAML
+        data = trained_data(load_checkpoint(weights, mmap=True).get("opt"), weights)
     files = calibration_files(data, n)
-    get_logger().info(f"{colorstr('OpenVINO INT8:')} calibrating on {len(files)} images of {data} 'train'")
+    get_logger().info(f"{colorstr('OpenVINO INT8:')} calibrating on {len(files)} images of {data} 'train'"
+                      + ("" if given else f" (the data {weights.name} was trained on)"))
     return data, files
 
 
-def _timed(label: str, fn, *args, **kwargs) -> Path:
+def _timed(label: str, fn: Callable[..., Path], *args, **kwargs) -> Path:
     """Call an exporter, log its duration and the file size; returns the file."""
     t = time.time()
     try:

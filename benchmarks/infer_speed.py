@@ -101,6 +101,7 @@ def run(weights: Optional[str] = None, cfg: str = "yolov5n.yaml", imgsz: int = 6
     import onnxruntime as ort
 
     torch.set_num_threads(threads)
+    calibration = _int8_files(int8_data, int8_images) if int8_data else None  # a bad --int8-data fails first
     model = build_model(weights, cfg)
     for p in model.parameters():
         p.requires_grad = False
@@ -115,8 +116,7 @@ def run(weights: Optional[str] = None, cfg: str = "yolov5n.yaml", imgsz: int = 6
                                     providers=["CPUExecutionProvider"])
         x = im.numpy()
         ov_model = openvino_compiled(model, im, Path(tmp), threads)
-        ov_int8 = openvino_compiled(model, im, Path(tmp), threads, _int8_files(int8_data, int8_images)) \
-            if int8_data else None
+        ov_int8 = openvino_compiled(model, im, Path(tmp), threads, calibration) if calibration else None
         with export_mode(model), torch.inference_mode():
             cases = {"PyTorch eager": lambda: model(im), "TorchScript": lambda: ts(im),
                      "onnxruntime": lambda: sess.run(None, {"images": x})}

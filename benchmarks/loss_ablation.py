@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def record(i: int, row: dict, status: str, seconds: float) -> None:
         rows[i] = row
-        if (row["hyp"], row["seed"]) not in ledger:
+        if (row["hyp"], row["seed"]) not in ledger and not opt.report:  # a report's recipe may not be the runs'
             ledger[(row["hyp"], row["seed"])] = row
             append_ledger(opt.ledger, row, recipe)
         write_outputs([rows[k] for k in sorted(rows)], project)

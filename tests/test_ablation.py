@@ -287,6 +287,13 @@ def test_a_ledger_outlives_the_run_folders(tmp_path, monkeypatch):
     assert "| hyp.slide | 2 |" in (report / "ablation.md").read_text()
     runner.main([*argv[:-1], "5"])  # another recipe (--epochs 5): the ledger's rows are not its rows
     assert len(trained) == 8 and len(ledger.read_text().splitlines()) == 8
+    folder = tmp_path / "other" / "hyp.slide" / "seed7"  # a finished run of some recipe, not in the ledger
+    folder.mkdir(parents=True)
+    (folder / "ablation_done.json").write_text(json.dumps(row("hyp.slide", 7, 0.7, 0.2)))
+    before = ledger.read_text()
+    rows = runner.main(["--hyps", "hyp.slide.yaml", "--seeds", "7", "--project", str(tmp_path / "other"),
+                        "--ledger", str(ledger), "--report"])
+    assert rows[0]["mAP50"] == 0.7 and ledger.read_text() == before  # shown, never filed under the report's recipe
 
 
 def test_a_damaged_ledger_is_named(tmp_path):

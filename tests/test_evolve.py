@@ -109,6 +109,8 @@ def check_shared_study(url: str, folders: list) -> None:
     assert len({t._trial_id for t in study.trials}) == len(study.trials)
     last = max(folders, key=lambda f: (f / "evolve.csv").stat().st_mtime)
     assert csv_trials(last) == sorted(numbers)
+    trial_opts = [yaml.safe_load(f.read_text()) for d in folders for f in d.glob("trials/*/opt.yaml")]
+    assert trial_opts and all(o["evolve_storage"] == "" for o in trial_opts)  # a URL's password stays out of them
 
 
 @pytest.mark.slow

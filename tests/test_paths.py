@@ -35,3 +35,9 @@ def test_write_atomic_files_are_not_private(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o640  # 0666 less the umask, not mkstemp's 0600
+
+
+def test_a_write_that_cannot_start_names_the_file_not_its_temporary(tmp_path):
+    with pytest.raises(OSError) as e:
+        write_atomic(tmp_path / "missing" / "opt.yaml", "a: 1")
+    assert e.value.filename == str(tmp_path / "missing" / "opt.yaml") and ".tmp" not in str(e.value)

@@ -12,7 +12,9 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         """The help text, with the default appended when it is informative."""
         text = action.help or ""
-        silent = action.default in (None, False, "", argparse.SUPPRESS) or action.nargs == 0
+        default = action.default  # by identity: 0 and 0.0 are defaults worth showing, though they equal False
+        silent = default is None or default is False or default == "" or default == argparse.SUPPRESS \
+            or action.nargs == 0
         if silent or "%(default)" in text or "default" in text.lower():
             return text
         return f"{text} (default: %(default)s)"

@@ -49,6 +49,8 @@ def _temp_beside(path: Path) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:  # another writer drew the same name: draw again
             continue
+        except OSError as e:  # a read-only disk, a missing folder: name the file being written, not the temporary
+            raise OSError(e.errno, e.strerror, str(path)) from e
     raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 

@@ -78,7 +78,7 @@ def check_opset(opset: int, include: Sequence[str]) -> None:
     from torch.onnx import _constants
 
     low, high = getattr(_constants, "ONNX_MIN_OPSET", 7), getattr(_constants, "ONNX_MAX_OPSET", 20)
-    if ("onnx" in include or "openvino" in include) and not low <= opset <= high:
+    if "onnx" in include and not low <= opset <= high:  # the OpenVINO IR is converted from an opset-17 graph
         raise ConfigError(f"--opset {opset}: torch {torch.__version__} writes ONNX opsets {low} to {high} "
                           "(default 17)")
 
@@ -156,7 +156,10 @@ def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path
     for key, value in meta.items():
         ov_model.set_rt_info(json.dumps(value), ["model_info", key])
     xml = folder / f"{weights.stem}.xml"
-    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    try:
+        ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    except RuntimeError as e:  # a folder where the file goes, a read-only disk: OpenVINO says "Can't open"
+        raise ConfigError(f"{xml}: cannot write the OpenVINO IR ({str(e).strip().splitlines()[-1][:160]})") from e
     (folder / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return folder
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from types import ModuleType
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from utils.data.data_config import check_dataset
+from utils.data.data_config import check_dataset, find_data_yaml
 from utils.data.label_scan import list_image_files
 from utils.errors import ConfigError, DatasetError
 from utils.log import get_logger
@@ -43,7 +44,7 @@ def quiet_cpp_extension() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def import_nncf():
+def import_nncf() -> ModuleType:
     """The nncf module, or a ConfigError saying how to install it."""
     try:
         import nncf
@@ -54,11 +55,14 @@ def import_nncf():
 
 
 def trained_data(weights_opt: Optional[dict], weights: Path) -> str:
-    """The data YAML the weights were trained on (the checkpoint's training options), for calibration without --data."""
+    """The data YAML the weights were trained on (the checkpoint's training options), for calibration without --data;
+    found as --data is (as given, then under the project and its data/ folder)."""
     trained_on = (weights_opt or {}).get("data")
-    if trained_on and Path(trained_on).is_file():
-        get_logger().info(f"INT8: calibrating on {trained_on}, the data {weights.name} was trained on")
-        return str(trained_on)
+    if trained_on:
+        try:
+            return str(find_data_yaml(trained_on))
+        except DatasetError:
+            pass
     why = f" ({weights.name} was trained on {trained_on}, which is not here)" if trained_on else ""
     raise ConfigError(f"--int8 needs calibration images: give --data your_data.yaml{why}")
 
@@ -74,7 +78,21 @@ def calibration_files(data_yaml: str, n: int, seed: int = 0) -> list[str]:
     if len(files) > n:
         pick = np.random.default_rng(seed).choice(len(files), n, replace=False)
         files = [files[i] for i in sorted(pick)]
-    return files
+    return readable(files, data_yaml)
+
+
+def readable(files: list[str], source: str) -> list[str]:
+    """The files OpenCV can decode, read once before any export work; the others are named in a warning."""
+    import cv2
+
+    ok = [f for f in files if cv2.imread(f, cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None]
+    if len(ok) < len(files):
+        bad = sorted(set(files) - set(ok))
+        get_logger().warning(f"WARNING {source}: {len(bad)} calibration image(s) cannot be read and are left out "
+                             f"(first: {bad[0]})")
+    if not ok:
+        raise DatasetError(f"{source}: none of the {len(files)} calibration images can be read")
+    return ok
 
 
 def calibration_batches(files: Sequence[str], imgsz: Sequence[int], stride: int, batch: int) -> Iterator[np.ndarray]:
@@ -100,8 +118,8 @@ def head_float_pattern(head_index: int) -> str:
     return rf"/model\.{head_index}/(?!m\.\d+/Conv).*"
 
 
-def quantize_openvino(ov_model, files: Sequence[str], imgsz: Sequence[int], stride: int, batch: int,
-                      head_index: int):
+def quantize_openvino(ov_model: Any, files: Sequence[str], imgsz: Sequence[int], stride: int, batch: int,
+                      head_index: int) -> Any:
     """The INT8 version of an OpenVINO model, calibrated on files (see the module docstring for what is quantized)."""
     batches = list(calibration_batches(files, imgsz, stride, batch))
     with quiet_cpp_extension():

@@ -213,21 +213,24 @@ def prepare(opt: argparse.Namespace, classes: Callable[[argparse.Namespace], int
     return opt
 
 
-def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tuple]) -> Any:
-    """Run trials until the study holds opt.evolve complete ones; train_fn(opt) trains one run and returns results."""
-    import optuna
-
-    save_dir = Path(opt.save_dir)
+def hyp_and_space(opt: argparse.Namespace) -> tuple[dict, dict[str, tuple]]:
+    """The search's base hyp and the keys it searches; keys --optimizer auto sets itself are fixed, not searched."""
     base = load_hyp(opt.hyp)
-    nc = int(opt.nc)
-    space = search_space(nc)
+    space = search_space(int(opt.nc))
     fixed = fixed_by_optimizer(opt, base)
     if fixed:  # searching them would record values that never trained
         get_logger().info(f"evolve: --optimizer auto trains these short runs with AdamW at "
                           f"{', '.join(f'{k} {v}' for k, v in fixed.items())}, so those keys are not searched "
                           "(pass --optimizer SGD, Adam or AdamW to search them)")
-        base = {**base, **fixed}
-        space = {k: v for k, v in space.items() if k not in fixed}
+    return {**base, **fixed}, {k: v for k, v in space.items() if k not in fixed}
+
+
+def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tuple]) -> Any:
+    """Run trials until the study holds opt.evolve complete ones; train_fn(opt) trains one run and returns results."""
+    import optuna
+
+    save_dir = Path(opt.save_dir)
+    base, space = hyp_and_space(opt)
     url = opt.evolve_storage or f"sqlite:///{(save_dir / 'evolve.db').resolve()}"
     study = open_study(url, opt.seed, resume=bool(opt.resume_evolve))
     if not study.trials:
@@ -236,7 +239,7 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
     def objective(trial: Any) -> float:
         hyp = validate_hyp({**base, **{k: suggest(trial, k, s) for k, s in space.items()}}, source="evolve")
         run = copy.copy(opt)
-        run.hyp, run.evolve, run.name = hyp, None, f"trial{trial.number}"
+        run.hyp, run.evolve, run.name, run.evolve_storage = hyp, None, f"trial{trial.number}", ""  # no URL in opt.yaml
         run.project, run.exist_ok, run.noval, run.nosave, run.noplots = str(save_dir / "trials"), True, True, True, True
         try:
             results = train_fn(run)
