@@ -23,6 +23,7 @@ import torch
 
 from utils.checkpoint import attempt_load, load_checkpoint
 from utils.cli import DefaultsHelpFormatter
+from utils.data.data_config import check_dataset
 from utils.deploy.export import (
     check_half,
     check_opset,
@@ -84,6 +85,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
     model = attempt_load(weights, device=dev, fuse=True)
     for p in model.parameters():
         p.requires_grad = False
+    calib_data = _validation_data(calib_data, model, weights)
     gs = int(max(model.stride.tolist()))
     if any(s % gs for s in imgsz):
         raise ConfigError(f"--imgsz {imgsz}: each size must be a multiple of the model stride {gs}")
@@ -126,6 +128,19 @@ def _int8_calibration(weights: Path, include: Sequence[str], data: Optional[str]
     get_logger().info(f"{colorstr('OpenVINO INT8:')} calibrating on {len(files)} images of {data} 'train'"
                       + ("" if given else f" (the data {weights.name} was trained on)"))
     return data, files
+
+
+def _validation_data(data: Optional[str], model: torch.nn.Module, weights: Path) -> Optional[str]:
+    """The calibration data YAML for the printed Validate line, or None (with a warning) when its class count is not
+    the model's: calibration reads images only, but val.py needs the model's classes."""
+    if not data:
+        return None
+    nc = len(check_dataset(data, only=["train"])["names"])
+    if nc != int(getattr(model, "nc", nc)):
+        get_logger().warning(f"WARNING {data} names {nc} classes and {weights.name} predicts {model.nc}: fine for "
+                             "calibration (images only), but validate the INT8 model on data with its classes")
+        return None
+    return data
 
 
 def _timed(label: str, fn: Callable[..., Path], *args, **kwargs) -> Path:

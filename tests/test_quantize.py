@@ -113,3 +113,14 @@ def test_a_folder_where_the_ir_goes_is_a_one_line_error(tmp_path):
     (tmp_path / "m_openvino_model" / "m.xml").mkdir(parents=True)  # something in the way of the IR file
     with pytest.raises(ConfigError, match=r"m.xml: cannot write the OpenVINO IR"):
         export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"])
+
+
+def test_calibration_data_of_other_classes_is_used_but_not_offered_for_validation(tmp_path, logs):
+    """Calibration reads images only, so data naming 6 classes calibrates a 3-class model; the Validate line,
+    which would fail on the class count, leaves that data out and a warning says why."""
+    weights = save_checkpoint({"model": tiny_model()}, tmp_path / "m.pt")
+    data = tiny_shapes_yaml(tmp_path, seed=9, n_train=2, n_val=1)  # the built-in data's 6 classes
+    export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"], int8=True, data=data, int8_images=2)
+    assert any("names 6 classes and m.pt predicts 3" in m for m in logs)
+    validate = [m for m in logs if "Validate:" in m]
+    assert validate and "--data" not in validate[-1]
