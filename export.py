@@ -25,6 +25,7 @@ from utils.checkpoint import attempt_load, load_checkpoint
 from utils.cli import DefaultsHelpFormatter
 from utils.data.data_config import check_dataset
 from utils.deploy.export import (
+    DEFAULT_OPSET,
     check_half,
     check_opset,
     export_onnx,
@@ -56,7 +57,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--half", action="store_true", help="FP16 half-precision export (TorchScript, ONNX)")
     parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph with onnxslim")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX: opset version")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX: opset version")
     parser.add_argument("--include", nargs="+", default=["torchscript"], choices=FORMATS, help="formats to export")
     parser.add_argument("--int8", action="store_true", help="OpenVINO: INT8 quantization with NNCF")
     parser.add_argument("--data", type=str, default=None,
@@ -69,7 +70,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), batch_size: int = 1,
         device: str = "cpu", include: Sequence[str] = ("torchscript",), half: bool = False, dynamic: bool = False,
-        simplify: bool = False, opset: int = 17, int8: bool = False, data: Optional[str] = None,
+        simplify: bool = False, opset: int = DEFAULT_OPSET, int8: bool = False, data: Optional[str] = None,
         int8_images: int = 300) -> dict[str, Path]:
     """Export weights to each format in include; returns {format: exported file}."""
     log, t0 = get_logger(), time.time()

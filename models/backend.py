@@ -263,13 +263,14 @@ class DetectMultiBackend(nn.Module):
         """One pass of the loaded model or session."""
         if (self.openvino or self.onnx) and not self.dynamic and self.batch and len(im) != self.batch:
             return self._forward_fixed_batches(im)
-        if self.dnn:
+        if self.dnn or self.openvino:
             self._check_fixed_size(im)
-            self.session.setInput(im.detach().cpu().float().numpy())
-            return torch.from_numpy(self.session.forward()).float().to(self.device)
-        if self.openvino:
-            self._check_fixed_size(im)
-            y = self.session(im.detach().cpu().float().numpy())[0]
+            x = im.detach().cpu().float().numpy()
+            if self.dnn:
+                self.session.setInput(x)
+                y = self.session.forward()
+            else:
+                y = self.session(x)[0]
             return torch.from_numpy(y).float().to(self.device)
         if self.onnx or self.session is not None:  # an .onnx file, or a .pt model on the onnxruntime engine
             return self._forward_onnx(im)

@@ -80,7 +80,7 @@ def check_opset(opset: int, include: Sequence[str]) -> None:
     low, high = getattr(_constants, "ONNX_MIN_OPSET", 7), getattr(_constants, "ONNX_MAX_OPSET", 20)
     if "onnx" in include and not low <= opset <= high:  # the OpenVINO IR is converted from an opset-17 graph
         raise ConfigError(f"--opset {opset}: torch {torch.__version__} writes ONNX opsets {low} to {high} "
-                          "(default 17)")
+                          f"(default {DEFAULT_OPSET})")
 
 
 def export_torchscript(model: nn.Module, im: torch.Tensor, file: Union[str, Path]) -> Path:
@@ -140,10 +140,10 @@ def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path
     import openvino as ov
     import yaml
 
-    from utils.deploy.quantize import int8_folder, quantize_openvino
+    from utils.deploy.quantize import quantize_openvino
 
     weights = Path(weights)
-    folder = int8_folder(weights) if int8_files else weights.with_name(f"{weights.stem}_openvino_model")
+    folder = weights.with_name(f"{weights.stem}{'_int8' if int8_files else ''}_openvino_model")
     folder.mkdir(parents=True, exist_ok=True)
     onnx_file = export_onnx(model, im.float(), folder / f"{weights.stem}.onnx", dynamic=dynamic)
     ov_model = ov.convert_model(str(onnx_file))

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -128,8 +128,3 @@ def quantize_openvino(ov_model: Any, files: Sequence[str], imgsz: Sequence[int],
                              subset_size=len(batches), ignored_scope=nncf.IgnoredScope(
                                  patterns=[head_float_pattern(head_index)]))
 
-
-def int8_folder(weights: Union[str, Path]) -> Path:
-    """Where the INT8 IR of weights goes: ``<stem>_int8_openvino_model/`` beside the weights."""
-    weights = Path(weights)
-    return weights.with_name(f"{weights.stem}_int8_openvino_model")

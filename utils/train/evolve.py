@@ -59,17 +59,16 @@ def fixed_by_optimizer(opt: argparse.Namespace, hyp: dict) -> dict:
     AdamW for a run this short), which are therefore not searched: {} for any other optimizer or run length."""
     from utils.data.data_config import check_dataset
     from utils.data.label_scan import list_image_files
-    from utils.train.train_setup import BUILTIN_DEFAULTS, DEFAULTS
+    from utils.train.train_setup import run_defaults
 
     if opt.optimizer not in (None, AUTO):  # an explicit optimizer uses the hyp's own values
         return {}
     data = check_dataset(opt.data)
-    defaults = BUILTIN_DEFAULTS if data.get("generate") else DEFAULTS  # what each run's fill_defaults will pick
-    optimizer, epochs, batch = (getattr(opt, k, None) or defaults[k] for k in ("optimizer", "epochs", "batch_size"))
-    if optimizer != AUTO:
+    run = run_defaults(opt, data)  # what each trial's fill_defaults will pick
+    if run["optimizer"] != AUTO:
         return {}
-    batch = max(int(batch), 1)
-    iterations = int(epochs) * math.ceil(len(list_image_files(data["train"])) / batch)
+    batch = max(int(run["batch_size"]), 1)
+    iterations = int(run["epochs"]) * math.ceil(len(list_image_files(data["train"])) / batch)
     plan = plan_optimizer(AUTO, hyp, iterations, batch)
     return {k: plan.hyp[k] for k in AUTO_ADAMW_HYP} if plan.name == "AdamW" else {}
 

@@ -59,12 +59,17 @@ DEFAULT_CFG = "yolov5n.yaml"  # used when neither --cfg nor --weights is given
 TEST_HOOKS = ("stop_after", "weights_hash")  # hidden options for tests, never saved or inherited on --resume
 
 
-def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
-    """Set --epochs/--batch-size/--imgsz left unset: CPU-sized for the built-in dataset, else YOLOv5's values."""
+def run_defaults(opt: argparse.Namespace, data: dict) -> dict:
+    """--epochs/--batch-size/--imgsz/--optimizer as a run on data uses them: as given, else CPU-sized for the
+    built-in dataset, else YOLOv5's values."""
     defaults = BUILTIN_DEFAULTS if data.get("generate") else DEFAULTS
-    for key, value in defaults.items():
-        if getattr(opt, key) is None:
-            setattr(opt, key, value)
+    return {k: v if getattr(opt, k, None) is None else getattr(opt, k) for k, v in defaults.items()}
+
+
+def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
+    """Set --epochs/--batch-size/--imgsz/--optimizer left unset (``run_defaults``) and check the options."""
+    for key, value in run_defaults(opt, data).items():
+        setattr(opt, key, value)
     if opt.epochs < 1:
         raise ConfigError(f"--epochs {opt.epochs}: train for at least one epoch")
     if opt.batch_size < 1:
