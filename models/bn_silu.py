@@ -2,14 +2,16 @@
 
 On a CPU, training yolov5n spends about a fifth of each step in BatchNorm and SiLU (docs/PERFORMANCE.md), which
 ATen runs as four separate passes over the activations forward and backward and which are bound by memory and by
-``exp``. ``models/csrc/bn_silu.cpp`` does both in one autograd function over channels_last float32 tensors: it
-keeps only the convolution's output for the backward pass and recomputes the rest, and evaluates the sigmoid with
-ATen's vectorised 20-ulp ``exp``. Results agree with ``silu(batch_norm(x))`` to about 1e-5 (relative), running
+``exp``. ``models/csrc/bn_silu.cpp`` does both in one forward and one backward operator over channels_last float32
+tensors (registered in ``torch.ops``, paired here by ``BnSiluFunction``): it keeps only the convolution's output for
+the backward pass and recomputes the rest, and evaluates the sigmoid with ATen's vectorised 20-ulp ``exp``. Results
+agree with ``silu(batch_norm(x))`` to about 1e-5 (relative), running
 statistics and ``num_batches_tracked`` are updated as ``nn.BatchNorm2d`` does.
 
 The kernel is compiled once per machine by ``torch.utils.cpp_extension`` (the system C++ compiler and ninja,
-about 45 s on 2 cores; cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``,
-one build per checkout and source text). ``prepare`` does that
+about 15 s on 2 cores: the source includes ATen's tensor and operator-registration headers only, not
+``torch/extension.h``, which took 53 s; cached under ``$TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``, one build per checkout and source text). ``prepare`` does that
 and switches it on; it is off until then, and wherever it cannot be used (no compiler, a CPU without AVX2 and FMA,
 CUDA, bfloat16, eval mode, no autograd) ``Conv`` runs ATen's kernels unchanged. ``train.py`` prepares it on the
 CPU unless ``--eager-bn`` is given.
@@ -22,7 +24,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def extension_name(source: Path = SOURCE) -> str:
 class KernelState:
     """The compiled extension (None until prepared or where it failed) and whether Conv uses it."""
 
-    ext: ModuleType | None = None
+    ext: object | None = None  # torch.ops.<extension name>: bn_silu_forward and bn_silu_backward
     active: bool = False
     reason: str = "not prepared"
     build_error: str = ""  # set once a build failed, so that later runs in the process do not try again
@@ -63,8 +64,9 @@ def unavailable_reason() -> str:
     return ""
 
 
-def build() -> ModuleType:
-    """Compile (or load the cached build of) the extension; raises what the compiler or loader raised."""
+def build() -> object:
+    """Compile (or load the cached build of) the extension and return its operators' namespace in ``torch.ops``;
+    raises what the compiler or loader raised."""
     cpp_logger = logging.getLogger("torch.utils.cpp_extension")
     level = cpp_logger.level
     cpp_logger.setLevel(logging.ERROR)  # its import warns about a missing CUDA runtime, which a CPU build never needs
@@ -75,10 +77,11 @@ def build() -> ModuleType:
     jobs = os.environ.get("MAX_JOBS")
     os.environ["MAX_JOBS"] = jobs or "2"  # one source file: two jobs are plenty, and the setting is put back
     try:
-        return load(extension_name(), [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
+        load(extension_name(), [str(SOURCE)], extra_cflags=CFLAGS, is_python_module=False, verbose=False)
     finally:
         if jobs is None:
             del os.environ["MAX_JOBS"]
+    return getattr(torch.ops, extension_name())
 
 
 def build_error_line(e: Exception) -> str:
@@ -96,7 +99,7 @@ def prepare(enabled: bool = True) -> bool:
         reason = KERNEL.build_error or unavailable_reason()
         if not reason:
             get_logger().info(f"Fused BatchNorm+SiLU kernel: loading the cached build of {SOURCE.name}, or compiling "
-                              "it where there is none yet (once per checkout, about a minute)")
+                              "it where there is none yet (once per checkout, about 15 s)")
             try:
                 KERNEL.ext = build()
             except Exception as e:  # no compiler, no ninja, a failed build: train with ATen's kernels
@@ -126,7 +129,27 @@ def applies(bn: nn.Module, act: nn.Module, y: torch.Tensor) -> bool:
             and y.is_contiguous(memory_format=torch.channels_last) and y.numel() > y.shape[1])
 
 
+class BnSiluFunction(torch.autograd.Function):
+    """silu(batch_norm(x)) in training mode, forward and backward by the compiled operators (formulas in
+    models/csrc/bn_silu.cpp); the running statistics and num_batches_tracked are updated in place."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches, momentum: float, eps: float):
+        a, mean, invstd = KERNEL.ext.bn_silu_forward(x, weight, bias, running_mean, running_var, num_batches,
+                                                     momentum, eps)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        return a
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the fused BatchNorm+SiLU kernel has no double backward (create_graph=True): "
+                               "train with --eager-bn (models/bn_silu.py)")
+        gx, gw, gb = KERNEL.ext.bn_silu_backward(grad, *ctx.saved_tensors)
+        return gx, gw, gb, None, None, None, None, None
+
+
 def bn_silu(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
     """silu(bn(y)) in training mode by the fused kernel (check ``applies`` first)."""
-    return KERNEL.ext.bn_silu_train(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked,
-                                    float(bn.momentum), float(bn.eps))
+    return BnSiluFunction.apply(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked,
+                                float(bn.momentum), float(bn.eps))

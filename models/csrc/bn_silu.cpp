@@ -10,20 +10,22 @@
 //   g_gamma = sum(g_y * xhat), g_beta = sum(g_y),  xhat = (x - mu_c) / sqrt(var_c + eps).
 // Only x is kept for the backward pass (y and s are recomputed), so the pair reads and writes the activations
 // fewer times than ATen's separate batch_norm, silu and their backward kernels.
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 namespace {
 
 using Vec = at::vec::Vectorized<float>;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 constexpr int64_t kBlockFloats = 2048;  // rows per block: about 8 KB of one tensor, so a block stays in L1
 
@@ -201,101 +203,96 @@ void affine_block(const float* x, float* g, int64_t C, int64_t r0, int64_t r1, c
   }
 }
 
-struct BnSilu : public torch::autograd::Function<BnSilu> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& running_mean, const at::Tensor& running_var,
-                            const at::Tensor& num_batches, double momentum, double eps) {
-    const int64_t C = x.size(1), M = x.numel() / C;
-    const float* px = x.data_ptr<float>();
-    const Blocks bl = blocks_of(M, C);
-    std::vector<float> bm(bl.count * C), b2(bl.count * C);
-    for_rows(bl, [&](int64_t r0, int64_t r1) {
-      const int64_t b = r0 / bl.block;
-      moments_block(px, C, r0, r1, bm.data() + b * C, b2.data() + b * C);
-    });
-    std::vector<double> mu, var;
-    merge_moments(bl, C, bm, b2, mu, var);
-    auto mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options());
-    float *pm = mean.data_ptr<float>(), *pi = invstd.data_ptr<float>();
-    float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
-    const float *pw = weight.data_ptr<float>(), *pb = bias.data_ptr<float>();
-    std::vector<float> sc(C), sh(C);
-    for (int64_t c = 0; c < C; ++c) {
-      pm[c] = float(mu[c]);
-      pi[c] = float(1.0 / std::sqrt(var[c] + eps));
-      sc[c] = pi[c] * pw[c];
-      sh[c] = pb[c] - pm[c] * sc[c];
-      rm[c] = float((1.0 - momentum) * rm[c] + momentum * mu[c]);
-      rv[c] = float((1.0 - momentum) * rv[c] + momentum * var[c] * M / (M - 1));
-    }
-    num_batches.add_(1);
-    auto a = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-    float* pa = a.data_ptr<float>();
-    for_rows(bl, [&](int64_t r0, int64_t r1) { silu_block(px, pa, C, r0, r1, sc.data(), sh.data()); });
-    ctx->save_for_backward({x, weight, bias});
-    ctx->saved_data["mean"] = mean;  // intermediates: saved_data, not save_for_backward (inputs and outputs only)
-    ctx->saved_data["invstd"] = invstd;
-    return a;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), "the fused BatchNorm+SiLU kernel has no double backward "
-                "(create_graph=True): train with --eager-bn (models/bn_silu.py)");
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
-    const at::Tensor mean = ctx->saved_data["mean"].toTensor(), invstd = ctx->saved_data["invstd"].toTensor();
-    const Rows ga = rows_of(grads[0]);
-    const int64_t C = x.size(1), M = x.numel() / C;
-    const float *px = x.data_ptr<float>(), *pw = weight.data_ptr<float>(), *pb = bias.data_ptr<float>();
-    const float *pm = mean.data_ptr<float>(), *pi = invstd.data_ptr<float>();
-    std::vector<float> sc(C), sh(C);
-    for (int64_t c = 0; c < C; ++c) {
-      sc[c] = pi[c] * pw[c];
-      sh[c] = pb[c] - pm[c] * sc[c];
-    }
-    auto gx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-    float* pg = gx.data_ptr<float>();
-    const Blocks bl = blocks_of(M, C);
-    std::vector<double> sum_gy, sum_gyx;
-    column_sums(bl, C, sum_gy, sum_gyx, [&](int64_t r0, int64_t r1, float* s, float* q) {
-      grad_y_block(px, ga, pg, C, r0, r1, sc.data(), sh.data(), pm, s, q);
-    });
-    auto gw = at::empty({C}, weight.options()), gb = at::empty({C}, bias.options());
-    float *pgw = gw.data_ptr<float>(), *pgb = gb.data_ptr<float>();
-    std::vector<float> k1(C), k2(C), k3(C);
-    for (int64_t c = 0; c < C; ++c) {
-      const double gxhat = sum_gyx[c] * pi[c];  // sum of g_y * xhat
-      const double gi = double(pw[c]) * pi[c], kx = gi * pi[c] * gxhat / M;
-      pgw[c] = float(gxhat);
-      pgb[c] = float(sum_gy[c]);
-      k1[c] = float(gi);
-      k2[c] = float(-kx);
-      k3[c] = float(kx * pm[c] - gi * sum_gy[c] / M);
-    }
-    for_rows(bl, [&](int64_t r0, int64_t r1) { affine_block(px, pg, C, r0, r1, k1.data(), k2.data(), k3.data()); });
-    return {gx, gw, gb, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-at::Tensor bn_silu_train(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                         const at::Tensor& running_mean, const at::Tensor& running_var,
-                         const at::Tensor& num_batches, double momentum, double eps) {
+// Forward: returns a = silu(bn(x)) with the batch's mean and 1/sqrt(var + eps) for the backward pass, and updates
+// the running statistics and num_batches_tracked in place.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_silu_forward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& running_mean,
+    const at::Tensor& running_var, const at::Tensor& num_batches, double momentum, double eps) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "bn_silu_train: x must be a channels_last float32 4-D tensor");
-  TORCH_CHECK(x.numel() / x.size(1) > 1, "bn_silu_train: more than one value per channel is needed");
+              "bn_silu_forward: x must be a channels_last float32 4-D tensor");
+  TORCH_CHECK(x.numel() / x.size(1) > 1, "bn_silu_forward: more than one value per channel is needed");
   for (const at::Tensor* t : {&weight, &bias, &running_mean, &running_var}) {
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == x.size(1),
-                "bn_silu_train: weight, bias and running statistics must be float32 vectors of the channel count");
+                "bn_silu_forward: weight, bias and running statistics must be float32 vectors of the channel count");
   }
   TORCH_CHECK(num_batches.scalar_type() == at::kLong && num_batches.numel() == 1,
-              "bn_silu_train: num_batches_tracked must be one int64");
-  return BnSilu::apply(x, weight, bias, running_mean, running_var, num_batches, momentum, eps);
+              "bn_silu_forward: num_batches_tracked must be one int64");
+  const int64_t C = x.size(1), M = x.numel() / C;
+  const float* px = x.data_ptr<float>();
+  const Blocks bl = blocks_of(M, C);
+  std::vector<float> bm(bl.count * C), b2(bl.count * C);
+  for_rows(bl, [&](int64_t r0, int64_t r1) {
+    const int64_t b = r0 / bl.block;
+    moments_block(px, C, r0, r1, bm.data() + b * C, b2.data() + b * C);
+  });
+  std::vector<double> mu, var;
+  merge_moments(bl, C, bm, b2, mu, var);
+  auto mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options());
+  float *pm = mean.data_ptr<float>(), *pi = invstd.data_ptr<float>();
+  float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
+  const float *pw = weight.data_ptr<float>(), *pb = bias.data_ptr<float>();
+  std::vector<float> sc(C), sh(C);
+  for (int64_t c = 0; c < C; ++c) {
+    pm[c] = float(mu[c]);
+    pi[c] = float(1.0 / std::sqrt(var[c] + eps));
+    sc[c] = pi[c] * pw[c];
+    sh[c] = pb[c] - pm[c] * sc[c];
+    rm[c] = float((1.0 - momentum) * rm[c] + momentum * mu[c]);
+    rv[c] = float((1.0 - momentum) * rv[c] + momentum * var[c] * M / (M - 1));
+  }
+  num_batches.add_(1);
+  auto a = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  float* pa = a.data_ptr<float>();
+  for_rows(bl, [&](int64_t r0, int64_t r1) { silu_block(px, pa, C, r0, r1, sc.data(), sh.data()); });
+  return {a, mean, invstd};
+}
+
+// Backward: (g_x, g_gamma, g_beta) from g_a and what the forward pass kept (x, gamma, beta, mean, invstd).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_silu_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& mean, const at::Tensor& invstd) {
+  const Rows ga = rows_of(grad);
+  const int64_t C = x.size(1), M = x.numel() / C;
+  const float *px = x.data_ptr<float>(), *pw = weight.data_ptr<float>(), *pb = bias.data_ptr<float>();
+  const float *pm = mean.data_ptr<float>(), *pi = invstd.data_ptr<float>();
+  std::vector<float> sc(C), sh(C);
+  for (int64_t c = 0; c < C; ++c) {
+    sc[c] = pi[c] * pw[c];
+    sh[c] = pb[c] - pm[c] * sc[c];
+  }
+  auto gx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  float* pg = gx.data_ptr<float>();
+  const Blocks bl = blocks_of(M, C);
+  std::vector<double> sum_gy, sum_gyx;
+  column_sums(bl, C, sum_gy, sum_gyx, [&](int64_t r0, int64_t r1, float* s, float* q) {
+    grad_y_block(px, ga, pg, C, r0, r1, sc.data(), sh.data(), pm, s, q);
+  });
+  auto gw = at::empty({C}, weight.options()), gb = at::empty({C}, bias.options());
+  float *pgw = gw.data_ptr<float>(), *pgb = gb.data_ptr<float>();
+  std::vector<float> k1(C), k2(C), k3(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double gxhat = sum_gyx[c] * pi[c];  // sum of g_y * xhat
+    const double gi = double(pw[c]) * pi[c], kx = gi * pi[c] * gxhat / M;
+    pgw[c] = float(gxhat);
+    pgb[c] = float(sum_gy[c]);
+    k1[c] = float(gi);
+    k2[c] = float(-kx);
+    k3[c] = float(kx * pm[c] - gi * sum_gy[c] / M);
+  }
+  for_rows(bl, [&](int64_t r0, int64_t r1) { affine_block(px, pg, C, r0, r1, k1.data(), k2.data(), k3.data()); });
+  return {gx, gw, gb};
 }
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  // no Python object is touched: --cpu-dp's part threads run their forward passes side by side
-  m.def("bn_silu_train", &bn_silu_train, "BatchNorm2d (training) + SiLU over channels_last float32 (CPU)",
-        py::call_guard<py::gil_scoped_release>());
+// The two operators go into torch.ops.<extension name> (the autograd function that pairs them is in
+// models/bn_silu.py). torch.ops calls run without the GIL, so --cpu-dp's part threads run them side by side.
+#define YOLO_BN_SILU_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+YOLO_BN_SILU_LIBRARY(TORCH_EXTENSION_NAME, m) {
+  m.def("bn_silu_forward(Tensor x, Tensor weight, Tensor bias, Tensor(a!) running_mean, Tensor(b!) running_var, "
+        "Tensor(c!) num_batches, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("bn_silu_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor invstd) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.impl("bn_silu_forward", c10::DispatchKey::CPU, TORCH_FN(bn_silu_forward));
+  m.impl("bn_silu_backward", c10::DispatchKey::CPU, TORCH_FN(bn_silu_backward));
 }
