@@ -15,6 +15,7 @@ from conftest import ROOT, tiny_shapes_yaml
 
 import train
 from utils.errors import ConfigError
+from utils.train import evolve
 from utils.train.evolve import SEARCH_SPACE, fitness, search_space, start_params, suggest
 from utils.train.hyp import load_hyp
 
@@ -71,13 +72,29 @@ def test_optimizer_auto_keeps_its_own_learning_rates_out_of_the_search(tiny_data
     assert fixed_by_optimizer(long_run, hyp) == {}
 
 
+def test_evolve_png_has_a_panel_per_searched_key(tmp_path):
+    from types import SimpleNamespace
+
+    import cv2
+
+    keys = ["lr0", "slide_ratio", "cls_loss_type", "mosaic", "fl_gamma", "box", "obj"]  # 7 keys: two rows of six
+    trials = [SimpleNamespace(params={k: i / 3 for k in keys[: 6 + i % 2]}, value=0.1 * i) for i in range(4)]
+    img = cv2.imread(str(evolve.plot_evolve(trials, keys, tmp_path / "evolve.png")))
+    assert img.shape[:2] == (int(2 * 2.4 * 110), int(6 * 2.6 * 110))  # rows x 2.4 in, 6 x 2.6 in, at 110 dpi
+    right_half_of_row_two = img[img.shape[0] // 2:, img.shape[1] // 3:]
+    assert (right_half_of_row_two == 255).all()  # the 5 unused panels are switched off, not drawn empty
+
+
 @pytest.mark.slow
-def test_evolve_writes_outputs_and_resumes_an_interrupted_trial(tiny_data, tmp_path):
+def test_evolve_writes_outputs_and_resumes_an_interrupted_trial(tiny_data, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(evolve, "plot_evolve", lambda trials, keys, path: drawn.append(len(trials)))
     project = tmp_path / "train"
     study = train.main(train.parse_opt(["--data", tiny_data, "--evolve", "2", "--project", str(project), *TINY]))
     folder = tmp_path / "evolve" / "exp"
-    assert {"evolve.csv", "hyp_evolve.yaml", "evolve.png", "evolve.db", "evolve_opt.yaml"} <= {
-        p.name for p in folder.iterdir()}
+    assert {"evolve.csv", "hyp_evolve.yaml", "evolve.db", "evolve_opt.yaml"} <= {p.name for p in folder.iterdir()}
+    assert drawn == [2]  # trials of seconds: evolve.png is drawn once, when the search stops
+    monkeypatch.setattr(evolve, "PLOT_EVERY_S", 0.0)  # trials of minutes: after every trial, and at the end
     assert csv_trials(folder) == [0, 1] and len(study.trials) == 2
     assert load_hyp(folder / "hyp_evolve.yaml")["lr0"] > 0  # a valid hyp file
     url = f"sqlite:///{folder / 'evolve.db'}"
@@ -86,6 +103,7 @@ def test_evolve_writes_outputs_and_resumes_an_interrupted_trial(tiny_data, tmp_p
     states = {t.number: t.state for t in optuna.load_study(study_name="evolve", storage=url).trials}
     assert states[orphan.number] == optuna.trial.TrialState.FAIL  # not counted
     assert len(complete_trials(url)) == 3 and csv_trials(folder) == sorted(t.number for t in complete_trials(url))
+    assert drawn == [2, 3, 3]
 
 
 def run_two_processes(tiny_data: str, tmp_path, url: str) -> list:

@@ -8,7 +8,8 @@ affords; the first trial is the hyp file itself. The study lives in an SQLite fi
 in any Optuna RDB URL (``--evolve-storage postgresql://...``), so several processes or machines can share one
 study. Only complete trials count toward N; a trial of a killed process is failed and queued again on
 ``--resume-evolve``, so none is lost or counted twice. After every trial the run folder gets evolve.csv (every
-complete trial of the study), hyp_evolve.yaml (the best) and evolve.png (one panel per searched key).
+complete trial of the study) and hyp_evolve.yaml (the best); evolve.png (one panel per searched key, a few seconds
+to draw) is redrawn after a trial at most once every PLOT_EVERY_S seconds, and always when the search stops.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from utils.paths import write_atomic
 from utils.train.engine import TrainingDivergedError
 from utils.train.hyp import load_hyp, validate_hyp
 from utils.train.optim import AUTO, AUTO_ADAMW_HYP, plan_optimizer
+
+PLOT_EVERY_S = 60.0  # evolve.png's redraws during a search: every trial of a real search, not every few seconds
 
 # YOLOv5's evolve ranges (train.py `meta`), obj on a log scale down to 0.001 so that the weighted-focal and
 # heatmap recipes (obj 0.0288, 0.0054) are inside the space, plus this project's loss keys.
@@ -144,8 +147,8 @@ def open_study(storage_url: str, seed: int, resume: bool):
     return study
 
 
-def write_outputs(study: Any, save_dir: Path, base_hyp: dict) -> None:
-    """evolve.csv, hyp_evolve.yaml and evolve.png from every complete trial of the study."""
+def write_outputs(study: Any, save_dir: Path, base_hyp: dict, plot: bool = True) -> None:
+    """evolve.csv, hyp_evolve.yaml and (plot=True) evolve.png from every complete trial of the study."""
     import optuna
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
@@ -162,7 +165,8 @@ def write_outputs(study: Any, save_dir: Path, base_hyp: dict) -> None:
     hyp = validate_hyp({**base_hyp, **best.params}, source="evolve")
     header = f"# Best of {len(done)} trials: trial {best.number}, fitness {best.value:.5f}\n"
     write_atomic(save_dir / "hyp_evolve.yaml", header + yaml.safe_dump(hyp, sort_keys=False))
-    plot_evolve(done, keys, save_dir / "evolve.png")
+    if plot:
+        plot_evolve(done, keys, save_dir / "evolve.png")
 
 
 def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
@@ -172,7 +176,9 @@ def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
     plt = pyplot_agg()
     cols = 6
     rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), tight_layout=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    margin = 0.25 / (2.4 * rows)  # fixed margins in inches: tight_layout took half of the figure's 4-5 s
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=2 * margin, top=1 - 1.5 * margin, wspace=0.35, hspace=0.45)
     best = max(trials, key=lambda t: t.value)
     for ax, k in zip(axes.ravel(), keys):
         xs = [t.params[k] for t in trials if k in t.params]
@@ -180,6 +186,8 @@ def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
         ax.scatter(xs, ys, s=12, c="tab:blue", alpha=0.7)
         ax.scatter([best.params.get(k)], [best.value], s=40, c="red", marker="+")
         ax.set_title(k, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.locator_params(nbins=4)
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")
     return save_figure(plt, fig, path, dpi=110)
@@ -254,8 +262,12 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
             trial.set_user_attr(m, float(v))
         return fitness(results)
 
+    last_plot = [time.monotonic()]  # the first redraw once a trial ends PLOT_EVERY_S into the search
+
     def after(study_: Any, trial: Any) -> None:
-        write_outputs(study_, save_dir, base)
+        plot = time.monotonic() - last_plot[0] >= PLOT_EVERY_S
+        write_outputs(study_, save_dir, base, plot=plot)
+        last_plot[0] = time.monotonic() if plot else last_plot[0]
         if trial.number in interrupted:
             get_logger().info(f"evolve: trial {trial.number} was interrupted; queued again for --resume-evolve")
             return
