@@ -144,7 +144,7 @@ def test_a_failed_run_is_reported_with_the_last_line_of_its_log(tmp_path):
 def test_ctrl_c_stops_the_ablation_and_the_same_command_finishes_it(tiny_data, tmp_path):
     project = tmp_path / "abl"
     cmd = [sys.executable, "benchmarks/loss_ablation.py", "--data", tiny_data, "--hyps", "hyp.scratch-low.yaml",
-           "--seeds", "0", "--project", str(project), "--epochs", "12", "--imgsz", "64", "--batch-size", "2",
+           "--seeds", "0", "--project", str(project), "--epochs", "5", "--imgsz", "64", "--batch-size", "2",
            "--workers", "2", "--noval", "--noplots"]
     last = project / "hyp.scratch-low" / "seed0" / "weights" / "last.pt"
     r = press_ctrl_c_when(cmd, last)
@@ -155,7 +155,7 @@ def test_ctrl_c_stops_the_ablation_and_the_same_command_finishes_it(tiny_data, t
     assert again.returncode == 0, again.stderr[-3000:]
     log = (last.parent.parent / "train.log").read_text()
     assert "--resume" in log.split("$ ")[-1].splitlines()[0]  # the second command continued the run
-    assert json.loads((project / "ablation.json").read_text())[0]["epochs"] == 12
+    assert json.loads((project / "ablation.json").read_text())[0]["epochs"] == 5
 
 
 def test_jobs_share_the_cores_unless_threads_are_set(monkeypatch):

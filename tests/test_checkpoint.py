@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from utils.checkpoint import deferred_sigint, load_checkpoint, save_checkpoint
+from utils.checkpoint import copy_checkpoint, deferred_sigint, load_checkpoint, save_checkpoint
 
 
 def test_a_failed_save_keeps_the_previous_file_and_no_temp_file(tmp_path):
@@ -22,6 +22,17 @@ def test_a_failed_save_keeps_the_previous_file_and_no_temp_file(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint({"model": torch.nn.Linear(2, 2), "epoch": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_best_pt_is_a_copy_of_the_epochs_last_pt_file(tmp_path):
+    last = save_checkpoint({"model": torch.nn.Linear(2, 2), "epoch": 7}, tmp_path / "last.pt")
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"an older best.pt")
+    assert copy_checkpoint(last, best) == best and best.read_bytes() == last.read_bytes()
+    assert load_checkpoint(best)["epoch"] == 7 and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+    with pytest.raises(FileNotFoundError):
+        copy_checkpoint(tmp_path / "missing.pt", best)
+    assert load_checkpoint(best)["epoch"] == 7  # untouched
 
 
 def test_the_next_save_removes_a_killed_saves_temp_file(tmp_path):

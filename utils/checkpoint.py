@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
 import threading
 import time
@@ -69,11 +70,23 @@ def save_checkpoint(obj: dict, path: str | Path) -> Path:
     Ctrl-C during the write takes effect once the file is complete (an interrupted torch.save raises a RuntimeError
     from its zip writer instead of the KeyboardInterrupt).
     """
+    return _write_checkpoint(path, lambda f: torch.save(obj, f))
+
+
+def copy_checkpoint(src: str | Path, path: str | Path) -> Path:
+    """Copy the checkpoint file src to path as save_checkpoint writes one (atomically, Ctrl-C deferred): best.pt
+    from the epoch's last.pt without pickling the same dict twice."""
+    with open(src, "rb") as f:
+        return _write_checkpoint(path, lambda out: shutil.copyfileobj(f, out, 1 << 20))
+
+
+def _write_checkpoint(path: str | Path, write: Callable) -> Path:
+    """write_atomic(path, write) with Ctrl-C deferred, then remove temporary files a killed earlier writer left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with deferred_sigint():
-        write_atomic(path, lambda f: torch.save(obj, f))
+        write_atomic(path, write)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed save before this one
         if stale.stat().st_mtime < started:
             stale.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import WeightedRandomSampler
 
-from utils.checkpoint import attempt_load, deferred_sigint, save_checkpoint, strip_optimizer
+from utils.checkpoint import attempt_load, copy_checkpoint, deferred_sigint, save_checkpoint, strip_optimizer
 from utils.data.sampling import update_sampler
 from utils.errors import CheckpointError
 from utils.eval.metrics import fitness
@@ -118,12 +118,12 @@ def save_epoch(state: TrainState, ctx: RunContext, epoch: int, best_fitness: flo
     ensure_finite_weights(state)
     ckpt = make_checkpoint(state, ctx, epoch, best_fitness)
     with deferred_sigint():
-        save_checkpoint(ckpt, ctx.weights_dir / "last.pt")
+        last = save_checkpoint(ckpt, ctx.weights_dir / "last.pt")
         if is_best:
-            save_checkpoint(ckpt, ctx.weights_dir / "best.pt")
+            copy_checkpoint(last, ctx.weights_dir / "best.pt")  # the same dict: its file, not a second pickling
         period = ctx.opt.save_period
         if period > 0 and epoch % period == 0:
-            save_checkpoint(ckpt, ctx.weights_dir / f"epoch{epoch}.pt")
+            copy_checkpoint(last, ctx.weights_dir / f"epoch{epoch}.pt")
 
 
 def restore_state(ckpt: dict, state: TrainState, scheduler: LambdaLR, weights: str, epochs: int) -> tuple[int, float]:
