@@ -88,6 +88,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters for x complete trials")
     p.add_argument("--evolve-storage", default="", help="Optuna storage URL for --evolve (default: SQLite file in "
                    "the run folder; postgresql://... to share one study between machines)")
+    p.add_argument("--evolve-population", "--evolve_population", default=None, help="warm start of --evolve: a "
+                   "folder of hyp YAML files (or one file) whose values are among the first trials")
     p.add_argument("--resume-evolve", "--resume_evolve", default=None, help="continue the search of a runs/evolve "
                    "folder")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP rank (set by old launchers)")

@@ -174,6 +174,33 @@ def test_a_resumed_search_keeps_its_own_data_and_single_cls(tiny_data, tmp_path)
     assert (saved["nc"], saved["single_cls"], saved["data"]) == (1, True, tiny_data)  # not the defaults' 6 classes
 
 
+def test_a_population_of_hyp_files_seeds_the_first_trials(tiny_data, tmp_path):
+    space = search_space(6)
+    base = load_hyp("hyp.scratch-low.yaml")
+    trials = evolve.first_trials(base, space, ROOT / "data" / "hyps")
+    assert trials[0] == start_params(base, space)  # --hyp's own values first
+    assert len(trials) == len({tuple(sorted(map(str, t.items()))) for t in trials})  # each distinct set once
+    assert {t["cls_loss_type"] for t in trials} == {"bce", "ce"} and max(t["slide_ratio"] for t in trials) > 0
+    one = evolve.first_trials(base, space, ROOT / "data" / "hyps" / "hyp.focal.yaml")
+    assert len(one) == 2 and one[1] == start_params({**base, **load_hyp("hyp.focal.yaml")}, space)
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "hyp.x.yaml").write_text("lr0: 0.01\n")
+    for folder, message in [("empty", "no .yaml hyp files"), ("gone", "no such folder or file"),
+                            ("bad", r"hyp\.x\.yaml: missing required key")]:
+        with pytest.raises(ConfigError, match=message):
+            train.main(train.parse_opt(["--data", tiny_data, "--evolve", "1", "--evolve-population",
+                                        str(tmp_path / folder), "--project", str(tmp_path / "p"), *TINY]))
+    assert not (tmp_path / "p").exists()  # refused before a run folder was made
+
+    opt = evolve.prepare(train.parse_opt(["--data", tiny_data, "--evolve", "3", "--project", str(tmp_path / "q"),
+                                          "--evolve_population", str(ROOT / "data" / "hyps")]), lambda o: 6)
+    ran = []
+    evolve.evolve(opt, lambda run: ran.append(run.hyp) or (0.5, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0))
+    assert [{k: hyp[k] for k in space} for hyp in ran] == trials[:3]  # the queue in order: --hyp, then the files
+
+
 def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tiny_data, tmp_path):
     from utils.train import evolve
     from utils.train.engine import TrainingDivergedError

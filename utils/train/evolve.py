@@ -92,6 +92,30 @@ def start_params(hyp: dict, space: dict[str, tuple]) -> dict:
     return out
 
 
+def population_files(path: str | Path) -> list[Path]:
+    """The hyp files of ``--evolve-population``: a folder's *.yaml files (sorted), or one file."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise ConfigError(f"--evolve-population {p}: no such folder or file (give a folder of hyp YAML files)")
+    files = sorted(p.glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"--evolve-population {p}: no .yaml hyp files in this folder")
+    return files
+
+
+def first_trials(base: dict, space: dict[str, tuple], population: str | Path | None = None) -> list[dict]:
+    """The search's first trials: the base hyp's values, then each population file's (as upstream's
+    --evolve_population seeds its first generation), clipped into the search ranges, each distinct set once."""
+    hyps = [base] + [{**base, **load_hyp(f)} for f in (population_files(population) if population else [])]
+    out: list[dict] = []
+    for params in (start_params(h, space) for h in hyps):
+        if params not in out:
+            out.append(params)
+    return out
+
+
 def fitness(results: tuple) -> float:
     """YOLOv5's fitness: 0.1 mAP50 + 0.9 mAP50-95 of (P, R, mAP50, mAP50-95, ...)."""
     return 0.1 * float(results[2]) + 0.9 * float(results[3])
@@ -187,7 +211,7 @@ def plot_evolve(trials: list, keys: list[str], path: Path) -> Path:
         ax.scatter([best.params.get(k)], [best.value], s=40, c="red", marker="+")
         ax.set_title(k, fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.locator_params(nbins=4)
+        ax.locator_params(axis="both" if all(isinstance(x, (int, float)) for x in xs) else "y", nbins=4)
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")
     return save_figure(plt, fig, path, dpi=110)
@@ -210,6 +234,9 @@ def prepare(opt: argparse.Namespace, classes: Callable[[argparse.Namespace], int
         nc = classes(opt)
     else:
         nc = classes(opt)
+        population = getattr(opt, "evolve_population", None)
+        for f in population_files(population) if population else []:
+            load_hyp(f)  # a bad file stops here, before a run folder is made
         if opt.evolve_storage:  # a URL that cannot be opened stops here, before a run folder is made
             open_study(opt.evolve_storage, opt.seed, resume=False)
         project = Path(opt.project).parent / "evolve" if Path(opt.project).name == "train" else Path(opt.project)
@@ -241,7 +268,13 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
     url = opt.evolve_storage or f"sqlite:///{(save_dir / 'evolve.db').resolve()}"
     study = open_study(url, opt.seed, resume=bool(opt.resume_evolve))
     if not study.trials:
-        study.enqueue_trial(start_params(base, space))
+        population = getattr(opt, "evolve_population", None)
+        queued = first_trials(base, space, population)
+        for params in queued:
+            study.enqueue_trial(params)
+        if population:
+            get_logger().info(f"evolve: the first {len(queued)} trials are {opt.hyp} and the distinct hyp files of "
+                              f"--evolve-population {population}")
 
     def objective(trial: Any) -> float:
         hyp = validate_hyp({**base, **{k: suggest(trial, k, s) for k, s in space.items()}}, source="evolve")
