@@ -5,8 +5,9 @@ Every backend takes a float tensor (bs, 3, h, w) in [0, 1] and returns the decod
 float32 tensor on the backend's device: xywh in input pixels, objectness, class scores (sigmoid or softmax, see
 ``class_act``). Exported files carry their own metadata (written by utils/deploy/export.py): ``stride``, ``names``,
 ``class_act``, ``imgsz``, ``dynamic``, ``nc``; TorchScript in the ``config.txt`` extra file (JSON), ONNX in
-``metadata_props`` (one JSON value per key). Files exported by upstream YOLOv5 (``shape``/``stride``/``names`` keys,
-Python-literal values) are read as well.
+``metadata_props`` (Python-literal values, as upstream YOLOv5 writes them; this project's files before 2026-12-07 hold
+JSON), OpenVINO in ``<stem>.yaml`` beside the IR (``metadata.yaml`` in older exports of this project). Files
+exported by upstream YOLOv5 (``shape``/``stride``/``names`` keys) are read as well.
 """
 
 from __future__ import annotations
@@ -214,7 +215,8 @@ class DetectMultiBackend(nn.Module):
         return meta
 
     def _load_openvino(self, xml: Path) -> dict:
-        """Compile an OpenVINO IR for the CPU in float32; metadata from metadata.yaml beside it (else the IR's rt_info).
+        """Compile an OpenVINO IR for the CPU in float32; metadata from <stem>.yaml beside it (upstream's file and
+        ours; metadata.yaml in this project's older exports), else the IR's rt_info.
 
         OpenVINO's CPU plugin otherwise runs in bfloat16 on CPUs that have it (AVX-512 BF16, AMX), which moved
         yolov5n's outputs by 0.04 against PyTorch; float32 keeps the parity of every other backend.
@@ -228,8 +230,8 @@ class DetectMultiBackend(nn.Module):
             self.session = ov.Core().compile_model(model, "CPU", config)
         except Exception as e:  # missing .bin, not an IR
             raise CheckpointError(f"weights {xml}: cannot be read by OpenVINO ({type(e).__name__}: {e})") from e
-        meta_file = xml.parent / "metadata.yaml"
-        raw = yaml.safe_load(meta_file.read_text()) if meta_file.is_file() else {}
+        meta_file = next((f for f in (xml.with_suffix(".yaml"), xml.parent / "metadata.yaml") if f.is_file()), None)
+        raw = yaml.safe_load(meta_file.read_text()) if meta_file else {}
         if not raw and model.has_rt_info("model_info"):
             raw = {k: _parse_value(v.astype(str)) for k, v in model.get_rt_info("model_info").items()}
         shape = model.inputs[0].get_partial_shape()

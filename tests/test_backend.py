@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 import torch
@@ -110,6 +112,19 @@ def test_upstream_style_metadata(tmp_path, exported):
     onnx.save(proto, str(tmp_path / "up.onnx"))
     b = DetectMultiBackend(tmp_path / "up.onnx")
     assert b.names == NAMES and b.stride == 32 and b.class_act == "sigmoid" and b.nc == 3
+
+
+def test_json_metadata_of_older_exports_is_still_read(tmp_path, exported):
+    """This project's ONNX files before 2026-12-07 stored each value as JSON (names with string keys)."""
+    _, files = exported
+    proto = onnx.load(str(files[".onnx"]))
+    del proto.metadata_props[:]
+    for k, v in {"stride": 32, "names": {str(i): n for i, n in NAMES.items()}, "class_act": "softmax"}.items():
+        p = proto.metadata_props.add()
+        p.key, p.value = k, json.dumps(v)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    b = DetectMultiBackend(tmp_path / "old.onnx")
+    assert b.names == NAMES and b.stride == 32 and b.class_act == "softmax"
 
 
 def test_onnx_without_metadata_infers_nc(tmp_path, exported):

@@ -121,10 +121,13 @@ def test_softmax_rows_sum_to_one_in_onnx(tmp_path, models):
 
 
 def test_onnx_metadata_props(tmp_path, models):
+    from models.backend import _parse_value
+
     file = export_onnx(models["ce"], torch.zeros(1, 3, 64, 96), tmp_path / "m.onnx", dynamic=True)
-    meta = {p.key: json.loads(p.value) for p in onnx.load(str(file)).metadata_props}
-    assert meta["names"] == {str(k): v for k, v in NAMES.items()}
-    assert meta["stride"] == 32 and meta["class_act"] == "softmax" and meta["nc"] == 3
+    text = {p.key: p.value for p in onnx.load(str(file)).metadata_props}
+    assert eval(text["names"]) == NAMES and int(text["stride"]) == 32  # as upstream YOLOv5's DetectMultiBackend reads
+    meta = {k: _parse_value(v) for k, v in text.items()}  # as ours does
+    assert meta["names"] == NAMES and meta["stride"] == 32 and meta["class_act"] == "softmax" and meta["nc"] == 3
     assert meta["imgsz"] == [64, 96] and meta["dynamic"] is True
 
 
@@ -214,7 +217,13 @@ def test_openvino_export_parity_metadata_and_backend(tmp_path, kind):
     files = export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"])
     folder = files["openvino"]
     assert folder.name == f"{kind}_openvino_model" and (folder / f"{kind}.xml").is_file()
-    assert (folder / f"{kind}.bin").is_file() and (folder / "metadata.yaml").is_file()
+    assert (folder / f"{kind}.bin").is_file()
+    meta = yaml.safe_load((folder / f"{kind}.yaml").read_text())  # the file upstream YOLOv5 reads stride and names from
+    assert meta["stride"] == 32 and meta["names"] == model.names
+    if kind == "bce":  # this project's exports before 2026-12-07 named the file metadata.yaml: still read
+        (folder / f"{kind}.yaml").rename(folder / "metadata.yaml")
+        assert DetectMultiBackend(folder).names == model.names
+        (folder / "metadata.yaml").rename(folder / f"{kind}.yaml")
     backend = DetectMultiBackend(folder)
     assert backend.openvino and backend.class_act == ("softmax" if kind == "ce" else "sigmoid")
     assert backend.imgsz == [64, 64] and not backend.dynamic and backend.names == model.names

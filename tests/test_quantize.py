@@ -57,7 +57,7 @@ def test_int8_openvino_export_quantizes_convolutions_and_keeps_the_decode_in_flo
     folder = export_cli.run(weights=str(weights), imgsz=[64], include=["openvino"], int8=True, data=data,
                             int8_images=3)["openvino"]
     assert folder.name == f"{kind}_int8_openvino_model" and (folder / f"{kind}.xml").is_file()
-    meta = yaml.safe_load((folder / "metadata.yaml").read_text())
+    meta = yaml.safe_load((folder / f"{kind}.yaml").read_text())
     assert meta["int8"] is True and meta["calibration_images"] == 3 and meta["class_act"] == model.class_act
     convs = conv_inputs(folder / f"{kind}.xml")  # 8-bit activations (quantized before a Concat) and weights
     assert len(convs) == 60 and set(convs.values()) <= {("FakeQuantize", "i8"), ("Concat", "i8")}

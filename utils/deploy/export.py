@@ -4,7 +4,8 @@ Exported graphs return the decoded prediction alone (``Detect.export = True``): 
 pixels, sigmoid objectness and class scores as the model's ``class_act`` (sigmoid, or softmax rows summing to 1).
 Metadata (``stride``, ``names``, ``nc``, ``class_act``, ``imgsz``, ``batch``, ``dynamic``) travels inside the file,
 read back by models/backend.py: TorchScript as a JSON ``config.txt`` extra file, ONNX as ``metadata_props``
-(one JSON value per key).
+(one value per key, written as upstream YOLOv5 writes them: ``str(value)``, names as a Python dict literal with int
+keys), OpenVINO as ``<stem>.yaml`` beside the IR (the file upstream reads). So upstream YOLOv5 runs these files too.
 
 ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it needs no ``onnxscript`` and
 supports ``dynamic_axes``; the Detect head rebuilds its grids from the input shape, so a ``dynamic`` export accepts
@@ -25,6 +26,7 @@ from torch import nn
 
 from utils.errors import ConfigError
 from utils.log import get_logger
+from utils.paths import write_atomic
 
 INPUT_NAME, OUTPUT_NAME = "images", "output0"
 DEFAULT_OPSET = 17  # export.py --opset
@@ -122,20 +124,21 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Union[str, Path], opse
         proto = _simplify(proto, file)
     for key, value in export_metadata(model, im, dynamic).items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
+        entry.key, entry.value = key, str(value)  # upstream reads names with eval(): int keys, not JSON's strings
     onnx.save(proto, str(file))
     return file
 
 
 def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path], dynamic: bool = False,
                     int8_files: Optional[Sequence[str]] = None) -> Path:
-    """Export to an OpenVINO IR folder ``<stem>_openvino_model/`` (``<stem>.xml`` + ``.bin`` + ``metadata.yaml``).
+    """Export to an OpenVINO IR folder ``<stem>_openvino_model/`` (``<stem>.xml`` + ``.bin`` + ``<stem>.yaml``).
 
     The graph goes through ONNX (the same graph as ``export_onnx``: decoded boxes, softmax inside for ce models) and
     ``openvino.convert_model``; the metadata (stride, names, class_act, imgsz, dynamic, nc, batch) is written both into
-    the IR's rt_info and into metadata.yaml, which ``DetectMultiBackend`` reads. Weights are stored in FP32.
-    With ``int8_files`` (calibration images) the IR is quantized to INT8 by NNCF (utils/deploy/quantize.py) and
-    written to ``<stem>_int8_openvino_model/`` instead, with ``int8: true`` and the image count in its metadata.
+    the IR's rt_info and into ``<stem>.yaml``, which ``DetectMultiBackend`` reads (as upstream YOLOv5's does).
+    Weights are stored in FP32. With ``int8_files`` (calibration images) the IR is quantized to INT8 by NNCF
+    (utils/deploy/quantize.py) and written to ``<stem>_int8_openvino_model/`` instead, with ``int8: true`` and the
+    image count in its metadata.
     """
     import openvino as ov
     import yaml
@@ -160,7 +163,7 @@ def export_openvino(model: nn.Module, im: torch.Tensor, weights: Union[str, Path
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
     except RuntimeError as e:  # a folder where the file goes, a read-only disk: OpenVINO says "Can't open"
         raise ConfigError(f"{xml}: cannot write the OpenVINO IR ({str(e).strip().splitlines()[-1][:160]})") from e
-    (folder / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    write_atomic(xml.with_suffix(".yaml"), yaml.safe_dump(meta, sort_keys=False))
     return folder
 
 
