@@ -22,7 +22,15 @@ from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
 from utils.deploy.ort_engine import ENGINES
 from utils.errors import ConfigError, DatasetError, SlideYoloError
-from utils.eval.coco import coco_evaluate, save_json, yolo_to_coco_gt
+from utils.eval.coco import (
+    COCO80_TO_91,
+    coco_evaluate,
+    coco_image_ids,
+    is_coco_val,
+    official_coco_annotations,
+    save_json,
+    yolo_to_coco_gt,
+)
 from utils.eval.evaluate import EvalConfig, EvalResult, evaluate, format_table, write_per_class_csv
 from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
@@ -95,15 +103,22 @@ def _square_size(backend: DetectMultiBackend, imgsz: int, weights: str) -> int:
     return backend.input_size([check_img_size(imgsz, backend.stride, floor=backend.stride)])[0]
 
 
-def _coco_check(result: EvalResult, dataloader, names: dict, save_dir: Path, weights: str) -> None:
-    """Write predictions and ground truth as COCO JSON and print pycocotools' mAP next to ours."""
+def _coco_check(result: EvalResult, dataloader, data: dict, names: dict, save_dir: Path, weights: str) -> None:
+    """Write predictions and ground truth as COCO JSON and print pycocotools' mAP next to ours. On COCO val2017
+    (as upstream): COCO's 1-90 category ids, and COCO's own annotations where they are instead of converted labels."""
     log = get_logger()
     ds = dataloader.dataset
-    pred_json = save_json(result.coco_json, save_dir / f"{Path(weights).stem}_predictions.json")
-    gt_json = save_json(yolo_to_coco_gt(ds.im_files, ds.labels, ds.shapes, names), save_dir / "ground_truth.json")
-    log.info(f"Saved {pred_json} and {gt_json}")
+    class_map = COCO80_TO_91 if is_coco_val(data) and len(names) == 80 else None
+    preds = [{**d, "category_id": class_map[d["category_id"]]} for d in result.coco_json] if class_map else \
+        result.coco_json
+    pred_json = save_json(preds, save_dir / f"{Path(weights).stem}_predictions.json")
+    official = official_coco_annotations(data) if class_map else None
+    gt_json = official or save_json(yolo_to_coco_gt(ds.im_files, ds.labels, ds.shapes, names, class_map),
+                                    save_dir / "ground_truth.json")
+    log.info(f"Saved {pred_json}" + ("" if official else f" and {gt_json}") + (
+        f"; scoring against {official}" if official else ""))
     try:
-        map_, map50 = coco_evaluate(gt_json, pred_json)
+        map_, map50 = coco_evaluate(gt_json, pred_json, img_ids=coco_image_ids(ds.im_files) if official else None)
     except ImportError as e:
         log.warning(f"WARNING pycocotools unavailable, COCO cross-check skipped: {e}")
         return
@@ -167,7 +182,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         log.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
                  f"{(batch_size, 3, imgsz, imgsz)}")
         if save_json and result.coco_json:
-            _coco_check(result, dataloader, names, Path(save_dir), weights)
+            _coco_check(result, dataloader, data, names, Path(save_dir), weights)
         log.info(f"Results saved to {colorstr('bold', str(save_dir))}")
     else:
         model.float()

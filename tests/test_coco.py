@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from utils.boxes import xywhn2xyxy
-from utils.eval.coco import coco_evaluate, coco_image_ids, detections_to_coco, save_json, yolo_to_coco_gt
+from utils.eval.coco import (
+    COCO80_TO_91,
+    coco_evaluate,
+    coco_image_ids,
+    detections_to_coco,
+    is_coco_val,
+    official_coco_annotations,
+    save_json,
+    yolo_to_coco_gt,
+)
 from utils.eval.metrics import ap_per_class, process_batch
 
 pytest.importorskip("pycocotools")
@@ -66,10 +76,31 @@ def our_map(labels, shapes, preds, ap_method: str = "interp") -> tuple[float, fl
     return float(ap.mean()), float(ap[:, 0].mean())
 
 
-def test_image_ids_numeric_stems_or_index():
+def test_image_ids_numeric_stems_else_stems_else_paths():
     assert coco_image_ids(["a/000000000139.jpg", "b/42.png"]) == [139, 42]
-    assert coco_image_ids(["a/139.jpg", "b/bus.jpg"]) == [0, 1]
-    assert coco_image_ids(["a/7.jpg", "b/007.jpg"]) == [0, 1]  # not unique as integers
+    assert coco_image_ids(["a/139.jpg", "b/bus.jpg"]) == ["139", "bus"]  # as upstream YOLOv5: the file stem
+    assert coco_image_ids(["a/7.jpg", "b/007.jpg"]) == ["7", "007"]  # not unique as integers
+    assert coco_image_ids(["d/train/a.jpg", "d/val/a.png"]) == ["train/a", "val/a"]  # one stem twice
+
+
+def test_file_stem_ids_score_as_numeric_ids_do():
+    files, labels, shapes = make_dataset(n_images=12)
+    named = [f"images/pic_{Path(f).stem[-3:]}.jpg" for f in files]
+    preds = noisy_predictions(labels, shapes)
+    scores = []
+    for fs in (files, named):
+        dets = [d for i, p in zip(coco_image_ids(fs), preds) for d in detections_to_coco(p, i)]
+        scores.append(coco_evaluate(yolo_to_coco_gt(fs, labels, shapes, NAMES), dets))
+    assert coco_image_ids(named)[0] == "pic_001" and scores[1] == pytest.approx(scores[0], abs=1e-9)
+
+
+def test_coco_category_ids_and_val2017_detection(tmp_path):
+    assert len(COCO80_TO_91) == 80 and COCO80_TO_91[:12] == [*range(1, 12), 13] and COCO80_TO_91[-1] == 90
+    assert is_coco_val({"val": "/data/coco/val2017.txt"}) and not is_coco_val({"val": "/data/coco/images/val2017"})
+    assert official_coco_annotations({"path": str(tmp_path)}) is None
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
+    assert official_coco_annotations({"path": str(tmp_path)}) == tmp_path / "annotations" / "instances_val2017.json"
 
 
 def test_gt_conversion():

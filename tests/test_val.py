@@ -215,3 +215,37 @@ def test_a_single_class_model_on_its_multi_class_data_is_told_about_single_cls()
     val._check_classes(SimpleNamespace(nc=1), data, "sc.pt", single_cls=True)
     with pytest.raises(ConfigError, match=r"trained on$"):  # other counts: the data YAML is the likely mistake
         val._check_classes(SimpleNamespace(nc=2), data, "two.pt", single_cls=False)
+
+
+def test_save_json_on_coco_val2017_uses_cocos_category_ids_and_annotations(tiny_data, tmp_path):
+    import json
+    import shutil
+
+    from utils.eval.coco import COCO80_TO_91
+
+    root = tmp_path / "coco"  # COCO's layout: a val2017.txt list under a folder named coco
+    (root / "images" / "val2017").mkdir(parents=True)
+    (root / "labels" / "val2017").mkdir(parents=True)
+    lines = []
+    for i, f in enumerate(sorted(Path(tiny_data["val"]).glob("*.jpg"))[:4], start=1):
+        shutil.copy(f, root / "images" / "val2017" / f"{i:012d}.jpg")
+        shutil.copy(Path(str(f.parent).replace("images", "labels")) / f"{f.stem}.txt",
+                    root / "labels" / "val2017" / f"{i:012d}.txt")
+        lines.append(f"./images/val2017/{i:012d}.jpg")
+    (root / "val2017.txt").write_text("\n".join(lines) + "\n")
+    data = root / "coco.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "val2017.txt", "val": "val2017.txt",
+                                    "names": {i: f"c{i}" for i in range(80)}}))
+    weights = tiny_checkpoint(tmp_path / "coco80.pt", nc=80)
+    opts = dict(data=str(data), weights=str(weights), imgsz=64, batch_size=4, workers=0, project=tmp_path,
+                save_json=True, plots=False, conf_thres=1e-7)  # a random model: low scores
+    val.run(**opts, name="own")
+    preds = json.loads((tmp_path / "own" / "coco80_predictions.json").read_text())
+    gt = json.loads((tmp_path / "own" / "ground_truth.json").read_text())
+    assert preds and {d["category_id"] for d in preds} <= set(COCO80_TO_91)  # 1-90, not class indices
+    assert [c["id"] for c in gt["categories"]] == COCO80_TO_91 and {d["image_id"] for d in preds} <= {1, 2, 3, 4}
+    (root / "annotations").mkdir()
+    shutil.copy(tmp_path / "own" / "ground_truth.json", root / "annotations" / "instances_val2017.json")
+    val.run(**opts, name="official")
+    assert (tmp_path / "official" / "coco80_predictions.json").is_file()
+    assert not (tmp_path / "official" / "ground_truth.json").exists()  # scored against COCO's own annotations

@@ -1,11 +1,13 @@
 """COCO-format ground truth and detections, and bbox mAP by pycocotools (the reference implementation).
 
-Image ids: if every image file stem is a decimal integer and the stems are unique (COCO's own
-``000000000139.jpg``), the id is that integer; otherwise the id is the image's index in ``im_files``. The rule is
+Image ids, as upstream YOLOv5 writes them: if every image file stem is a decimal integer and the stems are unique
+(COCO's own ``000000000139.jpg``), the id is that integer; otherwise the file stem (``"maksssksksss12"``), or where
+two files share a stem, the path below the images' common folder without its suffix (``"train/a"``). The rule is
 applied to the whole list at once (``coco_image_ids``) so ground truth and detections always agree.
 Category ids are the class indices (0-based); pass ``class_map`` to ``detections_to_coco`` and ``yolo_to_coco_gt`` to
-use other ids (e.g. the 91-id COCO map). Boxes are COCO [x_top_left, y_top_left, width, height] in original-image
-pixels. Annotation ids start at 1 (pycocotools treats id 0 as "unmatched").
+use other ids (``COCO80_TO_91``: COCO's own 1-90 ids, which val.py uses for COCO val2017 as upstream does). Boxes
+are COCO [x_top_left, y_top_left, width, height] in original-image pixels. Annotation ids start at 1 (pycocotools
+treats id 0 as "unmatched").
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -20,6 +23,9 @@ import numpy as np
 import torch
 
 JsonLike = Union[dict, list, str, Path]
+ImageId = Union[int, str]
+COCO_UNUSED_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}  # ids of COCO's 91-category list without any annotation
+COCO80_TO_91 = [i for i in range(1, 91) if i not in COCO_UNUSED_IDS]  # the 80 detection classes' category ids
 
 
 def _pycocotools():
@@ -32,12 +38,17 @@ def _pycocotools():
     return COCO, COCOeval
 
 
-def coco_image_ids(im_files: Sequence[Union[str, Path]]) -> list[int]:
-    """Image ids for a list of files: the numeric stems if all are numeric and unique, else 0..n-1."""
-    stems = [Path(f).stem for f in im_files]
+def coco_image_ids(im_files: Sequence[Union[str, Path]]) -> list[ImageId]:
+    """Image ids for a list of files: the numeric stems if all are numeric and unique, else the stems if unique,
+    else the paths below the files' common folder without suffix."""
+    paths = [Path(f) for f in im_files]
+    stems = [p.stem for p in paths]
     if stems and all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
         return [int(s) for s in stems]
-    return list(range(len(stems)))
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return [p.relative_to(root).with_suffix("").as_posix() for p in paths]
 
 
 def yolo_to_coco_gt(im_files: Sequence[Union[str, Path]], labels: Sequence[np.ndarray], shapes: np.ndarray,
@@ -64,7 +75,7 @@ def yolo_to_coco_gt(im_files: Sequence[Union[str, Path]], labels: Sequence[np.nd
             "annotations": annotations, "categories": categories}
 
 
-def detections_to_coco(detections: Union[torch.Tensor, np.ndarray], image_id: int,
+def detections_to_coco(detections: Union[torch.Tensor, np.ndarray], image_id: ImageId,
                        class_map: Optional[Sequence[int]] = None) -> list[dict]:
     """COCO results of one image from (n, 6) x1, y1, x2, y2, conf, cls in original-image pixels.
 
@@ -73,7 +84,7 @@ def detections_to_coco(detections: Union[torch.Tensor, np.ndarray], image_id: in
     d = detections.detach().cpu().float().numpy() if isinstance(detections, torch.Tensor) else np.asarray(detections)
     out = []
     for x1, y1, x2, y2, conf, c in d.reshape(-1, 6).astype(float):
-        out.append({"image_id": int(image_id),
+        out.append({"image_id": image_id if isinstance(image_id, str) else int(image_id),
                     "category_id": int(class_map[int(c)]) if class_map is not None else int(c),
                     "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                     "score": round(conf, 5)})
@@ -93,8 +104,22 @@ def _load(obj: JsonLike):
     return json.loads(Path(obj).read_text()) if isinstance(obj, (str, Path)) else obj
 
 
-def coco_evaluate(gt: JsonLike, dets: JsonLike, verbose: bool = False) -> tuple[float, float]:
-    """Bbox mAP by pycocotools -> (mAP@0.5:0.95, mAP@0.5), over the images of gt (dict or JSON path).
+def is_coco_val(data: dict) -> bool:
+    """Whether a data dict's val split is COCO val2017 (upstream's test: its entry ends in coco/val2017.txt)."""
+    val = data.get("val")
+    return isinstance(val, (str, Path)) and Path(val).as_posix().endswith("coco/val2017.txt")
+
+
+def official_coco_annotations(data: dict) -> Optional[Path]:
+    """COCO's own instances_val2017.json under the data's path, where it is (upstream scores against it)."""
+    f = Path(data.get("path") or ".") / "annotations" / "instances_val2017.json"
+    return f if f.is_file() else None
+
+
+def coco_evaluate(gt: JsonLike, dets: JsonLike, verbose: bool = False,
+                  img_ids: Optional[Sequence[ImageId]] = None) -> tuple[float, float]:
+    """Bbox mAP by pycocotools -> (mAP@0.5:0.95, mAP@0.5), over the images of gt (dict or JSON path), or over
+    img_ids (those validated, when gt is a larger set such as COCO's own annotations).
 
     dets: list of result dicts or a JSON path. pycocotools' rules apply: at most 100 detections per image (highest
     scores), matching per detection in score order, area range "all". Returns (0.0, 0.0) when there is no detection;
@@ -111,7 +136,7 @@ def coco_evaluate(gt: JsonLike, dets: JsonLike, verbose: bool = False) -> tuple[
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(dets)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.params.imgIds = sorted(img["id"] for img in gt["images"])
+        ev.params.imgIds = sorted(img_ids if img_ids is not None else (img["id"] for img in gt["images"]))
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
