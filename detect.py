@@ -182,7 +182,8 @@ def _log_summary(source: Any, speed: tuple, seen: int, shape: Optional[tuple], s
         what = source if isinstance(source, (str, Path)) else "source"
         log.warning(f"WARNING {what}: no image or frame could be read, nothing was detected")
     labels = f"\n{n_txt} labels saved to {save_dir / 'labels'}" if n_txt is not None else ""
-    log.info(f"Results saved to {colorstr('bold', str(save_dir))}{labels}")
+    if any(save_dir.iterdir()):  # not after --nosave alone, which saves nothing
+        log.info(f"Results saved to {colorstr('bold', str(save_dir))}{labels}")
 
 
 def main(opt: argparse.Namespace) -> dict:

@@ -37,6 +37,7 @@ from utils.deploy.export import (
 )
 from utils.deploy.quantize import calibration_files, trained_data
 from utils.errors import ConfigError, SlideYoloError
+from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
 from utils.paths import ROOT
 from utils.torch_utils import select_device
@@ -58,7 +59,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph with onnxslim")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX: opset version")
-    parser.add_argument("--include", nargs="+", default=["torchscript"], choices=FORMATS, help="formats to export")
+    parser.add_argument("--include", nargs="+", default=["torchscript"], type=str.lower, choices=FORMATS,
+                        help="formats to export")
     parser.add_argument("--int8", action="store_true", help="OpenVINO: INT8 quantization with NNCF")
     parser.add_argument("--data", type=str, default=None,
                         help="INT8: dataset YAML whose train images calibrate (default: the one trained on)")
@@ -87,9 +89,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
     for p in model.parameters():
         p.requires_grad = False
     calib_data = _validation_data(calib_data, model, weights)
-    gs = int(max(model.stride.tolist()))
-    if any(s % gs for s in imgsz):
-        raise ConfigError(f"--imgsz {imgsz}: each size must be a multiple of the model stride {gs}")
+    imgsz = check_img_size(imgsz, int(max(model.stride.tolist())))  # rounded up with a warning, as val/detect do
     im = torch.zeros(batch_size, 3, *imgsz, device=dev)
     if half:
         model, im = model.half(), im.half()

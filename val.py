@@ -160,7 +160,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         if augment:
             backend.check_augment()
         _check_classes(backend, data, weights, single_cls)
-        names, fp16 = data["names"], half
+        names, fp16 = data["names"], backend.fp16
         imgsz = _square_size(backend, imgsz, weights)
         batch_size = batch_size if backend.dynamic else backend.batch
         rect = backend.dynamic  # rectangular batches need a model that accepts any size (.pt, dynamic exports)

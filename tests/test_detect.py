@@ -91,8 +91,8 @@ def test_images_txt_csv_crops(tiny_weights, images, tmp_path):
         np.testing.assert_allclose(values[:, 5], det[:, 4].numpy(), atol=1e-5)
     with open(save_dir / "predictions.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 6 and set(table[0]) >= {"image", "class", "confidence", "x1", "y2"}
-    assert {r["class"] for r in table} <= {"square", "circle"}
+    assert len(table) == 6 and set(table[0]) >= {"Image Name", "Prediction", "Confidence", "x1", "y2"}
+    assert {r["Prediction"] for r in table} <= {"square", "circle"}
     assert len(list((save_dir / "crops").rglob("*.jpg"))) == 6
     assert len(out["speed"]) == 3
     again = detect.run(weights=tiny_weights, source=images / "one.jpg", imgsz=[64], nosave=True, device="cpu",

@@ -30,8 +30,8 @@ def test_writer_saves_image_txt_csv_and_crop(tmp_path):
 
     assert (tmp_path / "labels" / "img.txt").read_text() == "1 0.175 0.5 0.25 0.6 0.9\n"  # normalized xywh + conf
     rows = list(csv.reader((tmp_path / "predictions.csv").open()))
-    assert rows == [["image", "frame", "class", "confidence", "x1", "y1", "x2", "y2"],
-                    ["img.jpg", "0", "square", "0.9000", "10.0", "20.0", "60.0", "80.0"]]
+    assert rows == [["Image Name", "Prediction", "Confidence", "frame", "x1", "y1", "x2", "y2"],  # upstream's 3 first
+                    ["img.jpg", "square", "0.9000", "0", "10.0", "20.0", "60.0", "80.0"]]
     crop = cv2.imread(str(tmp_path / "crops" / "square" / "img.jpg"))
     assert crop is not None and crop.shape[:2] == (71, 61)  # box 50x60 px, x1.02 + 10 px, clipped to the image
     assert cv2.imread(str(tmp_path / "img.jpg")).shape == im.shape

@@ -159,8 +159,11 @@ def test_export_cli_defaults_and_errors(tmp_path, checkpoint):
     with pytest.raises(ConfigError, match="exported in FP32; export it without --half"):
         export_cli.run(weights=alone, imgsz=[64], include=["onnx", "openvino"], half=True)
     assert sorted(p.name for p in alone.parent.iterdir()) == ["best.pt"]  # refused before any export
-    with pytest.raises(ConfigError, match="multiple of the model stride"):
-        export_cli.run(weights=weights, imgsz=[70])
+    from models.backend import DetectMultiBackend
+
+    rounded = export_cli.run(weights=weights, imgsz=[70, 64], include=["onnx"])["onnx"]  # up to the stride, as upstream
+    assert DetectMultiBackend(rounded).imgsz == [96, 64]
+    assert export_cli.parse_opt(["--include", "ONNX", "OpenVINO"]).include == ["onnx", "openvino"]
     with pytest.raises(CheckpointError, match="missing.pt"):
         export_cli.run(weights=tmp_path / "missing.pt", imgsz=[64])
     broken = (("empty.pt", b""), ("text.pt", b"not a checkpoint"), ("cut.pt", checkpoint.read_bytes()[:500]))

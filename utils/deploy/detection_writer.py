@@ -94,15 +94,16 @@ class ResultWriter:
         self.n_txt += 1
 
     def _write_csv(self, image: str, frame: int, det: torch.Tensor) -> None:
-        """Append one row per detection to predictions.csv (header on first write)."""
+        """Append one row per detection to predictions.csv (header on first write): upstream YOLOv5's three columns
+        (Image Name, Prediction, Confidence) by their names, then the frame and the box in pixels."""
         file = self.save_dir / "predictions.csv"
         new = not file.exists()
         with open(file, "a", newline="") as f:
             w = csv.writer(f)
             if new:
-                w.writerow(["image", "frame", "class", "confidence", "x1", "y1", "x2", "y2"])
+                w.writerow(["Image Name", "Prediction", "Confidence", "frame", "x1", "y1", "x2", "y2"])
             for *xyxy, conf, cls in det.tolist():
-                w.writerow([image, frame, self.names.get(int(cls), int(cls)), f"{conf:.4f}",
+                w.writerow([image, self.names.get(int(cls), int(cls)), f"{conf:.4f}", frame,
                             *(f"{v:.1f}" for v in xyxy)])
 
     def _write_frame(self, path: str, im: np.ndarray, cap: Optional[cv2.VideoCapture]) -> None:
