@@ -38,6 +38,17 @@ def test_different_classes_kept_unless_agnostic():
     assert out.shape[0] == 1 and out[0, 5] == 0
 
 
+def test_labels_join_as_confidence_one_detections_for_save_hybrid():
+    p = pred(row(50, 50, 20, 20, 0.9, 0.9, 0.1), row(150, 50, 20, 20, 0.9, 0.9, 0.1))
+    labels = [torch.tensor([[0, 51, 50, 20, 20], [1, 300, 300, 10, 10]])]  # cls, cx, cy, w, h in input pixels
+    (out,) = non_max_suppression(p, labels=labels)
+    assert out[:, 4].tolist() == pytest.approx([1, 1, 0.81])  # the labels first; the box under label 0 suppressed
+    assert sorted(out[:2, 5].tolist()) == [0, 1] and out[2, 5] == 0 and out[2, 0] == 140  # the far box stays
+    assert [41, 40, 61, 60] in out[:2, :4].tolist()  # label 0 as x1, y1, x2, y2
+    (only,) = non_max_suppression(pred(row(50, 50, 20, 20, 0.0001, 0.9, 0.1)), labels=labels)
+    assert only.shape == (2, 6)  # no prediction above conf_thres: the labels alone
+
+
 def test_non_overlapping_kept_sorted_by_conf():
     p = pred(row(20, 20, 10, 10, 0.6, 1.0), row(80, 80, 10, 10, 0.9, 1.0))
     out = non_max_suppression(p)[0]

@@ -39,12 +39,16 @@ def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool) -> torch.
 
 
 def _nms_one(x: torch.Tensor, conf_thres: float, iou_thres: float, classes: Optional[torch.Tensor],
-             agnostic: bool, multi_label: bool, max_det: int) -> torch.Tensor:
-    """NMS for one image: (N, 5 + nc) raw rows -> (n, 6) detections x1, y1, x2, y2, conf, cls."""
+             agnostic: bool, multi_label: bool, max_det: int, prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NMS for one image: (N, 5 + nc) raw rows -> (n, 6) detections x1, y1, x2, y2, conf, cls; ``prior`` (k, 5)
+    cls, cx, cy, w, h rows in input pixels join the candidates with confidence 1 (val.py --save-hybrid)."""
     x = x[x[:, 4] > conf_thres].float()  # objectness filter first: cheap and removes most rows
-    if not x.shape[0]:
+    if not x.shape[0] and prior is None:
         return x.new_zeros((0, 6))
-    det = _candidates(x, conf_thres, multi_label)
+    det = _candidates(x, conf_thres, multi_label) if x.shape[0] else x.new_zeros((0, 6))
+    if prior is not None:
+        p = prior.float().to(det.device)
+        det = torch.cat((torch.cat((xywh2xyxy(p[:, 1:5]), torch.ones_like(p[:, :1]), p[:, :1]), 1), det))
     if classes is not None:
         det = det[(det[:, 5:6] == classes.to(det.device)).any(1)]
     if not det.shape[0]:
@@ -76,14 +80,17 @@ def first_kept(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, 
 def non_max_suppression(prediction: Union[torch.Tensor, Sequence[torch.Tensor]], conf_thres: float = 0.25,
                         iou_thres: float = 0.45, classes: Optional[Sequence[int]] = None, agnostic: bool = False,
                         multi_label: bool = False, max_det: int = 300, exclusive: bool = False,
-                        time_limit: Optional[float] = None) -> list[torch.Tensor]:
+                        time_limit: Optional[float] = None,
+                        labels: Optional[Sequence[torch.Tensor]] = None) -> list[torch.Tensor]:
     """Filter and suppress (bs, N, 5 + nc) xywh predictions -> list of bs tensors (n, 6) x1, y1, x2, y2, conf, cls.
 
     Steps per image: keep rows with objectness > conf_thres; score = objectness x class score; with ``multi_label``
     (used only when nc > 1 and not ``exclusive``) every (box, class) pair with score > conf_thres is a candidate,
     otherwise the best class of each box is; optional ``classes`` filter; at most 30,000 candidates by score go to
     ``torchvision.ops.batched_nms`` (IoU > iou_thres suppressed, per class unless ``agnostic``); the best ``max_det``
-    are kept. ``exclusive=True`` is for softmax (mutually exclusive) classes: one label per box.
+    are kept. ``exclusive=True`` is for softmax (mutually exclusive) classes: one label per box. ``labels`` (one
+    (k, 5) tensor per image: cls, cx, cy, w, h in input pixels) are added as detections of confidence 1 before the
+    suppression, as upstream's apriori labels (``val.py --save-hybrid``: labels and predictions for autolabelling).
 
     ``prediction`` may also be the eval tuple ``(y, raw)``; element 0 is used. Output tensors are float32 on the
     input's device. If the work takes longer than ``time_limit`` seconds (default 0.5 + 0.05 * bs) a warning is logged
@@ -100,7 +107,8 @@ def non_max_suppression(prediction: Union[torch.Tensor, Sequence[torch.Tensor]],
     cls_filter = None if classes is None else torch.tensor(list(classes), dtype=torch.float32)
     start, output = time.time(), []
     for xi in range(bs):
-        output.append(_nms_one(prediction[xi], conf_thres, iou_thres, cls_filter, agnostic, multi_label, max_det))
+        output.append(_nms_one(prediction[xi], conf_thres, iou_thres, cls_filter, agnostic, multi_label, max_det,
+                               None if labels is None else labels[xi]))
     if not _state["warned_slow"] and time.time() - start > limit:
         get_logger().warning(f"WARNING NMS took {time.time() - start:.3f}s for a batch of {bs}, over the "
                              f"{limit:.3f}s time limit; all images were processed (warning shown once)")

@@ -40,6 +40,7 @@ class EvalConfig:
     save_txt: bool = False
     save_conf: bool = False
     save_json: bool = False
+    save_hybrid: bool = False  # labels join NMS as confidence-1 detections (autolabelling; the mAP is not the model's)
 
 
 @dataclass
@@ -133,8 +134,9 @@ def evaluate(model: Callable, dataloader, names: dict[int, str], cfg: EvalConfig
             loss += compute_loss([x.float() for x in raw], targets)[1]
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)
         t3 = time.perf_counter()
-        preds = non_max_suppression(preds, cfg.conf_thres, cfg.iou_thres, multi_label=True,
-                                    agnostic=cfg.single_cls, max_det=cfg.max_det, exclusive=cfg.exclusive)
+        priors = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if cfg.save_hybrid else None
+        preds = non_max_suppression(preds, cfg.conf_thres, cfg.iou_thres, multi_label=True, agnostic=cfg.single_cls,
+                                    max_det=cfg.max_det, exclusive=cfg.exclusive, labels=priors)
         t4 = time.perf_counter()
         dt[0] += t1 - t0
         dt[1] += t2 - t1
