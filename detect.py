@@ -9,6 +9,7 @@ Usage - sources:
                                                 0              # webcam
 Usage - formats:
     python detect.py --weights best.pt | best.torchscript | best.onnx
+    python detect.py --weights a.pt b.pt      # ensemble of .pt models: one NMS over all their predictions
 
 Results go to runs/detect/exp*: annotated images and .mp4 videos, labels/*.txt (--save-txt), predictions.csv
 (--save-csv) and crops/<class>/ (--save-crop).
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from models.backend import DetectMultiBackend
+from models.ensemble import Ensemble, Weights, load_backend, weights_list
 from utils.boxes import scale_boxes
 from utils.cli import DefaultsHelpFormatter
 from utils.data.data_config import find_data_yaml, load_yaml, normalise_names
@@ -47,8 +49,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options (YOLOv5 names and defaults)."""
     p = argparse.ArgumentParser(description="Detect objects in images, videos and streams",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--weights", type=str, default=DEFAULT_WEIGHTS,
-                   help="model path (.pt, .torchscript, .onnx, OpenVINO folder)")
+    p.add_argument("--weights", nargs="+", type=str, default=DEFAULT_WEIGHTS,
+                   help="model path (.pt, .torchscript, .onnx, OpenVINO folder); several .pt files: one ensemble")
     p.add_argument("--source", type=str, default=str(DEFAULT_SOURCE), help="file/dir/glob/.txt/video, 0=webcam")
     p.add_argument("--data", type=str, default=None, help="optional data YAML whose names replace the model's")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")
@@ -101,24 +103,27 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _load_backend(weights: Union[str, Path], device: str, half: bool, data: Optional[str],
-                  engine: str = "auto", dnn: bool = False) -> DetectMultiBackend:
-    """Open the weights (CheckpointError telling the user to pass --weights if missing) and apply --data names."""
-    if not Path(weights).exists():
-        raise CheckpointError(f"weights {weights}: file not found. Nothing is downloaded: pass --weights with a local "
-                              ".pt, .torchscript or .onnx file or OpenVINO folder "
-                              "(e.g. runs/train/exp/weights/best.pt)")
-    backend = DetectMultiBackend(weights, device=device or "", fp16=half, engine=engine, dnn=dnn)
+def _load_backend(weights: Weights, device: str, half: bool, data: Optional[str], engine: str = "auto",
+                  dnn: bool = False) -> Union[DetectMultiBackend, Ensemble]:
+    """Open the weights, several as one ensemble (CheckpointError telling the user to pass --weights if one is
+    missing), and apply --data names."""
+    for w in weights_list(weights):
+        if not w.exists():
+            raise CheckpointError(f"weights {w}: file not found. Nothing is downloaded: pass --weights with a local "
+                                  ".pt, .torchscript or .onnx file or OpenVINO folder "
+                                  "(e.g. runs/train/exp/weights/best.pt)")
+    backend = load_backend(weights, device=device or "", fp16=half, engine=engine, dnn=dnn)
     if data:
         yaml_file = find_data_yaml(data)
         names = normalise_names(load_yaml(yaml_file), str(yaml_file))
         if backend.nc and len(names) != backend.nc:
-            raise ConfigError(f"{yaml_file}: {len(names)} names but the model {weights} has {backend.nc} classes")
+            raise ConfigError(f"{yaml_file}: {len(names)} names but the model {backend.describe()} has "
+                              f"{backend.nc} classes")
         backend.names = names
     return backend
 
 
-def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Sequence] = DEFAULT_SOURCE,
+def run(weights: Weights = DEFAULT_WEIGHTS, source: Union[str, Path, Sequence] = DEFAULT_SOURCE,
         data: Optional[str] = None, imgsz: Sequence[int] = (640, 640), conf_thres: float = 0.25,
         iou_thres: float = 0.45, max_det: int = 1000, device: str = "", view_img: bool = False, save_txt: bool = False,
         save_csv: bool = False, save_conf: bool = False, save_crop: bool = False, nosave: bool = False,
@@ -129,8 +134,9 @@ def run(weights: Union[str, Path] = DEFAULT_WEIGHTS, source: Union[str, Path, Se
     """Detect on source and save results; returns {'save_dir': Path, 'predictions': [...], 'speed': (pre, inf, nms)}.
 
     Each prediction is {'path': str, 'frame': int (0 for images), 'det': (n, 6) float tensor on CPU with
-    x1, y1, x2, y2 in original-image pixels, conf, cls}. 'speed' is the mean ms per image of each stage. ``augment``
-    runs test-time augmentation (models/tta.py; .pt weights only); ``dnn`` runs an .onnx file in OpenCV DNN.
+    x1, y1, x2, y2 in original-image pixels, conf, cls}. 'speed' is the mean ms per image of each stage. ``weights``
+    is one path, or a list of several .pt paths run as one ensemble (models/ensemble.py). ``augment`` runs
+    test-time augmentation (models/tta.py; .pt weights only); ``dnn`` runs an .onnx file in OpenCV DNN.
     """
     log = get_logger()
     backend = _load_backend(weights, device, half, data, engine, dnn)

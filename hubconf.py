@@ -20,12 +20,14 @@ if str(ROOT) not in sys.path:  # torch.hub imports this file from its folder
 dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
 
 
-def custom(path: str | Path = "yolov5s.pt", autoshape: bool = True, device: str = "cpu", _verbose: bool = True):
-    """A model from a local weights file (.pt, .torchscript, .onnx), wrapped to take images (autoshape)."""
-    from models.backend import DetectMultiBackend
+def custom(path: str | Path | list = "yolov5s.pt", autoshape: bool = True, device: str = "cpu",
+           _verbose: bool = True):
+    """A model from a local weights file (.pt, .torchscript, .onnx), or a list of .pt files as one ensemble, wrapped
+    to take images (autoshape)."""
+    from models.ensemble import load_backend
     from utils.deploy.autoshape import AutoShape
 
-    backend = DetectMultiBackend(path, device=device)
+    backend = load_backend(path, device=device)
     return AutoShape(backend) if autoshape else backend
 
 

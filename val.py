@@ -4,6 +4,7 @@ Usage:
     python val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --img 640
     python val.py --weights yolov5n.pt --data coco128.yaml --save-json      # also pycocotools' mAP
     python val.py --weights best.onnx --data data.yaml --img 640           # .pt, .torchscript and .onnx
+    python val.py --weights a.pt b.pt --data data.yaml                     # ensemble: one NMS over both models
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from models.backend import DetectMultiBackend
+from models.ensemble import Ensemble, load_backend, weights_list
 from utils.cli import DefaultsHelpFormatter
 from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
@@ -46,7 +48,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--data", type=str, default=str(ROOT / "data/shapes.yaml"), help="dataset.yaml path")
     parser.add_argument("--weights", nargs="+", type=str, default=str(ROOT / "runs/train/exp/weights/best.pt"),
-                        help="model path(s): .pt, .torchscript, .onnx or an OpenVINO folder")
+                        help="model path (.pt, .torchscript, .onnx, OpenVINO folder); several .pt files: an ensemble")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
@@ -85,7 +87,7 @@ def _dataloader_for(data: dict, task: str, imgsz: int, batch_size: int, stride: 
                              workers=workers, prefix=colorstr(f"{split}: "), nc=data["nc"], names=data["names"])[0]
 
 
-def _check_classes(backend: DetectMultiBackend, data: dict, weights: str, single_cls: bool) -> None:
+def _check_classes(backend: DetectMultiBackend | Ensemble, data: dict, weights: str, single_cls: bool) -> None:
     """A model trained on nc classes must be validated on a dataset of nc names."""
     if backend.nc and not single_cls and backend.nc != data["nc"]:
         hint = " (a model trained with --single-cls: validate with --single-cls too)" if backend.nc == 1 else ""
@@ -93,7 +95,7 @@ def _check_classes(backend: DetectMultiBackend, data: dict, weights: str, single
                           f" names {data['nc']}; pass the data YAML the model was trained on{hint}")
 
 
-def _square_size(backend: DetectMultiBackend, imgsz: int, weights: str) -> int:
+def _square_size(backend: DetectMultiBackend | Ensemble, imgsz: int, weights: str) -> int:
     """The square size val.py letterboxes to: --imgsz rounded up to the stride, or a fixed-size export's own size
     (ConfigError for a fixed non-square export, which square batches cannot feed)."""
     if not backend.dynamic and backend.imgsz and backend.imgsz[0] != backend.imgsz[1]:
@@ -136,7 +138,8 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls), maps (nc,), (pre, inference, nms) ms per image).
 
     From training pass ``model`` (a DetectionModel), ``dataloader``, ``save_dir`` and ``compute_loss``; otherwise
-    ``weights`` (.pt, .torchscript, .onnx) and ``data`` are loaded here. Every model, sigmoid or softmax, is scored
+    ``weights`` (.pt, .torchscript, .onnx; a list of several .pt files is validated as one ensemble, see
+    models/ensemble.py) and ``data`` are loaded here. Every model, sigmoid or softmax, is scored
     with every class above conf_thres per box (the mAP protocol); ``single_label`` keeps one label per box instead.
     ``augment`` runs test-time augmentation (models/tta.py; .pt weights only, not during training); ``dnn`` runs
     an .onnx file in OpenCV DNN.
@@ -154,14 +157,14 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         model_fn.eval()
     else:
         device = select_device(device, batch_size)
-        weights = weights[0] if isinstance(weights, (list, tuple)) else weights
         data = check_dataset(data, only=("val" if task == "speed" else task,))  # the split validated, not train
-        backend = DetectMultiBackend(weights, device=device, fp16=half, engine=engine, dnn=dnn)
+        backend = load_backend(weights, device=device, fp16=half, engine=engine, dnn=dnn)
+        label = backend.describe()
         if augment:
             backend.check_augment()
-        _check_classes(backend, data, weights, single_cls)
+        _check_classes(backend, data, label, single_cls)
         names, fp16 = data["names"], backend.fp16
-        imgsz = _square_size(backend, imgsz, weights)
+        imgsz = _square_size(backend, imgsz, label)
         batch_size = batch_size if backend.dynamic else backend.batch
         rect = backend.dynamic  # rectangular batches need a model that accepts any size (.pt, dynamic exports)
         dataloader = _dataloader_for(data, task, imgsz, batch_size, backend.stride, 0.5 if rect else 0.0, rect,
@@ -169,11 +172,13 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)  # no empty folder on errors
         model_fn = functools.partial(backend, augment=True) if augment else backend
         if not rect and batch_size > 1:
-            log.info(f"{weights}: fixed-size model, square {imgsz} batches")
+            log.info(f"{label}: fixed-size model, square {imgsz} batches")
     cfg = EvalConfig(conf_thres, iou_thres, max_det, single_cls, single_label, Path(save_dir) if save_dir else None,
                      plots, save_txt, save_conf, save_json)
     result = evaluate(model_fn, dataloader, names, cfg, compute_loss=compute_loss, device=device, fp16=fp16)
     nc = 1 if single_cls else len(names)
+    if not training and isinstance(backend, Ensemble):
+        log.info(f"{backend.describe()}, one NMS over their predictions:")
     log.info(format_table(result, names, per_class=(verbose or (nc < 50 and not training)) and nc > 1))
     if save_dir and (verbose or not training):
         write_per_class_csv(result, names, Path(save_dir) / "per_class.csv")
@@ -182,7 +187,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         log.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
                  f"{(batch_size, 3, imgsz, imgsz)}")
         if save_json and result.coco_json:
-            _coco_check(result, dataloader, data, names, Path(save_dir), weights)
+            _coco_check(result, dataloader, data, names, Path(save_dir), weights_list(weights)[0])
         log.info(f"Results saved to {colorstr('bold', str(save_dir))}")
     else:
         model.float()
@@ -190,10 +195,13 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
 
 
 def main(opt: argparse.Namespace) -> list:
-    """Validate each weights file given; returns the run() results."""
+    """Validate the weights (several .pt files as one ensemble; each on its own for --task speed, as YOLOv5 does);
+    returns the run() results, one per run."""
     get_logger().info(colorstr("val: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
     weights = opt.weights if isinstance(opt.weights, list) else [opt.weights]
-    return [run(**{**vars(opt), "weights": w}) for w in weights]
+    if opt.task == "speed":
+        return [run(**{**vars(opt), "weights": w}) for w in weights]
+    return [run(**{**vars(opt), "weights": weights})]
 
 
 if __name__ == "__main__":

@@ -245,6 +245,10 @@ class DetectMultiBackend(nn.Module):
         self.input_fp16 = False
         return meta
 
+    def describe(self) -> str:
+        """How log lines and errors name this model: its weights path (an Ensemble names all of its members)."""
+        return str(self.weights)
+
     def forward(self, im: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """Run inference on im (bs, 3, h, w) float in [0, 1]; returns y (bs, N, 5 + nc) float32 on self.device.
 

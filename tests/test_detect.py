@@ -122,6 +122,25 @@ def test_softmax_model_uses_exclusive_nms(tiny_weights, images, tmp_path, monkey
     assert calls[0]["exclusive"] is True and calls[0]["max_det"] == 7
 
 
+def test_several_weights_run_as_one_ensemble(tiny_weights, images, tmp_path, monkeypatch, logs):
+    other = save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=2)}, tmp_path / "other.pt")  # sigmoid
+    seen = []  # (predictions per image, exclusive) of each NMS call
+    monkeypatch.setattr(detect, "non_max_suppression",
+                        lambda y, *a, **k: seen.append((y.shape[1], k["exclusive"])) or non_max_suppression(y, *a, **k))
+    argv = ["--source", str(images / "one.jpg"), "--imgsz", "64", "--device", "cpu", "--engine", "torch",
+            "--project", str(tmp_path / "runs")]
+    detect.main(detect.parse_opt(["--weights", str(tiny_weights), *argv]))
+    out = detect.main(detect.parse_opt(["--weights", str(tiny_weights), str(other), *argv]))
+    (n, single_exclusive), (n2, ensemble_exclusive) = seen
+    assert n2 == 2 * n and single_exclusive and not ensemble_exclusive  # softmax + sigmoid members: not exclusive
+    assert len(out["predictions"]) == 1 and (out["save_dir"] / "one.jpg").is_file()
+    assert any(m.startswith(f"Ensemble of 2 models: {tiny_weights}, {other}") for m in logs)
+    assert any("other.pt names its classes differently" in m for m in logs)
+    with pytest.raises(SystemExit) as e:
+        detect.cli(["--weights", str(tiny_weights), str(tmp_path / "none.pt"), *argv])
+    assert "none.pt: file not found" in str(e.value.code) and "\n" not in str(e.value.code)
+
+
 @needs_shared(SAMPLES / "vtest_30f.mp4")
 def test_video_gives_30_frame_mp4(tiny_weights, tmp_path):
     out = detect.run(weights=tiny_weights, source=SAMPLES / "vtest_30f.mp4", imgsz=[64], device="cpu",

@@ -127,6 +127,24 @@ def test_class_count_mismatch_is_a_clear_error(tiny_data, tmp_path):
         val.run(data=tiny_data["yaml_file"], weights=str(weights), project=tmp_path, workers=0)
 
 
+def test_several_weights_are_validated_as_one_ensemble(tiny_data, tmp_path, monkeypatch, logs):
+    a, b = tiny_checkpoint(tmp_path / "a.pt", nc=6), tiny_checkpoint(tmp_path / "b.pt", nc=6, cls_loss_type="ce")
+    rows = []  # predictions per image given to NMS
+    real_nms = evaluate_module.non_max_suppression
+    monkeypatch.setattr(evaluate_module, "non_max_suppression", lambda y, *a, **k: rows.append(y.shape[1]) or
+                        real_nms(y, *a, **k))
+    argv = ["--data", str(tiny_data["yaml_file"]), "--img", "64", "--batch-size", "8", "--workers", "0",
+            "--engine", "torch", "--project", str(tmp_path / "runs")]
+    val.run(**{**vars(val.parse_opt(argv)), "weights": [str(a)]})  # the Python API with a list of one
+    results = val.main(val.parse_opt(["--weights", str(a), str(b), "--save-json", *argv]))
+    assert len(results) == 1 and len(results[0][0]) == 7 and rows[1] == 2 * rows[0]  # one run, both models' boxes
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp", "exp2"]  # one folder per run
+    assert (tmp_path / "runs" / "exp2" / "a_predictions.json").is_file()  # named after the first weights, as YOLOv5
+    assert any(m.startswith(f"Ensemble of 2 models: {a}, {b}") for m in logs)
+    speed = val.main(val.parse_opt(["--weights", str(a), str(b), "--task", "speed", *argv]))
+    assert len(speed) == 2  # --task speed times each model on its own, as YOLOv5 does
+
+
 @pytest.fixture(scope="module")
 def coco128_run(tmp_path_factory):
     """The official yolov5n on coco128 at 640, batch 32 (rect, pad 0.5), with --save-json: (metrics, save_dir)."""
