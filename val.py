@@ -39,7 +39,7 @@ from utils.log import colorstr, get_logger
 from utils.paths import ROOT, increment_path
 from utils.torch_utils import select_device
 
-TASKS = ("train", "val", "test", "speed")
+TASKS = ("train", "val", "test", "speed", "study")
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,13 +54,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
-    parser.add_argument("--task", default="val", choices=TASKS, help="train, val, test or speed")
+    parser.add_argument("--task", default="val", choices=TASKS,
+                        help="train, val, test, speed, or study (mAP and speed over image sizes 256-1536)")
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="max dataloader workers (at most the CPU cores)")
     parser.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
     parser.add_argument("--verbose", action="store_true", help="report mAP by class")
     parser.add_argument("--save-txt", action="store_true", help="save results to *.txt")
+    parser.add_argument("--save-hybrid", action="store_true",
+                        help="save labels + predictions to *.txt for autolabelling (its mAP is not the model's)")
     parser.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
     parser.add_argument("--save-json", action="store_true", help="save a COCO-JSON results file (+ pycocotools mAP)")
     parser.add_argument("--project", default=str(ROOT / "runs/val"), help="save to project/name")
@@ -127,6 +130,17 @@ def _coco_check(result: EvalResult, dataloader, data: dict, names: dict, save_di
     log.info(f"pycocotools: mAP50-95 {map_:.3f}, mAP50 {map50:.3f} (ours: {result.map:.3f}, {result.map50:.3f})")
 
 
+def _closing_lines(result: EvalResult, dataloader, data: dict, names: dict, save_dir: Path, first_weights: Path,
+                   save_json: bool, shape: tuple) -> None:
+    """A standalone run's last lines: speed per image, the COCO cross-check (--save-json), where results went."""
+    log = get_logger()
+    pre, inf, nms = result.times_ms
+    log.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {shape}")
+    if save_json and result.coco_json:
+        _coco_check(result, dataloader, data, names, save_dir, first_weights)
+    log.info(f"Results saved to {colorstr('bold', str(save_dir))}")
+
+
 @torch.no_grad()
 def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch_size: int = 32, imgsz: int = 640,
         conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "",
@@ -134,7 +148,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = False, model=None, dataloader=None, save_dir: Path = Path(""),
         plots: bool = True, compute_loss=None, engine: str = "auto", single_label: bool = False,
-        augment: bool = False, dnn: bool = False):
+        augment: bool = False, dnn: bool = False, save_hybrid: bool = False):
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls), maps (nc,), (pre, inference, nms) ms per image).
 
     From training pass ``model`` (a DetectionModel), ``dataloader``, ``save_dir`` and ``compute_loss``; otherwise
@@ -142,7 +156,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     models/ensemble.py) and ``data`` are loaded here. Every model, sigmoid or softmax, is scored
     with every class above conf_thres per box (the mAP protocol); ``single_label`` keeps one label per box instead.
     ``augment`` runs test-time augmentation (models/tta.py; .pt weights only, not during training); ``dnn`` runs
-    an .onnx file in OpenCV DNN.
+    an .onnx file in OpenCV DNN; ``save_hybrid`` adds the labels to NMS as confidence-1 detections (autolabelling).
     """
     log = get_logger()
     training = model is not None
@@ -174,7 +188,7 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
         if not rect and batch_size > 1:
             log.info(f"{label}: fixed-size model, square {imgsz} batches")
     cfg = EvalConfig(conf_thres, iou_thres, max_det, single_cls, single_label, Path(save_dir) if save_dir else None,
-                     plots, save_txt, save_conf, save_json)
+                     plots, save_txt, save_conf, save_json, save_hybrid)
     result = evaluate(model_fn, dataloader, names, cfg, compute_loss=compute_loss, device=device, fp16=fp16)
     nc = 1 if single_cls else len(names)
     if not training and isinstance(backend, Ensemble):
@@ -183,25 +197,39 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     if save_dir and (verbose or not training):
         write_per_class_csv(result, names, Path(save_dir) / "per_class.csv")
     if not training:
-        pre, inf, nms = result.times_ms
-        log.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
-                 f"{(batch_size, 3, imgsz, imgsz)}")
-        if save_json and result.coco_json:
-            _coco_check(result, dataloader, data, names, Path(save_dir), weights_list(weights)[0])
-        log.info(f"Results saved to {colorstr('bold', str(save_dir))}")
+        _closing_lines(result, dataloader, data, names, Path(save_dir), weights_list(weights)[0], save_json,
+                       (batch_size, 3, imgsz, imgsz))
     else:
         model.float()
     return (result.mp, result.mr, result.map50, result.map, *result.loss.tolist()), result.maps, result.times_ms
 
 
 def main(opt: argparse.Namespace) -> list:
-    """Validate the weights (several .pt files as one ensemble; each on its own for --task speed, as YOLOv5 does);
-    returns the run() results, one per run."""
-    get_logger().info(colorstr("val: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
+    """Validate the weights (several .pt files as one ensemble; each on its own for --task speed and study, as
+    YOLOv5 does); returns the run() results, one per run ({weights: rows} for study)."""
+    log = get_logger()
+    log.info(colorstr("val: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
     weights = opt.weights if isinstance(opt.weights, list) else [opt.weights]
+    if opt.save_hybrid:
+        opt.save_txt = True
+        log.warning("WARNING --save-hybrid: labels join the predictions in NMS, so the mAP is that of labels and "
+                    "predictions together, not the model's")
     if opt.task == "speed":
         return [run(**{**vars(opt), "weights": w}) for w in weights]
+    if opt.task == "study":
+        return [_study(opt, weights)]
     return [run(**{**vars(opt), "weights": weights})]
+
+
+def _study(opt: argparse.Namespace, weights: list[str]) -> dict:
+    """--task study: each weights file on the val split at sizes 256-1536, in one runs/val/exp* folder."""
+    from utils.eval.study import run_study
+
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    rest = {k: v for k, v in vars(opt).items() if k not in ("weights", "data", "imgsz", "project", "name", "exist_ok")}
+    rows = run_study(run, weights, opt.data, save_dir, **{**rest, "task": "val"})
+    get_logger().info(f"Study saved to {colorstr('bold', str(save_dir))}: study.png and one study_*.txt per weights")
+    return rows
 
 
 if __name__ == "__main__":

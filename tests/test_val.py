@@ -267,3 +267,27 @@ def test_save_json_on_coco_val2017_uses_cocos_category_ids_and_annotations(tiny_
     val.run(**opts, name="official")
     assert (tmp_path / "official" / "coco80_predictions.json").is_file()
     assert not (tmp_path / "official" / "ground_truth.json").exists()  # scored against COCO's own annotations
+
+
+def test_task_study_validates_each_size_into_one_folder(tiny_data, tmp_path, monkeypatch):
+    from utils.eval import study
+
+    monkeypatch.setattr(study, "STUDY_SIZES", (64, 96))  # upstream's 256-1536 takes minutes on a CPU
+    weights = tiny_checkpoint(tmp_path / "s.pt", nc=6)
+    (rows,) = val.main(val.parse_opt(["--data", tiny_data["yaml_file"], "--weights", str(weights), "--task", "study",
+                                      "--project", str(tmp_path / "runs"), "--batch-size", "4", "--workers", "0"]))
+    folder = tmp_path / "runs" / "exp"
+    assert rows[str(weights)].shape == (2, 10) and (folder / "study.png").is_file()
+    assert (folder / f"study_{Path(tiny_data['yaml_file']).stem}_s.txt").is_file()
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["s_64", "s_96"]  # each size's own run
+
+
+def test_save_hybrid_writes_labels_and_predictions_and_scores_the_labels(tiny_data, tmp_path):
+    weights = tiny_checkpoint(tmp_path / "h.pt", nc=6)
+    opt = val.parse_opt(["--data", tiny_data["yaml_file"], "--weights", str(weights), "--imgsz", "64", "--save-hybrid",
+                         "--conf-thres", "0.9", "--project", str(tmp_path), "--workers", "0"])  # no prediction passes
+    ((p, r, map50, *_), _, _), = val.main(opt)
+    assert opt.save_txt and p == pytest.approx(1) and r == pytest.approx(1) and map50 > 0.99  # the labels themselves
+    written = sorted((tmp_path / "exp" / "labels").glob("*.txt"))
+    label_files = [f for f in Path(tiny_data["val"].replace("images", "labels")).glob("*.txt") if f.read_text()]
+    assert len(written) == len(label_files) > 0
