@@ -59,6 +59,8 @@ def test_project_relative_path_works_from_any_directory(tmp_path, monkeypatch):
     assert load_hyp("data/hyps/hyp.slide.yaml")["slide_ratio"] == 1.0
     with pytest.raises(ConfigError, match=r"looked at nope\.yaml, .*data/hyps/nope\.yaml"):
         load_hyp("nope.yaml")
+    with pytest.raises(ConfigError, match=r"file not found$"):  # an absolute path is looked for there only
+        load_hyp(tmp_path / "gone.yaml")
 
 
 def write_hyp(tmp_path: Path, **changes) -> Path:

@@ -54,8 +54,9 @@ def find_data_yaml(data: str | Path) -> Path:
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    looked = ", ".join(dict.fromkeys(str(c.resolve()) for c in candidates))  # each place once
-    raise DatasetError(f"data YAML not found: {data} (looked at {looked})")
+    looked = list(dict.fromkeys(str(c.resolve()) for c in candidates))  # each place once
+    where = f" (looked at {', '.join(looked)})" if looked != [str(data)] else ""  # an absolute path: no echo
+    raise DatasetError(f"data YAML not found: {data}{where}")
 
 
 def normalise_names(data: dict, source: str) -> dict[int, str]:

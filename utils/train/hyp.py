@@ -190,8 +190,9 @@ def load_hyp(path: str | Path | dict) -> dict:
     candidates = project_candidates(path, "data/hyps")  # so the default and bare names work from any directory
     p = next((c for c in candidates if c.is_file()), None)
     if p is None:
-        looked = ", ".join(map(str, dict.fromkeys(candidates)))
-        raise ConfigError(f"hyp file {path}: file not found (looked at {looked})")
+        looked = list(map(str, dict.fromkeys(candidates)))
+        where = f" (looked at {', '.join(looked)})" if looked != [str(path)] else ""  # an absolute path: no echo
+        raise ConfigError(f"hyp file {path}: file not found{where}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
