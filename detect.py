@@ -30,6 +30,7 @@ import torch
 from models.backend import DetectMultiBackend
 from models.ensemble import Ensemble, Weights, load_backend, weights_list
 from utils.boxes import scale_boxes
+from utils.checkpoint import strip_optimizer
 from utils.cli import DefaultsHelpFormatter
 from utils.data.data_config import find_data_yaml, load_yaml, normalise_names
 from utils.deploy.detection_writer import ResultWriter, describe
@@ -78,6 +79,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="what runs a .pt model: auto (onnxruntime on a CPU, else torch), torch or onnxruntime")
     p.add_argument("--dnn", action="store_true", help="run an .onnx file in OpenCV DNN instead of onnxruntime")
+    p.add_argument("--update", action="store_true", help="afterwards, strip the optimizer from the .pt weights")
     opt = p.parse_args(argv)
     if len(opt.imgsz) > 2:
         p.error(f"--imgsz takes one size or two (h w), got {len(opt.imgsz)}: {' '.join(map(str, opt.imgsz))}")
@@ -193,8 +195,16 @@ def _log_summary(source: Any, speed: tuple, seen: int, shape: Optional[tuple], s
 
 
 def main(opt: argparse.Namespace) -> dict:
-    """Run detection from parsed options."""
-    return run(**vars(opt))
+    """Run detection from parsed options; --update then strips the optimizer from each .pt weights file."""
+    kwargs = vars(opt).copy()
+    update = kwargs.pop("update", False)
+    out = run(**kwargs)
+    for w in (weights_list(opt.weights) if update else []):
+        if w.suffix.lower() == ".pt":  # as upstream's --update: a final, smaller file (no longer resumable)
+            strip_optimizer(w)
+            size = w.stat().st_size / 1e6
+            get_logger().info(f"--update: {w} saved without its optimizer state, in FP16 ({size:.1f} MB)")
+    return out
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:

@@ -14,7 +14,7 @@ from conftest import OFFICIAL_WEIGHTS, ROOT, SHARED, needs_shared
 import detect
 from models.backend import DetectMultiBackend
 from models.yolo import DetectionModel
-from utils.checkpoint import attempt_load, save_checkpoint
+from utils.checkpoint import attempt_load, load_checkpoint, save_checkpoint
 from utils.deploy.export import export_onnx
 from utils.deploy.sources import LoadImages
 from utils.errors import CheckpointError
@@ -98,6 +98,20 @@ def test_images_txt_csv_crops(tiny_weights, images, tmp_path):
     again = detect.run(weights=tiny_weights, source=images / "one.jpg", imgsz=[64], nosave=True, device="cpu",
                        project=tmp_path / "runs")
     assert again["save_dir"].name == "exp2" and not list(again["save_dir"].iterdir())
+
+
+def test_update_strips_the_optimizer_after_detecting(tiny_weights, images, tmp_path):
+    import torch.optim
+
+    model = DetectionModel("yolov5n.yaml", nc=2)
+    last = save_checkpoint({"model": model, "epoch": 3, "optimizer": torch.optim.SGD(model.parameters()).state_dict()},
+                           tmp_path / "last.pt")
+    before = last.stat().st_size
+    detect.main(detect.parse_opt(["--weights", str(last), str(tiny_weights), "--source", str(images / "one.jpg"),
+                                  "--imgsz", "64", "--project", str(tmp_path / "runs"), "--nosave", "--update"]))
+    ckpt = load_checkpoint(last)
+    assert ckpt["optimizer"] is None and ckpt["epoch"] == -1 and last.stat().st_size < before  # the FP16 model alone
+    assert next(ckpt["model"].parameters()).dtype == torch.float16
 
 
 def test_unreadable_source_says_so(tiny_weights, tmp_path, logs):
