@@ -24,15 +24,7 @@ from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
 from utils.deploy.ort_engine import ENGINES
 from utils.errors import ConfigError, DatasetError, SlideYoloError
-from utils.eval.coco import (
-    COCO80_TO_91,
-    coco_evaluate,
-    coco_image_ids,
-    is_coco_val,
-    official_coco_annotations,
-    save_json,
-    yolo_to_coco_gt,
-)
+from utils.eval.coco import CocoScoring, coco_evaluate, coco_image_ids, coco_scoring, save_json, yolo_to_coco_gt
 from utils.eval.evaluate import EvalConfig, EvalResult, evaluate, format_table, write_per_class_csv
 from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
@@ -108,36 +100,38 @@ def _square_size(backend: DetectMultiBackend | Ensemble, imgsz: int, weights: st
     return backend.input_size([check_img_size(imgsz, backend.stride, floor=backend.stride)])[0]
 
 
-def _coco_check(result: EvalResult, dataloader, data: dict, names: dict, save_dir: Path, weights: str) -> None:
-    """Write predictions and ground truth as COCO JSON and print pycocotools' mAP next to ours. On COCO val2017
-    (as upstream): COCO's 1-90 category ids, and COCO's own annotations where they are instead of converted labels."""
+def _coco_check(result: EvalResult, dataloader, names: dict, save_dir: Path, weights: str,
+                coco: CocoScoring) -> None:
+    """Write predictions and ground truth as COCO JSON and print pycocotools' mAP next to ours. On COCO (as
+    upstream): COCO's 1-90 category ids, and on val2017 COCO's own annotations where they are."""
     log = get_logger()
     ds = dataloader.dataset
-    class_map = COCO80_TO_91 if is_coco_val(data) and len(names) == 80 else None
-    preds = [{**d, "category_id": class_map[d["category_id"]]} for d in result.coco_json] if class_map else \
-        result.coco_json
+    cmap, official = coco.class_map, coco.annotations
+    preds = [{**d, "category_id": cmap[d["category_id"]]} for d in result.coco_json] if cmap else result.coco_json
     pred_json = save_json(preds, save_dir / f"{Path(weights).stem}_predictions.json")
-    official = official_coco_annotations(data) if class_map else None
-    gt_json = official or save_json(yolo_to_coco_gt(ds.im_files, ds.labels, ds.shapes, names, class_map),
+    gt_json = official or save_json(yolo_to_coco_gt(ds.im_files, ds.labels, ds.shapes, names, cmap),
                                     save_dir / "ground_truth.json")
-    log.info(f"Saved {pred_json}" + ("" if official else f" and {gt_json}") + (
-        f"; scoring against {official}" if official else ""))
+    log.info(f"Saved {pred_json}" + (f"; scoring against {official}" if official else f" and {gt_json}"))
     try:
         map_, map50 = coco_evaluate(gt_json, pred_json, img_ids=coco_image_ids(ds.im_files) if official else None)
     except ImportError as e:
         log.warning(f"WARNING pycocotools unavailable, COCO cross-check skipped: {e}")
         return
+    except Exception as e:  # e.g. annotations that do not cover these images: the predictions are saved anyway
+        log.warning(f"WARNING pycocotools could not score {pred_json.name} against {gt_json}: "
+                    f"{type(e).__name__}: {e}")
+        return
     log.info(f"pycocotools: mAP50-95 {map_:.3f}, mAP50 {map50:.3f} (ours: {result.map:.3f}, {result.map50:.3f})")
 
 
-def _closing_lines(result: EvalResult, dataloader, data: dict, names: dict, save_dir: Path, first_weights: Path,
-                   save_json: bool, shape: tuple) -> None:
-    """A standalone run's last lines: speed per image, the COCO cross-check (--save-json), where results went."""
+def _closing_lines(result: EvalResult, dataloader, names: dict, save_dir: Path, first_weights: Path,
+                   coco: CocoScoring | None, shape: tuple) -> None:
+    """A standalone run's last lines: speed per image, the COCO cross-check (--save-json: coco), where results went."""
     log = get_logger()
     pre, inf, nms = result.times_ms
     log.info(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape {shape}")
-    if save_json and result.coco_json:
-        _coco_check(result, dataloader, data, names, save_dir, first_weights)
+    if coco is not None and result.coco_json:
+        _coco_check(result, dataloader, names, save_dir, first_weights, coco)
     log.info(f"Results saved to {colorstr('bold', str(save_dir))}")
 
 
@@ -197,8 +191,8 @@ def run(data: dict | str | Path = ROOT / "data/shapes.yaml", weights=None, batch
     if save_dir and (verbose or not training):
         write_per_class_csv(result, names, Path(save_dir) / "per_class.csv")
     if not training:
-        _closing_lines(result, dataloader, data, names, Path(save_dir), weights_list(weights)[0], save_json,
-                       (batch_size, 3, imgsz, imgsz))
+        _closing_lines(result, dataloader, names, Path(save_dir), weights_list(weights)[0],
+                       coco_scoring(data, task, nc) if save_json else None, (batch_size, 3, imgsz, imgsz))
     else:
         model.float()
     return (result.mp, result.mr, result.map50, result.map, *result.loss.tolist()), result.maps, result.times_ms

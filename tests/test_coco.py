@@ -12,8 +12,10 @@ import torch
 from utils.boxes import xywhn2xyxy
 from utils.eval.coco import (
     COCO80_TO_91,
+    CocoScoring,
     coco_evaluate,
     coco_image_ids,
+    coco_scoring,
     detections_to_coco,
     is_coco_val,
     official_coco_annotations,
@@ -101,6 +103,11 @@ def test_coco_category_ids_and_val2017_detection(tmp_path):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
     assert official_coco_annotations({"path": str(tmp_path)}) == tmp_path / "annotations" / "instances_val2017.json"
+    coco = {"path": str(tmp_path), "val": f"{tmp_path}/coco/val2017.txt", "train": f"{tmp_path}/coco/train2017.txt"}
+    official = tmp_path / "annotations" / "instances_val2017.json"
+    assert coco_scoring(coco, "val", 80) == CocoScoring(COCO80_TO_91, official)
+    assert coco_scoring(coco, "train", 80) == CocoScoring(COCO80_TO_91, None)  # not val2017: its labels, converted
+    assert coco_scoring(coco, "val", 1) == CocoScoring() == coco_scoring({"val": "x/val.txt"}, "val", 80)
 
 
 def test_gt_conversion():

@@ -251,8 +251,9 @@ def test_save_json_on_coco_val2017_uses_cocos_category_ids_and_annotations(tiny_
                     root / "labels" / "val2017" / f"{i:012d}.txt")
         lines.append(f"./images/val2017/{i:012d}.jpg")
     (root / "val2017.txt").write_text("\n".join(lines) + "\n")
+    (root / "train2017.txt").write_text("\n".join(lines) + "\n")
     data = root / "coco.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root), "train": "val2017.txt", "val": "val2017.txt",
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "train2017.txt", "val": "val2017.txt",
                                     "names": {i: f"c{i}" for i in range(80)}}))
     weights = tiny_checkpoint(tmp_path / "coco80.pt", nc=80)
     opts = dict(data=str(data), weights=str(weights), imgsz=64, batch_size=4, workers=0, project=tmp_path,
@@ -267,6 +268,11 @@ def test_save_json_on_coco_val2017_uses_cocos_category_ids_and_annotations(tiny_
     val.run(**opts, name="official")
     assert (tmp_path / "official" / "coco80_predictions.json").is_file()
     assert not (tmp_path / "official" / "ground_truth.json").exists()  # scored against COCO's own annotations
+    val.run(**opts, name="train", task="train")  # another split: its own labels, converted, still COCO's ids
+    assert json.loads((tmp_path / "train" / "ground_truth.json").read_text())["categories"][-1]["id"] == 90
+    val.run(**opts, name="one", single_cls=True)  # one class: class indices and converted labels, no COCO ids
+    assert {d["category_id"] for d in json.loads((tmp_path / "one" / "coco80_predictions.json").read_text())} == {0}
+    assert (tmp_path / "one" / "ground_truth.json").is_file()
 
 
 def test_task_study_validates_each_size_into_one_folder(tiny_data, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -108,6 +109,25 @@ def is_coco_val(data: dict) -> bool:
     """Whether a data dict's val split is COCO val2017 (upstream's test: its entry ends in coco/val2017.txt)."""
     val = data.get("val")
     return isinstance(val, (str, Path)) and Path(val).as_posix().endswith("coco/val2017.txt")
+
+
+@dataclass
+class CocoScoring:
+    """How --save-json scores a split: category ids (None: the class indices) and the ground-truth file (None: the
+    split's labels, converted)."""
+
+    class_map: Optional[list[int]] = None
+    annotations: Optional[Path] = None
+
+
+def coco_scoring(data: dict, split: str, nc: int) -> CocoScoring:
+    """COCO's 1-90 category ids for 80-class predictions on COCO data (upstream's test, ``is_coco_val``), and COCO's
+    own instances_val2017.json where the split validated is val2017 itself and the file exists."""
+    if not (is_coco_val(data) and nc == 80):  # other data, or --single-cls
+        return CocoScoring()
+    entry = data.get(split)
+    is_val2017 = isinstance(entry, (str, Path)) and Path(entry).as_posix().endswith("coco/val2017.txt")
+    return CocoScoring(COCO80_TO_91, official_coco_annotations(data) if is_val2017 else None)
 
 
 def official_coco_annotations(data: dict) -> Optional[Path]:
