@@ -201,6 +201,32 @@ def test_a_population_of_hyp_files_seeds_the_first_trials(tiny_data, tmp_path):
     assert [{k: hyp[k] for k in space} for hyp in ran] == trials[:3]  # the queue in order: --hyp, then the files
 
 
+def test_population_paths_resolve_from_anywhere_and_partial_files_keep_the_base(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README's `--evolve-population data/hyps`, run outside the project
+    assert [f.name for f in evolve.population_files("data/hyps")][:2] == ["hyp.box-l1.yaml", "hyp.ce-balanced.yaml"]
+    low = yaml.safe_load((ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
+    partial = tmp_path / "hyp.partial.yaml"
+    partial.write_text(yaml.safe_dump({k: v for k, v in low.items() if k != "slide_ratio"} | {"fl_gamma": 1.5}))
+    hyp = evolve.population_hyp(load_hyp("hyp.slide.yaml"), partial)
+    assert hyp["fl_gamma"] == 1.5 and hyp["slide_ratio"] == 1.0  # the base's Slide, not the default 0
+
+
+def test_a_failing_trial_still_leaves_the_outputs_of_those_that_completed(tiny_data, tmp_path):
+    opt = evolve.prepare(train.parse_opt(["--data", tiny_data, "--evolve", "5", "--project", str(tmp_path)]),
+                         lambda o: 6)
+    calls = []
+
+    def breaks_on_the_third(run):
+        calls.append(run.name)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return (0.5, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evolve.evolve(opt, breaks_on_the_third)
+    assert (tmp_path / "exp" / "evolve.png").is_file() and csv_trials(tmp_path / "exp") == [0, 1]
+
+
 def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tiny_data, tmp_path):
     from utils.train import evolve
     from utils.train.engine import TrainingDivergedError

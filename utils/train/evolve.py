@@ -25,7 +25,7 @@ import yaml
 
 from utils.errors import ConfigError
 from utils.log import get_logger
-from utils.paths import write_atomic
+from utils.paths import project_candidates, write_atomic
 from utils.train.engine import TrainingDivergedError
 from utils.train.hyp import load_hyp, validate_hyp
 from utils.train.optim import AUTO, AUTO_ADAMW_HYP, plan_optimizer
@@ -93,22 +93,28 @@ def start_params(hyp: dict, space: dict[str, tuple]) -> dict:
 
 
 def population_files(path: str | Path) -> list[Path]:
-    """The hyp files of ``--evolve-population``: a folder's *.yaml files (sorted), or one file."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if not p.is_dir():
-        raise ConfigError(f"--evolve-population {p}: no such folder or file (give a folder of hyp YAML files)")
-    files = sorted(p.glob("*.yaml"))
+    """The hyp files of ``--evolve-population``: a folder's *.yaml files (sorted), or one file; a relative path is
+    looked for from the working directory, then under the project (as ``--hyp`` is)."""
+    found = next((c for c in project_candidates(path, "data") if c.exists()), None)
+    if found is None:
+        raise ConfigError(f"--evolve-population {path}: no such folder or file (give a folder of hyp YAML files)")
+    files = sorted(found.glob("*.yaml")) if found.is_dir() else [found]
     if not files:
-        raise ConfigError(f"--evolve-population {p}: no .yaml hyp files in this folder")
+        raise ConfigError(f"--evolve-population {found}: no .yaml hyp files in this folder")
     return files
+
+
+def population_hyp(base: dict, file: Path) -> dict:
+    """A population file's hyp: checked as --hyp is, then its own keys over the base hyp (keys it leaves out keep
+    the base's values, not the defaults)."""
+    load_hyp(file)  # every problem named with the file and key
+    return validate_hyp({**base, **(yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {})}, source=str(file))
 
 
 def first_trials(base: dict, space: dict[str, tuple], population: str | Path | None = None) -> list[dict]:
     """The search's first trials: the base hyp's values, then each population file's (as upstream's
     --evolve_population seeds its first generation), clipped into the search ranges, each distinct set once."""
-    hyps = [base] + [{**base, **load_hyp(f)} for f in (population_files(population) if population else [])]
+    hyps = [base] + [population_hyp(base, f) for f in (population_files(population) if population else [])]
     out: list[dict] = []
     for params in (start_params(h, space) for h in hyps):
         if params not in out:
@@ -310,10 +316,12 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
         get_logger().info(f"evolve: trial {trial.number} {value}; best so far {best}")
 
     complete, interrupted = (optuna.trial.TrialState.COMPLETE,), []
-    if len(study.get_trials(deepcopy=False, states=complete)) < opt.evolve:
-        stop = optuna.study.MaxTrialsCallback(opt.evolve, states=complete)
-        study.optimize(objective, callbacks=[stop, after], gc_after_trial=True, show_progress_bar=False)
-    write_outputs(study, save_dir, base)
+    try:
+        if len(study.get_trials(deepcopy=False, states=complete)) < opt.evolve:
+            stop = optuna.study.MaxTrialsCallback(opt.evolve, states=complete)
+            study.optimize(objective, callbacks=[stop, after], gc_after_trial=True, show_progress_bar=False)
+    finally:  # also when a trial raised: the outputs (evolve.png included) show every trial that completed
+        write_outputs(study, save_dir, base)
     if interrupted:
         raise KeyboardInterrupt
     done = study.get_trials(deepcopy=False, states=complete)
