@@ -211,19 +211,25 @@ def test_population_paths_resolve_from_anywhere_and_partial_files_keep_the_base(
     assert hyp["fl_gamma"] == 1.5 and hyp["slide_ratio"] == 1.0  # the base's Slide, not the default 0
 
 
+def training_that_fails(on_call: int, error: Exception):
+    """A stand-in for one trial's training: fixed results, except that call number on_call raises error; returns
+    the list of run names it was called with, and the function."""
+    calls = []
+
+    def train_fn(run):
+        calls.append(run.name)
+        if len(calls) == on_call:
+            raise error
+        return (0.5, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0)
+
+    return calls, train_fn
+
+
 def test_a_failing_trial_still_leaves_the_outputs_of_those_that_completed(tiny_data, tmp_path):
     opt = evolve.prepare(train.parse_opt(["--data", tiny_data, "--evolve", "5", "--project", str(tmp_path)]),
                          lambda o: 6)
-    calls = []
-
-    def breaks_on_the_third(run):
-        calls.append(run.name)
-        if len(calls) == 3:
-            raise RuntimeError("out of memory")
-        return (0.5, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0)
-
     with pytest.raises(RuntimeError, match="out of memory"):
-        evolve.evolve(opt, breaks_on_the_third)
+        evolve.evolve(opt, training_that_fails(3, RuntimeError("out of memory"))[1])
     assert (tmp_path / "exp" / "evolve.png").is_file() and csv_trials(tmp_path / "exp") == [0, 1]
 
 
@@ -233,14 +239,7 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tiny_data
 
     opt = evolve.prepare(train.parse_opt(["--data", tiny_data, "--evolve", "2", "--project", str(tmp_path)]),
                          lambda o: 6)
-    calls = []
-
-    def fake_training(run):
-        calls.append(run.name)
-        if len(calls) == 1:
-            raise TrainingDivergedError("training stopped: non-finite loss at epoch 0 batch 1")
-        return (0.5, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0)
-
+    calls, fake_training = training_that_fails(1, TrainingDivergedError("training stopped: non-finite loss"))
     study = evolve.evolve(opt, fake_training)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
