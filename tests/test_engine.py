@@ -230,6 +230,8 @@ def test_early_stopping():
     assert stop.best_epoch == 1
     never = EarlyStopping(patience=0)
     assert not any(never(e, 0.0 if e else 1.0) for e in range(50))
+    plateau = EarlyStopping(patience=1)  # the same fitness again is not an improvement (upstream's rule)
+    assert [plateau(e, 0.0) for e in range(3)] == [False, True, True] and plateau.best_epoch == 0
 
 
 def test_check_finite_message():

@@ -44,9 +44,11 @@ def test_resume_hint_names_the_checkpoint_and_the_command(tmp_path):
     hint = resume_hint(tmp_path)
     assert "epoch 3" in hint and f"python train.py --resume {tmp_path / 'last.pt'}" in hint
     assert f"torchrun --nproc_per_node 2 train.py --resume {tmp_path / 'last.pt'}" in resume_hint(tmp_path, 2)
-    save_checkpoint({"epoch": 9, "optimizer": {"state": {}}, "opt": {"epochs": 10}, "model": torch.nn.Linear(1, 1)},
-                    tmp_path / "last.pt")
-    assert "no resumable checkpoint" in resume_hint(tmp_path)  # every epoch done, stopped before the final strip
+    save_checkpoint({"epoch": 9, "optimizer": {"state": {}}, "opt": {"epochs": 10, "data": "d.yaml"},
+                     "model": torch.nn.Linear(1, 1)}, tmp_path / "last.pt")
+    done = resume_hint(tmp_path)  # every epoch done, stopped before the final strip: what was cut, and what to run
+    assert "every epoch had finished" in done
+    assert f"python val.py --weights {tmp_path / 'best.pt'} --data d.yaml" in done
     stripped = {"epoch": -1, "optimizer": None, "model": torch.nn.Linear(1, 1)}  # a finished run's
     save_checkpoint(stripped, tmp_path / "last.pt")
     assert "no resumable checkpoint" in resume_hint(tmp_path)

@@ -222,7 +222,9 @@ def train_one_epoch(state: TrainState, loader: Iterable, epoch: int, cfg: EpochC
 
 
 class EarlyStopping:
-    """Stop when fitness has not improved for ``patience`` epochs (patience 0 or less: never)."""
+    """Stop when fitness has not improved for ``patience`` epochs (patience 0 or less: never). Only a higher fitness
+    is an improvement, as upstream YOLOv5 since its fix for plateaus: a run stuck at the same fitness (0 mAP from
+    scratch, say) stops too."""
 
     def __init__(self, patience: int = 100, best_fitness: float = 0.0, best_epoch: int = 0):
         self.patience = patience if patience and patience > 0 else float("inf")
@@ -237,7 +239,7 @@ class EarlyStopping:
     def __call__(self, epoch: int, fitness: float) -> bool:
         """Record this epoch's fitness; True when training should stop."""
         self.last_epoch = epoch
-        if fitness >= self.best_fitness:
+        if fitness > self.best_fitness:
             self.best_epoch, self.best_fitness = epoch, fitness
         stop = epoch - self.best_epoch >= self.patience
         if stop:

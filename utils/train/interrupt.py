@@ -58,8 +58,13 @@ def resume_hint(weights_dir: Path, world_size: int = 1) -> str:
         ckpt = load_checkpoint(last, mmap=True) if last.is_file() else None
     except Exception:  # noqa: BLE001 - a file we cannot read is reported as no checkpoint, the hint must not fail
         ckpt = None
-    if not ckpt or not is_resumable(ckpt):
-        return (f"no resumable checkpoint in {weights_dir} (interrupted before the first epoch ended, run with "
-                "--nosave, or every epoch already done)")
+    if ckpt and not is_resumable(ckpt):  # every epoch done: Ctrl-C cut the final validation of best.pt or the plots
+        best = Path(weights_dir) / "best.pt"
+        data = (ckpt.get("opt") or {}).get("data") or "<its data YAML>"
+        return (f"no resumable checkpoint in {weights_dir}: every epoch had finished, and the interruption cut "
+                f"short the final validation or plots; validate with: python val.py --weights {best} --data {data}")
+    if not ckpt:
+        return (f"no resumable checkpoint in {weights_dir} (interrupted before the first epoch ended, or run with "
+                "--nosave)")
     launcher = f"torchrun --nproc_per_node {world_size}" if world_size > 1 else "python"
     return f"{last} holds epoch {int(ckpt['epoch'])}; continue with: {launcher} train.py --resume {last}"

@@ -73,7 +73,8 @@ def fill_defaults(opt: argparse.Namespace, data: dict) -> None:
     if opt.epochs < 1:
         raise ConfigError(f"--epochs {opt.epochs}: train for at least one epoch")
     if opt.batch_size < 1:
-        get_logger().warning(f"--batch-size {opt.batch_size}: automatic batch size is not supported, using 16")
+        get_logger().warning(f"--batch-size {opt.batch_size}: automatic batch size (AutoBatch) is not built, using 16 "
+                             "(what upstream uses on a CPU)")
         opt.batch_size = 16
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
