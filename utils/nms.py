@@ -45,7 +45,7 @@ def _nms_one(x: torch.Tensor, conf_thres: float, iou_thres: float, classes: Opti
     x = x[x[:, 4] > conf_thres].float()  # objectness filter first: cheap and removes most rows
     if not x.shape[0] and prior is None:
         return x.new_zeros((0, 6))
-    det = _candidates(x, conf_thres, multi_label) if x.shape[0] else x.new_zeros((0, 6))
+    det = _candidates(x, conf_thres, multi_label)
     if prior is not None:
         p = prior.float().to(det.device)
         det = torch.cat((torch.cat((xywh2xyxy(p[:, 1:5]), torch.ones_like(p[:, :1]), p[:, :1]), 1), det))

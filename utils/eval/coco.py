@@ -105,10 +105,14 @@ def _load(obj: JsonLike):
     return json.loads(Path(obj).read_text()) if isinstance(obj, (str, Path)) else obj
 
 
+def _is_val2017(entry: object) -> bool:
+    """Whether a data YAML's split entry is COCO's val2017 list (upstream's test: it ends in coco/val2017.txt)."""
+    return isinstance(entry, (str, Path)) and Path(entry).as_posix().endswith("coco/val2017.txt")
+
+
 def is_coco_val(data: dict) -> bool:
     """Whether a data dict's val split is COCO val2017 (upstream's test: its entry ends in coco/val2017.txt)."""
-    val = data.get("val")
-    return isinstance(val, (str, Path)) and Path(val).as_posix().endswith("coco/val2017.txt")
+    return _is_val2017(data.get("val"))
 
 
 @dataclass
@@ -125,9 +129,7 @@ def coco_scoring(data: dict, split: str, nc: int) -> CocoScoring:
     own instances_val2017.json where the split validated is val2017 itself and the file exists."""
     if not (is_coco_val(data) and nc == 80):  # other data, or --single-cls
         return CocoScoring()
-    entry = data.get(split)
-    is_val2017 = isinstance(entry, (str, Path)) and Path(entry).as_posix().endswith("coco/val2017.txt")
-    return CocoScoring(COCO80_TO_91, official_coco_annotations(data) if is_val2017 else None)
+    return CocoScoring(COCO80_TO_91, official_coco_annotations(data) if _is_val2017(data.get(split)) else None)
 
 
 def official_coco_annotations(data: dict) -> Optional[Path]:
