@@ -93,6 +93,14 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume-evolve", "--resume_evolve", default=None, help="continue the search of a runs/evolve "
                    "folder")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP rank (set by old launchers)")
+    # upstream's Weights & Biases and Google Cloud flags: accepted so its command lines run, with a warning
+    p.add_argument("--entity", default=None, help="upstream's W&B entity (no W&B here: a warning, no effect)")
+    p.add_argument("--upload_dataset", "--upload-dataset", nargs="?", const=True, default=False,
+                   help="upstream's W&B dataset upload (no W&B here: a warning, no effect)")
+    p.add_argument("--bbox_interval", "--bbox-interval", type=int, default=-1,
+                   help="upstream's W&B box-image interval (no W&B here: a warning, no effect)")
+    p.add_argument("--bucket", default="", help="upstream's gsutil bucket for --evolve (never used here: a warning; "
+                   "share a search with --evolve-storage)")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt after N epochs
     p.add_argument("--weights-hash", action="store_true", help=argparse.SUPPRESS)  # tests: log a parameter hash
     return p.parse_args(argv)
@@ -149,9 +157,27 @@ def resolve_resume(opt: argparse.Namespace) -> argparse.Namespace:
     return new
 
 
+UPSTREAM_ONLY = {"entity": None, "upload_dataset": False, "bbox_interval": -1, "bucket": ""}
+
+
+def upstream_only_flags(opt: argparse.Namespace) -> list[str]:
+    """The upstream-only flags (W&B, Google Cloud) given with a value other than their default, as flags."""
+    return [f"--{k}" for k, default in UPSTREAM_ONLY.items() if getattr(opt, k, default) != default]
+
+
+def warn_upstream_only(opt: argparse.Namespace, env: dist.DistEnv) -> None:
+    """Say once (main process) that upstream's W&B / gsutil flags do nothing here, and what logs the run instead."""
+    given = upstream_only_flags(opt)
+    if given and env.is_main:
+        get_logger().warning(f"WARNING {' '.join(given)}: upstream YOLOv5's Weights & Biases / Google Cloud options "
+                             "have no effect here (nothing is uploaded or downloaded); runs log to TensorBoard and "
+                             "results.csv in their folder, and --evolve-storage shares a search between machines")
+
+
 def main(opt: argparse.Namespace) -> tuple:
     """Resolve --resume and the device, join DDP when launched by torchrun, train; returns the final results."""
     env = dist.dist_env(opt.local_rank)
+    warn_upstream_only(opt, env)
     if opt.evolve is not None and opt.evolve < 1:
         raise ConfigError(f"--evolve {opt.evolve}: give the number of trials to run (at least 1; 300 when left out)")
     if opt.evolve or opt.resume_evolve:

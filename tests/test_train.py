@@ -19,7 +19,7 @@ import train
 from utils.checkpoint import attempt_load, load_checkpoint, save_checkpoint
 from utils.errors import CheckpointError, ConfigError
 from utils.log import get_logger
-from utils.train import train_setup
+from utils.train import dist, train_setup
 from utils.train.engine import TrainingDivergedError
 from utils.train.results import RESULT_COLUMNS, append_results, read_results
 
@@ -502,3 +502,16 @@ def test_bf16_trains_where_the_cpu_has_it_and_is_a_clear_error_elsewhere(tiny_da
     results = _run(tiny_data, tmp_path, epochs=1, noplots=True, bf16=True)
     assert dtypes and all(d == (torch.bfloat16, True) for d in dtypes)
     assert len(results) == 7 and all(x == x for x in results)  # finite losses and metrics
+
+
+def test_upstream_wandb_and_gsutil_flags_are_accepted_with_a_warning(logs):
+    """Upstream's W&B / Google Cloud flags parse (its command lines run here) and say they have no effect."""
+    argv = ["--entity", "team", "--upload_dataset", "--bbox_interval", "5", "--bucket", "my-bucket"]
+    opt = train.parse_opt(argv)
+    assert train.upstream_only_flags(opt) == ["--entity", "--upload_dataset", "--bbox_interval", "--bucket"]
+    assert train.upstream_only_flags(train.parse_opt([])) == []
+    train.warn_upstream_only(opt, dist.DistEnv())
+    assert len(logs) == 1 and "--entity --upload_dataset --bbox_interval --bucket" in logs[0]
+    assert "no effect" in logs[0] and "--evolve-storage" in logs[0]
+    train.warn_upstream_only(opt, dist.DistEnv(rank=1, local_rank=1, world_size=2))  # other DDP ranks stay quiet
+    assert len(logs) == 1
