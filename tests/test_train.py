@@ -284,6 +284,25 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_data, tmp_path):
     assert load_checkpoint(last)["epoch"] == epoch + 1
 
 
+
+def test_ctrl_c_in_the_final_validation_says_what_was_cut(tiny_data, tmp_path, monkeypatch):
+    """A Ctrl-C after the last epoch (while best.pt is validated and plotted) still ends with the hint, not bare."""
+    from utils.train import trainer
+
+    validate, calls = trainer.validate, []
+
+    def cut_in_final_validation(ctx, state, plots=False, model=None):
+        calls.append(model)
+        if model is not None:  # best.pt's validation after the last epoch (the epoch's own passes model=None)
+            raise KeyboardInterrupt  # as the default SIGINT handler raises it
+        return validate(ctx, state, plots, model)
+
+    monkeypatch.setattr(trainer, "validate", cut_in_final_validation)
+    with pytest.raises(train.TrainingInterrupted) as e:
+        _run(tiny_data, tmp_path, epochs=1, noval=True, noplots=True)
+    assert len(calls) == 2 and "every epoch had finished" in str(e.value) and "python val.py --weights" in str(e.value)
+
+
 def test_error_line_unwraps_dataloader_worker_errors():
     from utils.errors import DatasetError
 

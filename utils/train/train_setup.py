@@ -50,7 +50,7 @@ from utils.train.optim import (
 from utils.train.results import keep_results_before
 from utils.train.run_logger import TensorBoardLogger
 from utils.train.thread_dp import ThreadDataParallel
-from utils.train.trainer import RunContext, finish, fit, load_val_module, parameters_hash, restore_state
+from utils.train.trainer import RunContext, fit_and_finish, load_val_module, restore_state
 from utils.train.transfer import build_model, freeze_layers, scale_loss_gains
 
 DEFAULTS = {"epochs": 100, "batch_size": 16, "imgsz": 640, "optimizer": "SGD"}  # YOLOv5's
@@ -346,15 +346,9 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
                       f"{opt.epochs} epochs...")
     with cfg.interrupt:
         try:
-            results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
+            return fit_and_finish(state, scheduler, loader, ctx, cfg, start_epoch, best)
         except BaseException as e:  # Ctrl-C (or what it broke on its way): last.pt is whole, saves are atomic
             if isinstance(e, KeyboardInterrupt) or cfg.interrupt.requested:
                 raise TrainingInterrupted(resume_hint(ctx.weights_dir, env.world_size) if env.is_main else "") from None
             raise
-        finally:
-            if state.dp is not None:
-                state.dp.close()
-    if opt.weights_hash:
-        print(f"weights-hash rank {env.rank}: {parameters_hash(state.model)}", flush=True)
-    interrupted = opt.stop_after is not None and last_epoch + 1 < opt.epochs
-    return finish(state, ctx) if env.is_main and not interrupted else results
+

@@ -185,6 +185,21 @@ def fit(state: TrainState, scheduler: LambdaLR, loader: Any, ctx: RunContext, cf
     return results, best_fitness, epoch
 
 
+def fit_and_finish(state: TrainState, scheduler: LambdaLR, loader: Any, ctx: RunContext, cfg: EpochConfig,
+                   start_epoch: int, best: float) -> tuple:
+    """Train the remaining epochs, then (main process, run not cut by --stop-after) strip and validate best.pt."""
+    try:
+        results, _, last_epoch = fit(state, scheduler, loader, ctx, cfg, start_epoch, best)
+    finally:
+        if state.dp is not None:
+            state.dp.close()
+    opt, env = ctx.opt, ctx.env
+    if opt.weights_hash:
+        print(f"weights-hash rank {env.rank}: {parameters_hash(state.model)}", flush=True)
+    interrupted = opt.stop_after is not None and last_epoch + 1 < opt.epochs
+    return finish(state, ctx) if env.is_main and not interrupted else results
+
+
 def resample(loader: Any, ctx: RunContext) -> None:
     """--image-weights: the next epoch's image weights from the class frequencies and the last class mAPs."""
     if getattr(ctx.opt, "image_weights", False) and isinstance(getattr(loader, "sampler", None),
