@@ -222,6 +222,32 @@ def test_crop_dicts_hold_tensors_and_number_their_files_as_upstream(weights, tmp
     assert all(np.array_equal(a["im"], b["im"]) for a, b in zip(crops, unsaved))
 
 
+def test_named_entries_take_verbose_and_pick_the_device_as_upstream(weights, logs):
+    pair = [str(weights["bce"])] * 2  # an ensemble: its load logs a line
+    quiet = torch.hub.load(str(ROOT), "custom", path=pair, source="local", _verbose=False)
+    assert logs == [] and quiet._device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.hub.load(str(ROOT), "custom", path=pair, source="local")
+    assert any("NMS runs over all their predictions" in line for line in logs)
+    model = torch.hub.load(str(ROOT), "yolov5n", pretrained=False, classes=3, _verbose=False, device="cpu",
+                           source="local")
+    assert model._device().type == "cpu"
+
+
+def test_pretrained_with_other_classes_takes_the_matching_weights(weights, tmp_path, monkeypatch):
+    from utils.checkpoint import attempt_load
+
+    torch.manual_seed(1)
+    official = DetectionModel("yolov5n.yaml", nc=80)
+    save_checkpoint({"model": official}, tmp_path / "yolov5n.pt")
+    monkeypatch.chdir(tmp_path)
+    model = torch.hub.load(str(ROOT), "yolov5n", classes=3, source="local")
+    src = attempt_load(tmp_path / "yolov5n.pt", fuse=False).state_dict()
+    own = model.model.state_dict()
+    assert model.model.yaml["nc"] == 3 and model.names == {0: "class0", 1: "class1", 2: "class2"}
+    torch.testing.assert_close(own["model.0.conv.weight"], src["model.0.conv.weight"])  # the backbone's first conv
+    assert own["model.24.m.0.weight"].shape[0] == 3 * 8 != src["model.24.m.0.weight"].shape[0]  # a new head
+
+
 @needs_shared(OFFICIAL_WEIGHTS)
 def test_official_model_finds_upstreams_objects_on_each_sample_alone():
     model = torch.hub.load(str(ROOT), "custom", path=str(OFFICIAL_WEIGHTS), source="local", _verbose=False)
