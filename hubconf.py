@@ -10,8 +10,12 @@ Nothing is ever downloaded: ``pretrained=True`` looks for ``<name>.pt`` in the w
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:  # torch.hub imports this file from its folder
@@ -20,22 +24,59 @@ if str(ROOT) not in sys.path:  # torch.hub imports this file from its folder
 dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
 
 
-def custom(path: str | Path | list = "yolov5s.pt", autoshape: bool = True, device: str = "cpu",
-           _verbose: bool = True):
+def custom(path: str | Path | list = "yolov5s.pt", autoshape: bool = True, _verbose: bool = True,
+           device: str | torch.device | None = None):
     """A model from a local weights file (.pt, .torchscript, .onnx), or a list of .pt files as one ensemble, wrapped
-    to take images (autoshape)."""
+    to take images (autoshape); device None picks CUDA when there is one, as upstream; _verbose False logs warnings
+    only while loading."""
     from models.ensemble import load_backend
     from utils.deploy.autoshape import AutoShape
 
-    backend = load_backend(path, device=device)
+    with _quiet(not _verbose):
+        backend = load_backend(path, device=device)
     return AutoShape(backend) if autoshape else backend
 
 
-def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device: str):
-    """A YOLOv5 model by name: the local <name>.pt when pretrained, else an untrained one from models/<name>.yaml."""
+@contextmanager
+def _quiet(quiet: bool):
+    """While loading, log warnings only (upstream's ``_verbose=False``)."""
+    from utils.log import get_logger
+
+    log = get_logger()
+    level = log.level
+    if quiet:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _transfer(name: str, weights: Path, channels: int, classes: int, device: str | torch.device | None):
+    """models/<name>.yaml with channels and classes, given every weight of the checkpoint whose name and shape fit
+    (upstream's ``pretrained=True`` with other classes or channels); names kept when the class count is the same."""
+    from models.yolo import DetectionModel
+    from utils.checkpoint import attempt_load
+    from utils.torch_utils import select_device
+    from utils.train.transfer import intersect_dicts
+
+    src = attempt_load(weights, fuse=False)
+    model = DetectionModel(ROOT / "models" / f"{name}.yaml", ch=channels, nc=classes)
+    own = model.state_dict()
+    model.load_state_dict(intersect_dicts(src.state_dict(), own, exclude=("anchors",)), strict=False)
+    names = dict(getattr(src, "names", {}) or {})
+    model.names = names if len(names) == classes else {i: f"class{i}" for i in range(classes)}
+    return model.to(select_device(device))
+
+
+def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, verbose: bool,
+            device: str | torch.device | None):
+    """A YOLOv5 model by name: the local <name>.pt when pretrained (its weights moved into a new model for other
+    channels or classes), else an untrained one from models/<name>.yaml."""
     from models.yolo import DetectionModel
     from utils.deploy.autoshape import AutoShape
     from utils.errors import CheckpointError
+    from utils.torch_utils import select_device
 
     if pretrained:
         folders = list(dict.fromkeys((Path.cwd().resolve(), ROOT)))  # the working folder, then the project's
@@ -43,18 +84,23 @@ def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape:
         if not found:
             raise CheckpointError(f"{name}.pt: not found in {' or '.join(map(str, folders))}; this project never "
                                   "downloads weights: copy the file there, or use 'custom' with path=...")
-        return custom(found[0], autoshape, device)
-    model = DetectionModel(ROOT / "models" / f"{name}.yaml", ch=channels, nc=classes).to(device)
-    model.names = {i: f"class{i}" for i in range(classes)}
+        if (channels, classes) == (3, 80):
+            return custom(found[0], autoshape, verbose, device)
+        with _quiet(not verbose):
+            model = _transfer(name, found[0], channels, classes, device)
+    else:
+        model = DetectionModel(ROOT / "models" / f"{name}.yaml", ch=channels, nc=classes).to(select_device(device))
+        model.names = {i: f"class{i}" for i in range(classes)}
     return AutoShape(model) if autoshape else model
 
 
 def _named(name: str, size: str):
-    """The torch.hub entry point of one YOLOv5 size: ``name(pretrained, channels, classes, autoshape, device)``."""
+    """The torch.hub entry point of one YOLOv5 size: ``name(pretrained, channels, classes, autoshape, _verbose,
+    device)``."""
 
     def entry(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-              device: str = "cpu"):
-        return _create(name, pretrained, channels, classes, autoshape, device)
+              _verbose: bool = True, device: str | torch.device | None = None):
+        return _create(name, pretrained, channels, classes, autoshape, _verbose, device)
 
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = f"YOLOv5-{size}: the local {name}.pt when pretrained, else untrained from models/{name}.yaml."

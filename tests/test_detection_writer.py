@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.deploy.detection_writer import ResultWriter, describe
+from utils.deploy.detection_writer import ResultWriter, crop_box, describe, save_one_box
 
 NAMES = {0: "person", 1: "square", 5: "bus"}
 
@@ -35,6 +35,15 @@ def test_writer_saves_image_txt_csv_and_crop(tmp_path):
     crop = cv2.imread(str(tmp_path / "crops" / "square" / "img.jpg"))
     assert crop is not None and crop.shape[:2] == (71, 61)  # box 50x60 px, x1.02 + 10 px, clipped to the image
     assert cv2.imread(str(tmp_path / "img.jpg")).shape == im.shape
+
+
+def test_crops_of_one_class_are_numbered_as_upstream(tmp_path):
+    im = np.full((100, 200, 3), 90, np.uint8)
+    box = torch.tensor([10.0, 20.0, 60.0, 80.0])
+    assert crop_box(box, im.shape) == (4, 14, 65, 85)  # 50x60 px, x1.02 + 10 px around the centre (35, 50)
+    files = [save_one_box(box, im, tmp_path / "crops" / "square" / "img.jpg") for _ in range(3)]
+    assert [f.name for f in files] == ["img.jpg", "img-2.jpg", "img-3.jpg"]
+    assert cv2.imread(str(files[1])).shape[:2] == (71, 61)
 
 
 def test_writer_writes_video_frames_to_one_mp4(tmp_path):

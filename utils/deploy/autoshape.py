@@ -1,11 +1,12 @@
 """The Python API behind ``torch.hub.load``: a model that takes images as they come and returns result tables.
 
 ``AutoShape(model)`` wraps a ``DetectMultiBackend`` (.pt, .torchscript, .onnx) or an in-memory ``DetectionModel``.
-Call it with a file path, a numpy array (HWC, RGB as upstream documents: ``cv2.imread(f)[..., ::-1]``), a PIL image,
-or a list of them; it letterboxes, runs the model, applies NMS (``conf``, ``iou``, ``classes``, ``agnostic``,
-``multi_label``, ``max_det`` attributes, as upstream) and maps boxes back to each image. A (bs, 3, h, w) tensor
-passes straight to the model (raw predictions, no NMS). Softmax (``ce``) models get one label per box. Nothing is
-downloaded: a URL is an error.
+Call it with a file path, a numpy array (HWC or CHW, RGB as upstream documents: ``cv2.imread(f)[..., ::-1]``), a PIL
+image, or a list of them; it letterboxes, runs the model, applies NMS (``conf``, ``iou``, ``classes``, ``agnostic``,
+``multi_label``, ``max_det`` attributes, as upstream) and maps boxes back to each image. As upstream, a batch runs at
+the smallest stride-multiple shape that holds every image scaled to ``size`` (bus.jpg at 640: 640x480), and ``amp``
+runs CUDA inference under autocast. A (bs, 3, h, w) tensor passes straight to the model (raw predictions, no NMS).
+Softmax (``ce``) models get one label per box. Nothing is downloaded: a URL is an error.
 
 ``Detections`` holds the results: ``xyxy``, ``xywh``, ``xyxyn``, ``xywhn`` (lists of (n, 6) tensors: box, confidence,
 class), ``pandas()`` (the same as DataFrames with named columns), ``print()``, ``render()``, ``save()``, ``crop()``.
@@ -25,8 +26,9 @@ from torch import nn
 
 from utils.boxes import scale_boxes, xyxy2xywh
 from utils.data.augment import letterbox
-from utils.deploy.detection_writer import save_one_box
+from utils.deploy.detection_writer import crop_box, describe, save_one_box
 from utils.errors import ConfigError
+from utils.log import get_logger
 from utils.nms import non_max_suppression
 from utils.paths import increment_path
 from utils.plots import Annotator, colors
@@ -46,13 +48,20 @@ def load_image(item: Any, index: int) -> tuple[np.ndarray, str]:
             raise ConfigError(f"image {text}: file not found or not an image")
         return np.ascontiguousarray(im[..., ::-1]), Path(text).with_suffix(".jpg").name
     if hasattr(item, "convert") and hasattr(item, "size"):  # PIL image
+        from PIL import ImageOps
+
         stem = Path(getattr(item, "filename", "") or f"image{index}").stem
-        return np.asarray(item.convert("RGB")), f"{stem}.jpg"
+        return np.asarray(ImageOps.exif_transpose(item).convert("RGB")), f"{stem}.jpg"
     im = np.asarray(item)
+    if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[2] not in (1, 3, 4):  # CHW, as a dataloader gives
+        im = im.transpose(1, 2, 0)
+    if im.ndim == 3 and im.shape[2] == 1:
+        im = im[..., 0]
     if im.ndim == 2:
         im = np.repeat(im[..., None], 3, axis=2)
     if im.ndim != 3 or im.shape[2] not in (3, 4):
-        raise ConfigError(f"input {index}: expected an HWC image array with 3 channels, got shape {im.shape}")
+        raise ConfigError(f"input {index}: expected an HWC (or CHW) image array with 1, 3 or 4 channels, got shape "
+                          f"{im.shape}")
     return to_uint8(np.ascontiguousarray(im[..., :3])), f"image{index}.jpg"
 
 
@@ -69,10 +78,18 @@ def to_uint8(im: np.ndarray) -> np.ndarray:
     return np.clip(im, 0, 255).astype(np.uint8)
 
 
-class AutoShape(nn.Module):
-    """Images in, ``Detections`` out; NMS settings: attributes conf, iou, classes, agnostic, multi_label, max_det."""
+def inference_shape(shapes: Sequence[Sequence[int]], size: Sequence[int], stride: int) -> list[int]:
+    """The batch's [h, w] as upstream: each image (h, w) scaled to fit size, the largest over the batch, rounded up to
+    the stride (bus.jpg, 1080x810, at 640: [640, 480])."""
+    fits = [[int(h * min(size[0] / h, size[1] / w)), int(w * min(size[0] / h, size[1] / w))] for h, w in shapes]
+    return [int(np.ceil(s / stride) * stride) for s in np.max(fits, 0)]
 
-    conf, iou, classes, agnostic, multi_label, max_det = 0.25, 0.45, None, False, False, 1000
+
+class AutoShape(nn.Module):
+    """Images in, ``Detections`` out; settings: attributes conf, iou, classes, agnostic, multi_label, max_det (NMS) and
+    amp (autocast on CUDA)."""
+
+    conf, iou, classes, agnostic, multi_label, max_det, amp = 0.25, 0.45, None, False, False, 1000, False
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -89,16 +106,19 @@ class AutoShape(nn.Module):
 
     def _predict(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """Decoded predictions (bs, N, 5 + nc) of the wrapped model (test-time augmented when ``augment``)."""
-        with torch.inference_mode():
+        cuda_amp = bool(self.amp) and x.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(x.device.type, enabled=cuda_amp):
             y = self.model(x, augment=True) if augment else self.model(x)
         return (y[0] if isinstance(y, (list, tuple)) else y).float()
 
-    def _size(self, size: int | Sequence[int]) -> list[int]:
-        """The input [h, w]: size rounded up to the stride, or what a fixed-size export needs."""
-        hw = [int(size)] * 2 if isinstance(size, (int, float)) else [int(s) for s in size]
-        if hasattr(self.model, "input_size"):
-            hw = self.model.input_size(hw)
-        return [int(np.ceil(s / self.stride) * self.stride) for s in hw]
+    def _shape(self, size: int | Sequence[int], shapes: list[tuple[int, ...]]) -> list[int]:
+        """The batch's input [h, w] for size (int: the longest side; (h, w): the box each image must fit in): see
+        ``inference_shape``; a fixed-size export takes its own size."""
+        hw = [int(s) for s in (size if isinstance(size, (list, tuple)) else [size])]
+        hw = hw * 2 if len(hw) == 1 else hw
+        if not self.dynamic and hasattr(self.model, "input_size"):
+            return [int(np.ceil(s / self.stride) * self.stride) for s in self.model.input_size(hw)]
+        return inference_shape(shapes, hw, self.stride)
 
     def forward(self, ims: Any, size: int | Sequence[int] = 640, augment: bool = False) -> Any:
         """Detect on one image or a list; a (bs, 3, h, w) tensor gives the raw model output instead."""
@@ -109,7 +129,7 @@ class AutoShape(nn.Module):
         if not items:
             raise ConfigError("model(ims): an empty list, no image to detect on")
         loaded = [load_image(x, i) for i, x in enumerate(items)]
-        hw = self._size(size)
+        hw = self._shape(size, [im.shape[:2] for im, _ in loaded])
         batch = np.stack([letterbox(im, hw, auto=False, stride=self.stride)[0] for im, _ in loaded])
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0  # RGB in, as the model was trained
         t1 = time.perf_counter()
@@ -126,11 +146,14 @@ class AutoShape(nn.Module):
 
 
 class Detections:
-    """Detections of a batch: ims (RGB arrays), pred (list of (n, 6) xyxy, conf, cls in image pixels), files."""
+    """Detections of a batch: ims (RGB arrays; annotated once ``render`` ran), pred (list of (n, 6) xyxy, conf, cls in
+    image pixels), files, names, s (the input shape), t (pre-process, inference, NMS ms per image)."""
 
     def __init__(self, ims: list[np.ndarray], pred: list[torch.Tensor], files: list[str], times: tuple,
                  names: dict, shape: tuple):
-        self.ims, self.pred, self.files, self.times, self.names, self.s = ims, pred, files, times, names, shape
+        self.ims, self.pred, self.files, self.names, self.s = list(ims), pred, files, names, tuple(shape)
+        self.originals = list(ims)  # what save, crop and render draw from, whatever render did to ims
+        self.times = self.t = tuple(times)
         gains = [torch.tensor([im.shape[1], im.shape[0], im.shape[1], im.shape[0], 1.0, 1.0]) for im in ims]
         self.xyxy = pred
         self.xywh = [torch.cat((xyxy2xywh(p[:, :4]), p[:, 4:]), 1) for p in pred]
@@ -142,6 +165,10 @@ class Detections:
         """Number of images."""
         return self.n
 
+    def _name(self, cls: float | torch.Tensor) -> str:
+        """The name of a class index (the index itself when the model has no name for it)."""
+        return self.names.get(int(cls), str(int(cls)))
+
     def pandas(self) -> Detections:
         """A copy whose xyxy, xywh, xyxyn, xywhn are lists of DataFrames (box columns, confidence, class, name)."""
         import pandas as pd
@@ -150,19 +177,16 @@ class Detections:
         for key, box_cols in PANDAS_COLUMNS.items():
             frames = []
             for p in getattr(self, key):
-                rows = [[*r[:5], int(r[5]), self.names.get(int(r[5]), str(int(r[5])))] for r in p.tolist()]
+                rows = [[*r[:5], int(r[5]), self._name(r[5])] for r in p.tolist()]
                 frames.append(pd.DataFrame(rows, columns=[*box_cols, "confidence", "class", "name"]))
             setattr(new, key, frames)
         return new
 
     def summary(self) -> str:
         """One line per image ('image 1/2: 480x640 2 persons, 1 tie') and the speed line."""
-        lines = []
-        for i, (im, p) in enumerate(zip(self.ims, self.pred)):
-            found = ", ".join(f"{int((p[:, 5] == c).sum())} {self.names.get(int(c), str(int(c)))}"
-                              for c in p[:, 5].unique()) or "(no detections)"
-            lines.append(f"image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} {found}")
-        pre, inf, nms = self.times
+        lines = [f"image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} {describe(p, self.names)[:-2]}"
+                 for i, (im, p) in enumerate(zip(self.originals, self.pred))]
+        pre, inf, nms = self.t
         lines.append(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image at shape "
                      f"{self.s}")
         return "\n".join(lines)
@@ -175,47 +199,58 @@ class Detections:
         """The summary."""
         return self.summary()
 
-    def render(self, labels: bool = True) -> list[np.ndarray]:
-        """Annotated copies of the images (RGB)."""
+    def __repr__(self) -> str:
+        """The class and image count over the summary (what a notebook shows for ``results``)."""
+        return f"{type(self).__name__}: {self.n} image{'s' * (self.n > 1)}\n{self.summary()}"
+
+    def _annotated(self, labels: bool) -> list[np.ndarray]:
+        """Annotated copies of the original images (RGB)."""
         out = []
-        for im, p in zip(self.ims, self.pred):
+        for im, p in zip(self.originals, self.pred):
             ann = Annotator(im)
             for *box, conf, cls in p.tolist():
-                name = self.names.get(int(cls), str(int(cls)))
-                ann.box_label(box, f"{name} {conf:.2f}" if labels else "", color=colors(int(cls)))
+                ann.box_label(box, f"{self._name(cls)} {conf:.2f}" if labels else "", color=colors(int(cls)))
             out.append(ann.result())
         return out
+
+    def render(self, labels: bool = True) -> list[np.ndarray]:
+        """Draw the boxes: ``ims`` becomes the annotated images (RGB), as upstream, and is returned; the originals
+        stay in ``originals``, so a second render or a later save or crop does not draw twice."""
+        self.ims[:] = self._annotated(labels)
+        return self.ims
 
     def show(self, labels: bool = True) -> None:
         """Open each annotated image in the system's image viewer (PIL ``Image.show``)."""
         from PIL import Image
 
-        for im in self.render(labels):
-            Image.fromarray(im).show()
+        for im, f in zip(self._annotated(labels), self.files):
+            Image.fromarray(im).show(title=f)
 
     def tolist(self) -> list[Detections]:
         """One Detections per image, as upstream's ``results.tolist()``."""
-        return [Detections([im], [p], [f], self.times, self.names, (1, *self.s[1:]))
-                for im, p, f in zip(self.ims, self.pred, self.files)]
+        return [Detections([im], [p], [f], self.t, self.names, (1, *self.s[1:]))
+                for im, p, f in zip(self.originals, self.pred, self.files)]
 
     def save(self, labels: bool = True, save_dir: str | Path = "runs/detect/exp", exist_ok: bool = False) -> Path:
-        """Write the annotated images into save_dir (numbered like runs); returns the folder."""
+        """Write the annotated images into save_dir (numbered like runs: exp, exp2, ...); returns the folder."""
         folder = increment_path(save_dir, exist_ok=exist_ok, mkdir=True)
-        for im, f in zip(self.render(labels), self.files):
+        for im, f in zip(self._annotated(labels), self.files):
             cv2.imwrite(str(folder / f), im[..., ::-1])
+        get_logger().info(f"{self.n} annotated image{'s' * (self.n > 1)} saved to {folder}")
         return folder
 
     def crop(self, save: bool = True, save_dir: str | Path = "runs/detect/exp", exist_ok: bool = False) -> list[dict]:
-        """Every detection as a dict (box, conf, cls, label, im: the RGB crop); saved under save_dir/crops/<class>/."""
-        folder = increment_path(save_dir, exist_ok=exist_ok, mkdir=save) if save else None
+        """Every detection, best first per image, as a dict as upstream's: box (four 0-d tensors, xyxy), conf, cls
+        (0-d tensors), label, im (the RGB crop, enlarged as the saved file: 2 % and 10 px), plus file (the saved crop,
+        save_dir/crops/<class>/<image>.jpg, -2, -3 ... for more; None when not saved)."""
+        folder = increment_path(save_dir, exist_ok=exist_ok, mkdir=True) if save else None
         crops = []
-        for im, p, f in zip(self.ims, self.pred, self.files):
-            bgr = np.ascontiguousarray(im[..., ::-1])
-            for *box, conf, cls in p.tolist():
-                name = self.names.get(int(cls), str(int(cls)))
-                xyxy = torch.tensor(box)
-                file = save_one_box(xyxy, bgr, folder / "crops" / name / f) if save else None
-                x1, y1, x2, y2 = (int(round(v)) for v in box)
-                crops.append({"box": box, "conf": conf, "cls": int(cls), "label": f"{name} {conf:.2f}",
-                              "im": im[max(y1, 0):y2, max(x1, 0):x2], "file": file})
+        for im, p, f in zip(self.originals, self.pred, self.files):
+            bgr = np.ascontiguousarray(im[..., ::-1]) if save else None
+            for row in p:
+                name = self._name(row[5])
+                x1, y1, x2, y2 = crop_box(row[:4], im.shape)
+                file = save_one_box(row[:4], bgr, folder / "crops" / name / f) if save else None
+                crops.append({"box": list(row[:4]), "conf": row[4], "cls": row[5], "label": f"{name} {row[4]:.2f}",
+                              "im": im[y1:y2, x1:x2], "file": file})
         return crops

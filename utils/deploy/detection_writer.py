@@ -30,14 +30,20 @@ def describe(det: torch.Tensor, names: dict) -> str:
     return out
 
 
-def save_one_box(xyxy: torch.Tensor, im: np.ndarray, file: Path, gain: float = 1.02, pad: int = 10) -> Path:
-    """Save the crop of a BGR image around an xyxy box, enlarged by gain and pad pixels, to a new numbered file."""
-    b = xyxy2xywh(xyxy.view(-1, 4).float())
+def crop_box(xyxy: torch.Tensor, shape: tuple, gain: float = 1.02, pad: int = 10) -> tuple[int, int, int, int]:
+    """The pixel box (x1, y1, x2, y2) of a crop around an xyxy box, enlarged by gain and pad, clipped to shape."""
+    b = xyxy2xywh(torch.as_tensor(xyxy).view(-1, 4).float())
     b[:, 2:] = b[:, 2:] * gain + pad
-    box = clip_boxes(torch.cat((b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2), 1), im.shape[:2]).long()[0]
-    file = increment_path(file, sep="_")  # bus.jpg, bus_2.jpg, ...
+    box = clip_boxes(torch.cat((b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2), 1), shape[:2]).long()[0]
+    return int(box[0]), int(box[1]), int(box[2]), int(box[3])
+
+
+def save_one_box(xyxy: torch.Tensor, im: np.ndarray, file: Path, gain: float = 1.02, pad: int = 10) -> Path:
+    """Save the crop of a BGR image around an xyxy box (see ``crop_box``) to a new numbered file."""
+    x1, y1, x2, y2 = crop_box(xyxy, im.shape, gain, pad)
+    file = increment_path(file, sep="-")  # bus.jpg, bus-2.jpg, ... as upstream
     file.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(file), im[int(box[1]):int(box[3]), int(box[0]):int(box[2])])
+    cv2.imwrite(str(file), im[y1:y2, x1:x2])
     return file
 
 
