@@ -93,7 +93,14 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume-evolve", "--resume_evolve", default=None, help="continue the search of a runs/evolve "
                    "folder")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP rank (set by old launchers)")
-    # upstream's Weights & Biases and Google Cloud flags: accepted so its command lines run, with a warning
+    add_upstream_only(p)
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt after N epochs
+    p.add_argument("--weights-hash", action="store_true", help=argparse.SUPPRESS)  # tests: log a parameter hash
+    return p.parse_args(argv)
+
+
+def add_upstream_only(p: argparse.ArgumentParser) -> None:
+    """Upstream's Weights & Biases and Google Cloud flags: accepted so its command lines run, with a warning."""
     p.add_argument("--entity", default=None, help="upstream's W&B entity (no W&B here: a warning, no effect)")
     p.add_argument("--upload_dataset", "--upload-dataset", nargs="?", const=True, default=False,
                    help="upstream's W&B dataset upload (no W&B here: a warning, no effect)")
@@ -101,9 +108,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="upstream's W&B box-image interval (no W&B here: a warning, no effect)")
     p.add_argument("--bucket", default="", help="upstream's gsutil bucket for --evolve (never used here: a warning; "
                    "share a search with --evolve-storage)")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt after N epochs
-    p.add_argument("--weights-hash", action="store_true", help=argparse.SUPPRESS)  # tests: log a parameter hash
-    return p.parse_args(argv)
 
 
 def latest_last_pt(project: str | Path) -> Path:
