@@ -45,6 +45,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
                    help="train, val image size in pixels (640; 320 on the built-in data)")
     p.add_argument("--rect", action="store_true", help="rectangular training")
+    p.add_argument("--quad", action="store_true", help="quad dataloader: every 4 images of a batch train as one of "
+                   "twice the side (helps at a larger --img on small objects); --batch-size a multiple of 4")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent run, or a last.pt")
     p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
     p.add_argument("--noval", action="store_true", help="only validate the final epoch")

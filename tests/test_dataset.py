@@ -271,6 +271,8 @@ def test_distributed_sampler(tmp_path):
         loader, _ = create_dataloader(tmp_path / "images/train", 64, 2, 32, rank=0, workers=0, shuffle=True)
         assert isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler)
         assert sum(len(b[0]) for b in loader) == 4
+        quad, _ = create_dataloader(tmp_path / "images/train", 64, 8, 32, rank=0, workers=0, shuffle=True, quad=True)
+        assert [tuple(b[0].shape) for b in quad] == [(1, 3, 128, 128)]  # the rank's 4 images make one group
     finally:
         dist.destroy_process_group()
 
@@ -323,3 +325,34 @@ def test_two_txt_lists_over_one_labels_folder_keep_their_own_cache(tmp_path, log
     LoadImagesAndLabels(tmp_path / "val.txt", 64, 2)
     assert not any("New cache created" in m for m in logs)  # each reuses its own, nothing rewritten
     assert sum("Using cache" in m for m in logs) == 2
+
+
+def test_quad_loader_gives_a_quarter_as_many_images_of_twice_the_side(tmp_path):
+    """10 images, batch 8: one batch of 2 images at 128 (the incomplete last batch is dropped, as upstream)."""
+    for i in range(10):
+        add_image(tmp_path, f"{i}.png", box_row(i % 2))
+    loader, _ = create_dataloader(tmp_path / "images/train", 64, 8, 32, workers=0, quad=True)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 1
+    imgs, targets, paths, shapes = batches[0]
+    assert imgs.shape == (2, 3, 128, 128) and len(paths) == len(shapes) == 2
+    assert set(targets[:, 0].tolist()) <= {0.0, 1.0} and ((targets[:, 2:] >= 0) & (targets[:, 2:] <= 1)).all()
+
+
+def test_quad_with_rect_tiles_each_rect_batch_at_twice_its_shape(tmp_path):
+    for i, hw in enumerate([(64, 96)] * 4 + [(96, 64)] * 4):
+        add_image(tmp_path, f"{i}.png", box_row(0, (4, 4, 20, 20), hw), hw=hw, box=(4, 4, 20, 20))
+    loader, ds = create_dataloader(tmp_path / "images/train", 128, 4, 32, rect=True, pad=0.5, workers=0,
+                                   quad=True)
+    sizes = [tuple(imgs.shape) for imgs, *_ in loader]
+    assert sizes == [(1, 3, *(2 * ds.batch_shapes[0])), (1, 3, *(2 * ds.batch_shapes[1]))]
+    assert sizes[0] != sizes[1]  # wide images, then tall ones
+
+
+def test_quad_loader_refuses_what_cannot_make_a_group_of_four(tmp_path):
+    for i in range(3):
+        add_image(tmp_path, f"{i}.png", box_row(0))
+    with pytest.raises(ConfigError, match="a batch of 6 images per process is not a multiple of 4"):
+        create_dataloader(tmp_path / "images/train", 64, 6, 32, workers=0, quad=True)
+    with pytest.raises(DatasetError, match="--quad groups each batch's images in fours: 3 training image"):
+        create_dataloader(tmp_path / "images/train", 64, 8, 32, workers=0, quad=True)

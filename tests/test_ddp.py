@@ -29,7 +29,8 @@ def test_dist_env_from_environment(monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--quad", "--batch-size", "8"]], ids=["plain", "quad"])
+def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path, extra):
     root = tmp_path / "shapes"
     synth.generate(root, seed=5, n_train=8, n_val=4, imgsz=96)
     data = tmp_path / "tiny.yaml"
@@ -37,12 +38,13 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
                                     "names": synth.CLASS_NAMES}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
            "--data", str(data), "--imgsz", "64", "--batch-size", "4", "--epochs", "1", "--workers", "0",
-           "--device", "cpu", "--project", str(tmp_path / "runs"), "--noplots", "--weights-hash"]
+           "--device", "cpu", "--project", str(tmp_path / "runs"), "--noplots", "--weights-hash", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     hashes = dict(re.findall(r"weights-hash rank (\d+): ([0-9a-f]{64})", r.stdout))
     assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"]
+    assert ("(--quad: 128, four in one)" in r.stdout + r.stderr) == bool(extra)  # 4 images per rank make one
     runs = list((tmp_path / "runs").iterdir())
     assert [p.name for p in runs] == ["exp"]  # only rank 0 made a run folder
     assert (runs[0] / "weights" / "best.pt").is_file()

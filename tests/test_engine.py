@@ -307,6 +307,35 @@ def test_a_ctrl_c_whose_keyboard_interrupt_was_swallowed_stops_the_epoch_at_the_
     assert loss.calls == 2  # no further batch trained
 
 
+def _first_step(monkeypatch, loss_gain: float, parts: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Train Tiny on one batch of 4 (in parts threads): (the gradients the optimizer step sees, the logged losses)."""
+    from utils.train import engine
+    from utils.train.thread_dp import ThreadDataParallel
+
+    torch.manual_seed(0)
+    state, grads = _state(Tiny(), _Loss()), []
+    state.dp = ThreadDataParallel(state.model, parts, state.compute_loss, lambda m: _Loss()) if parts > 1 else None
+    monkeypatch.setattr(engine, "optimizer_step", lambda s, clip: grads.extend(p.grad.clone()
+                                                                                for p in s.model.parameters()))
+    cfg = EpochConfig(epochs=1, imgsz=32, device=torch.device("cpu"), grid=8, loss_gain=loss_gain)
+    try:
+        logged = train_one_epoch(state, list(_fake_loader(1, bs=4)), 0, cfg)
+    finally:
+        if state.dp is not None:
+            state.dp.close()
+    return grads, logged
+
+
+@pytest.mark.parametrize("parts", [1, 2], ids=["one-thread", "cpu-dp-2"])
+def test_quad_loss_gain_scales_the_gradient_by_4_and_not_the_logged_losses(monkeypatch, parts):
+    """--quad trains a quarter as many images per batch; EpochConfig.loss_gain 4 restores the gradient's scale."""
+    grads1, logged1 = _first_step(monkeypatch, 1.0, parts)
+    grads4, logged4 = _first_step(monkeypatch, 4.0, parts)
+    assert len(grads1) == len(grads4) == len(list(Tiny().parameters()))
+    assert all(torch.allclose(g4, 4 * g1) and g1.abs().sum() > 0 for g1, g4 in zip(grads1, grads4))
+    assert torch.equal(logged1, logged4)  # box/obj/cls as computed, comparable with runs without --quad
+
+
 def test_results_csv(tmp_path):
     f = tmp_path / "results.csv"
     append_results(f, 0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7, 0.4, 0.01, 0.02, 0.03], [0.1, 0.001, 0.001])

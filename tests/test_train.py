@@ -456,6 +456,43 @@ def test_p6_and_hub_models_train_validate_export_and_detect(tiny_data, tmp_path,
     assert len(out["predictions"]) == 2
 
 
+@pytest.mark.parametrize("rect", [False, True], ids=["mosaic", "rect"])
+def test_quad_trains_four_images_as_one_of_twice_the_size_and_saves_last_pt(tiny_data, tmp_path, monkeypatch,
+                                                                           log_lines, rect):
+    """--quad --batch-size 8 on 12 images: one step of 2 images at 128 (the last 4 images dropped), loss times 4."""
+    from utils.train import engine
+
+    sizes, gains = [], []
+    to_float, fit = engine.to_float_images, train_setup.fit
+    monkeypatch.setattr(engine, "to_float_images", lambda imgs, *a: sizes.append(tuple(imgs.shape)) or
+                        to_float(imgs, *a))
+    monkeypatch.setattr(train_setup, "fit", lambda state, sched, loader, ctx, cfg, *a: gains.append(cfg.loss_gain)
+                        or fit(state, sched, loader, ctx, cfg, *a))
+    argv = ["--quad", "--batch-size", "8", "--epochs", "1", "--img", "64", "--workers", "0", "--noplots",
+            "--project", str(tmp_path), "--data", tiny_data] + (["--rect"] if rect else [])
+    results = train.main(train.parse_opt(argv))
+    assert sizes == [(2, 3, 128, 128)] and gains == [4.0]
+    assert len(results) == 7 and all(x == x for x in results)
+    assert (tmp_path / "exp" / "weights" / "last.pt").is_file()
+    assert yaml.safe_load((tmp_path / "exp" / "opt.yaml").read_text())["quad"] is True  # --resume keeps it
+    assert any("Image sizes 64 train (--quad: 128, four in one), 64 val" in line for line in log_lines)
+    assert train.parse_opt([]).quad is False
+
+
+def test_quad_with_a_batch_size_not_a_multiple_of_4_is_a_one_line_error(tiny_data, tmp_path):
+    r = subprocess.run([sys.executable, "train.py", "--quad", "--batch-size", "6", "--img", "64", "--data", tiny_data,
+                        "--project", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("train.py: error: --quad groups each batch's images in fours: "
+                                                 "--batch-size 6 is not a multiple of 4; use e.g. --batch-size 4")
+    assert not (tmp_path / "exp").exists()  # refused before any run folder
+    ddp = train.parse_opt(["--quad", "--batch-size", "12"])
+    with pytest.raises(ConfigError, match=r"--batch-size 12 \(6 per DDP process\) is not a multiple of 4; use e.g. "
+                                          r"--batch-size 8"):
+        train_setup.check_quad_batch(ddp, world_size=2)
+    train_setup.check_quad_batch(ddp, world_size=3)  # 4 per process: fine
+
+
 def test_cpu_dp_trains_the_batch_in_parts_and_resumes(tiny_data, tmp_path, log_lines):
     """--cpu-dp 2: each batch of 4 as two parts of 2 in two threads; a run stopped after epoch 0 resumes."""
     results = _run(tiny_data, tmp_path, epochs=2, noplots=True, cpu_dp=2, stop_after=1)

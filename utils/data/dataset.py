@@ -58,6 +58,7 @@ from utils.data.label_scan import (
     list_image_files,
     scan_dataset,
 )
+from utils.data.quad import quad_batch_size, quad_collate
 from utils.data.sampling import weighted_sampler
 from utils.errors import ConfigError, DatasetError
 from utils.log import get_logger
@@ -267,14 +268,15 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                       hyp: dict | None = None, augment: bool = False, cache: str | bool | None = None,
                       pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8, prefix: str = "",
                       shuffle: bool = False, seed: int = 0, nc: int | None = None,
-                      names: dict | list | None = None, image_weights: bool = False, worker_nice: int = 0
-                      ) -> tuple[DataLoader, LoadImagesAndLabels]:
+                      names: dict | list | None = None, image_weights: bool = False, worker_nice: int = 0,
+                      quad: bool = False) -> tuple[DataLoader, LoadImagesAndLabels]:
     """Build the dataset and its DataLoader (DistributedSampler when rank != -1); returns (loader, dataset).
 
     Workers persist across epochs (no per-epoch process start-up). image_weights: draw images with replacement by
     weights that ``utils.data.sampling.update_sampler`` sets each epoch (single process only). worker_nice: how
     much lower the workers' scheduling priority is than this process's (training on the CPU, where they share its
-    cores: see ``utils.train.train_setup.LOADER_NICE``).
+    cores: see ``utils.train.train_setup.LOADER_NICE``). quad: batches of batch_size / 4 images of twice the side
+    (``utils.data.quad``; batch_size a multiple of 4), the epoch's last incomplete batch dropped.
     """
     if image_weights and rank != -1:
         raise ConfigError("--image-weights is not supported with DDP (one process per device); train without it")
@@ -286,15 +288,16 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
         shuffle = False
     dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect, cache=cache,
                                   single_cls=single_cls, stride=stride, pad=pad, prefix=prefix, nc=nc, names=names)
-    batch_size = min(batch_size, len(dataset))
-    nw = min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, workers)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
     sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     if image_weights:
         sampler = weighted_sampler(len(dataset), generator)
+    n_images = len(sampler) if sampler is not None else len(dataset)  # one process's images per epoch
+    batch_size = quad_batch_size(batch_size, n_images) if quad else min(batch_size, len(dataset))
+    nw = min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
                         sampler=sampler, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
-                        collate_fn=LoadImagesAndLabels.collate_fn, generator=generator,
-                        worker_init_fn=partial(seed_worker, nice=worker_nice))
+                        collate_fn=quad_collate if quad else LoadImagesAndLabels.collate_fn, generator=generator,
+                        worker_init_fn=partial(seed_worker, nice=worker_nice), drop_last=quad)
     return loader, dataset

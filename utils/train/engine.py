@@ -72,6 +72,7 @@ class EpochConfig:
     names: dict | None = None
     memory_format: torch.memory_format = torch.contiguous_format  # of the model's weights; batches are converted
     interrupt: InterruptGuard | None = None  # checked each batch: a Ctrl-C whose KeyboardInterrupt was swallowed
+    loss_gain: float = 1.0  # the training loss's factor: 4 with --quad (a quarter as many images per batch)
 
 
 def multi_scale_size(imgsz: int, grid: int, rng: random.Random) -> int:
@@ -121,7 +122,7 @@ def add_distillation(state: TrainState, cfg: EpochConfig, imgs: torch.Tensor, pr
     with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype, enabled=cfg.amp):
         tpred = state.distill.teacher_outputs(imgs)
     dloss, ditems = state.distill.loss(pred, tpred)  # loss() works in float32
-    return loss + dloss, items + ditems
+    return loss + dloss * cfg.loss_gain, items + ditems
 
 
 def to_float_images(imgs: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
@@ -134,13 +135,16 @@ def to_float_images(imgs: torch.Tensor, device: torch.device, memory_format: tor
 
 def _forward_loss(model: nn.Module, compute_loss: Callable, imgs: torch.Tensor, targets: torch.Tensor,
                   cfg: EpochConfig, keep_pred: bool = False) -> tuple:
-    """The model's forward pass and loss under the run's autocast: (loss, items), or (pred, loss, items)."""
+    """The model's forward pass and loss (times cfg.loss_gain; items as computed) under the run's autocast: (loss,
+    items), or (pred, loss, items)."""
     with torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype, enabled=cfg.amp):
         pred = model(imgs)
         if cfg.amp_dtype is None:  # CUDA float16 AMP, as YOLOv5: the loss under autocast too
             loss, items = compute_loss(pred, targets.to(cfg.device))
     if cfg.amp_dtype is not None:  # bfloat16 on the CPU: the model in bfloat16, the loss in float32
         loss, items = compute_loss([p.float() for p in pred], targets.to(cfg.device))
+    if cfg.loss_gain != 1:
+        loss = loss * cfg.loss_gain
     return (pred, loss, items) if keep_pred else (loss, items)
 
 

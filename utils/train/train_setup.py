@@ -22,6 +22,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from models import bn_silu
 from utils.data.data_config import check_dataset
 from utils.data.dataset import create_dataloader
+from utils.data.quad import GROUP, QUAD_LOSS_GAIN
 from utils.errors import ConfigError
 from utils.img_size import check_img_size
 from utils.log import colorstr, get_logger
@@ -137,15 +138,15 @@ def loader_nice(opt: argparse.Namespace, device: torch.device | None) -> int:
 
 def make_loaders(opt: argparse.Namespace, data: dict, hyp: dict, imgsz: int, batch: int, grid: int,
                  env: dist.DistEnv, worker_nice: int = 0) -> tuple:
-    """(train loader, train dataset, val loader or None): augmented shuffled training, rect validation (main); the
-    training loader's workers run at worker_nice (``loader_nice``)."""
+    """(train loader, train dataset, val loader or None): augmented shuffled training (--quad: in groups of four),
+    rect validation (main, never quad); the training loader's workers run at worker_nice (``loader_nice``)."""
     nc, names = class_info(data, opt.single_cls)
     with dist.main_first(env):
         loader, dataset = create_dataloader(data["train"], imgsz, batch, grid, opt.single_cls, hyp=hyp, augment=True,
                                             cache=opt.cache, rect=opt.rect, rank=env.rank, workers=opt.workers,
                                             prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc,
                                             names=names, image_weights=getattr(opt, "image_weights", False),
-                                            worker_nice=worker_nice)
+                                            worker_nice=worker_nice, quad=getattr(opt, "quad", False))
     val_loader = None
     if env.is_main:
         val_loader, _ = create_dataloader(data["val"], imgsz, batch * 2, grid, opt.single_cls, hyp=hyp,
@@ -200,8 +201,19 @@ def setup_run(opt: argparse.Namespace, env: dist.DistEnv) -> tuple[dict, dict, M
     fill_defaults(opt, data)
     if opt.batch_size % env.world_size:
         raise ConfigError(f"--batch-size {opt.batch_size} must be a multiple of the {env.world_size} DDP processes")
+    check_quad_batch(opt, env.world_size)
     save_dir = prepare_save_dir(opt, env)
     return hyp, data, val, save_dir
+
+
+def check_quad_batch(opt: argparse.Namespace, world_size: int = 1) -> None:
+    """--quad: ConfigError unless each process's batch (--batch-size / DDP processes) is a multiple of 4."""
+    per_process = opt.batch_size // world_size
+    if getattr(opt, "quad", False) and per_process % GROUP:
+        ddp = f" ({per_process} per DDP process)" if world_size > 1 else ""
+        fits = max(GROUP, per_process // GROUP * GROUP) * world_size
+        raise ConfigError(f"--quad groups each batch's images in fours: --batch-size {opt.batch_size}{ddp} is not a "
+                          f"multiple of {GROUP}; use e.g. --batch-size {fits}")
 
 
 def plan_run_optimizer(opt: argparse.Namespace, hyp: dict, nb: int, save_dir: Path,
@@ -321,7 +333,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     distiller = make_run_distiller(opt, model, device, imgsz)
     if env.is_main:
         get_logger().info(describe_loss(model.hyp))
-    batch = opt.batch_size // env.world_size
+    batch, quad = opt.batch_size // env.world_size, getattr(opt, "quad", False)
     loader, dataset, val_loader = make_loaders(opt, data, hyp, imgsz, batch, grid, env, nice)
     apply_class_weights(opt, hyp, model, dataset.labels)
     if env.is_main and not opt.resume:
@@ -331,7 +343,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
     state.distill = distiller
     start_epoch, best = restore_state(ckpt, state, scheduler, opt.weights, opt.epochs) if opt.resume else (0, 0.0)
     state.model = dist.wrap_ddp(model, env, device, opt.sync_bn)
-    state.dp = make_cpu_dp(cpu_dp, state, device, env, batch)
+    state.dp = make_cpu_dp(cpu_dp, state, device, env, batch // GROUP if quad else batch)  # images per step
     prepare_bn_silu(opt, device)  # after every input check: a bad data YAML fails before any compiling
     ctx = RunContext(opt, plan.hyp, data, save_dir, env, device, imgsz, batch, val, val_loader,
                      tb=TensorBoardLogger(save_dir, start_epoch) if env.is_main else None)
@@ -339,8 +351,10 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
         keep_results_before(save_dir / "results.csv", start_epoch)  # rows written after the last checkpoint
     cfg = EpochConfig(opt.epochs, imgsz, device, grid, amp=amp, amp_dtype=amp_dtype, multi_scale=opt.multi_scale,
                       env=env, save_dir=None if opt.noplots or not env.is_main else save_dir, names=model.names,
-                      memory_format=training_memory_format(device), interrupt=InterruptGuard())
-    get_logger().info(f"Image sizes {imgsz} train, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
+                      memory_format=training_memory_format(device), interrupt=InterruptGuard(),
+                      loss_gain=QUAD_LOSS_GAIN if quad else 1.0)
+    train_size = f"{imgsz} train (--quad: {imgsz * 2}, four in one)" if quad else f"{imgsz} train"
+    get_logger().info(f"Image sizes {train_size}, {imgsz} val; {getattr(loader, 'num_workers', 0)} dataloader "
                       f"workers\nLogging results to {colorstr('bold', str(save_dir))} (TensorBoard: tensorboard "
                       f"--logdir {save_dir.parent})\nStarting training for "
                       f"{opt.epochs} epochs...")
