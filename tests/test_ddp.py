@@ -6,7 +6,10 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
@@ -28,11 +31,24 @@ def test_dist_env_from_environment(monkeypatch):
     assert env == DistEnv(3, 1, 4) and env.distributed and not env.is_main
 
 
+def widen(image: Path, width: int) -> None:
+    """Pad an image on the right to width (grey), its labels' x and w scaled to match: another aspect ratio."""
+    im = cv2.imread(str(image))
+    w = im.shape[1]
+    cv2.imwrite(str(image), cv2.copyMakeBorder(im, 0, 0, 0, width - w, cv2.BORDER_CONSTANT, value=(114, 114, 114)))
+    label = image.parents[2] / "labels" / image.parent.name / f"{image.stem}.txt"
+    rows = np.loadtxt(label, ndmin=2)
+    rows[:, [1, 3]] *= w / width
+    np.savetxt(label, rows, fmt="%g")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--quad", "--batch-size", "8"]], ids=["plain", "quad"])
+@pytest.mark.parametrize("extra", [[], ["--quad", "--batch-size", "8"], ["--rect"]], ids=["plain", "quad", "rect"])
 def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path, extra):
     root = tmp_path / "shapes"
     synth.generate(root, seed=5, n_train=8, n_val=4, imgsz=96)
+    for image, width in zip(sorted((root / "images" / "train").iterdir()), (192, 192, 128, 128)):
+        widen(image, width)  # rect batches of 2 images per rank: 64x32, 64x64 (x2); dealt image by image, they mixed
     data = tmp_path / "tiny.yaml"
     data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
                                     "names": synth.CLASS_NAMES}))
@@ -44,7 +60,7 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path, extra):
     assert r.returncode == 0, r.stderr[-3000:]
     hashes = dict(re.findall(r"weights-hash rank (\d+): ([0-9a-f]{64})", r.stdout))
     assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"]
-    assert ("(--quad: 128, four in one)" in r.stdout + r.stderr) == bool(extra)  # 4 images per rank make one
+    assert ("(--quad: 128, four in one)" in r.stdout + r.stderr) == ("--quad" in extra)  # 4 images per rank: one
     runs = list((tmp_path / "runs").iterdir())
     assert [p.name for p in runs] == ["exp"]  # only rank 0 made a run folder
     assert (runs[0] / "weights" / "best.pt").is_file()

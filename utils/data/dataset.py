@@ -59,6 +59,7 @@ from utils.data.label_scan import (
     scan_dataset,
 )
 from utils.data.quad import quad_batch_size, quad_collate
+from utils.data.rect_sampler import RectBatchSampler
 from utils.data.sampling import weighted_sampler
 from utils.errors import ConfigError, DatasetError
 from utils.log import get_logger
@@ -290,6 +291,8 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                                   single_cls=single_cls, stride=stride, pad=pad, prefix=prefix, nc=nc, names=names)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
+    if rect and rank != -1:  # DDP: whole rect batches per process (utils/data/rect_sampler.py)
+        return rect_ddp_loader(dataset, rank, workers, quad, generator, worker_nice), dataset
     sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     if image_weights:
         sampler = weighted_sampler(len(dataset), generator)
@@ -301,3 +304,15 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                         collate_fn=quad_collate if quad else LoadImagesAndLabels.collate_fn, generator=generator,
                         worker_init_fn=partial(seed_worker, nice=worker_nice), drop_last=quad)
     return loader, dataset
+
+
+def rect_ddp_loader(dataset: LoadImagesAndLabels, rank: int, workers: int, quad: bool, generator: torch.Generator,
+                    worker_nice: int) -> DataLoader:
+    """--rect under DDP: this process's loader of whole rect batches (--quad: each cut to a multiple of 4)."""
+    batches = RectBatchSampler(dataset.batch, rank, torch.distributed.get_world_size(), group=4 if quad else 1)
+    biggest = max(len(b) for b in batches.batches)
+    nw = min(os.cpu_count() or 1, biggest if biggest > 1 else 0, workers)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=nw, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=nw > 0,
+                      collate_fn=quad_collate if quad else LoadImagesAndLabels.collate_fn, generator=generator,
+                      worker_init_fn=partial(seed_worker, nice=worker_nice))
