@@ -460,13 +460,13 @@ def test_p6_and_hub_models_train_validate_export_and_detect(tiny_data, tmp_path,
 def test_quad_trains_four_images_as_one_of_twice_the_size_and_saves_last_pt(tiny_data, tmp_path, monkeypatch,
                                                                            log_lines, rect):
     """--quad --batch-size 8 on 12 images: one step of 2 images at 128 (the last 4 images dropped), loss times 4."""
-    from utils.train import engine
+    from utils.train import engine, trainer
 
     sizes, gains = [], []
-    to_float, fit = engine.to_float_images, train_setup.fit
+    to_float, fit = engine.to_float_images, trainer.fit
     monkeypatch.setattr(engine, "to_float_images", lambda imgs, *a: sizes.append(tuple(imgs.shape)) or
                         to_float(imgs, *a))
-    monkeypatch.setattr(train_setup, "fit", lambda state, sched, loader, ctx, cfg, *a: gains.append(cfg.loss_gain)
+    monkeypatch.setattr(trainer, "fit", lambda state, sched, loader, ctx, cfg, *a: gains.append(cfg.loss_gain)
                         or fit(state, sched, loader, ctx, cfg, *a))
     argv = ["--quad", "--batch-size", "8", "--epochs", "1", "--img", "64", "--workers", "0", "--noplots",
             "--project", str(tmp_path), "--data", tiny_data] + (["--rect"] if rect else [])
