@@ -35,11 +35,11 @@ def item(k: int, h: int = 4, w: int = 6) -> tuple[torch.Tensor, torch.Tensor, st
 def test_four_images_tiled_into_one_of_twice_the_side_with_labels_in_their_quadrants():
     ims, targets, paths, shapes = quad_collate([item(k) for k in range(4)], rng=Draws(TILE))
     assert ims.shape == (1, 3, 8, 12) and ims.dtype == torch.uint8
-    assert ims[0, :, :4, :6].eq(0).all() and ims[0, :, :4, 6:].eq(10).all()  # top-left: image 0, top-right: 1
-    assert ims[0, :, 4:, :6].eq(20).all() and ims[0, :, 4:, 6:].eq(30).all()  # bottom-left: 2, bottom-right: 3
+    assert ims[0, :, :4, :6].eq(0).all() and ims[0, :, 4:, :6].eq(10).all()  # top-left: image 0, bottom-left: 1
+    assert ims[0, :, :4, 6:].eq(20).all() and ims[0, :, 4:, 6:].eq(30).all()  # top-right: 2, bottom-right: 3
     assert targets.tolist() == [[0, 0, 0.25, 0.125, 0.125, 0.25],
-                                [0, 1, 0.75, 0.125, 0.125, 0.25],
-                                [0, 2, 0.25, 0.625, 0.125, 0.25],
+                                [0, 1, 0.25, 0.625, 0.125, 0.25],
+                                [0, 2, 0.75, 0.125, 0.125, 0.25],
                                 [0, 3, 0.75, 0.625, 0.125, 0.25]]
     assert paths == ("im0.jpg",) and shapes == (item(0)[3],)
 
@@ -62,7 +62,7 @@ def test_eight_images_make_two_and_their_targets_are_renumbered_to_the_new_posit
     assert ims[0].eq(0).all()  # group 0: image 0 upsampled
     assert ims[1, :, :4, :6].eq(40).all() and ims[1, :, 4:, 6:].eq(70).all()  # group 1: images 4 to 7 tiled
     assert targets[:, 0].tolist() == [0, 1, 1, 1, 1] and targets[:, 1].tolist() == [0, 4, 5, 6, 7]
-    assert targets[1:, 2:4].tolist() == [[0.25, 0.125], [0.75, 0.125], [0.25, 0.625], [0.75, 0.625]]
+    assert targets[1:, 2:4].tolist() == [[0.25, 0.125], [0.25, 0.625], [0.75, 0.125], [0.75, 0.625]]
     assert paths == ("im0.jpg", "im4.jpg") and [s[0] for s in shapes] == [(4, 6), (4, 6)]
 
 
@@ -87,7 +87,7 @@ def test_the_choice_is_a_fair_coin_drawn_from_numpys_state_by_default():
 
 def test_tile_and_upsample_building_blocks():
     ims = [torch.full((1, 2, 2), v, dtype=torch.uint8) for v in (1, 2, 3, 4)]
-    assert tile2x2(ims)[0].tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    assert tile2x2(ims)[0].tolist() == [[1, 1, 3, 3], [1, 1, 3, 3], [2, 2, 4, 4], [2, 2, 4, 4]]  # column by column
     assert upsample2x(torch.full((3, 2, 2), 255, dtype=torch.uint8)).eq(255).all()  # no overflow past uint8
 
 

@@ -3,8 +3,8 @@
 Each group of four consecutive images of a batch becomes one training image, 2h x 2w for images of h x w:
 
 - with probability 0.5, the group's first image upsampled 2x (bilinear), its labels unchanged (they are normalised);
-- otherwise the four images tiled 2x2 (top-left, top-right, bottom-left, bottom-right), each image's label centres
-  and sizes halved and moved into its quadrant.
+- otherwise the four images tiled 2x2 column by column, as YOLOv5 (top-left, bottom-left, top-right, bottom-right),
+  each image's label centres and sizes halved and moved into its quadrant.
 
 A batch of n images thus trains as n / 4 larger ones (the training loss is multiplied by ``QUAD_LOSS_GAIN`` to
 make up for the smaller batch); objects are as many pixels as before in an image twice the size, which helps
@@ -23,7 +23,7 @@ from utils.errors import ConfigError, DatasetError
 GROUP = 4  # images per training image
 QUAD_LOSS_GAIN = float(GROUP)  # the loss of a batch of n / 4 images, scaled to that of n images
 # (column offset added to x, to y) of the tiles, in the order the four images of a group are placed
-TILE_OFFSETS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5))
+TILE_OFFSETS = ((0.0, 0.0), (0.0, 0.5), (0.5, 0.0), (0.5, 0.5))
 
 
 def upsample2x(im: torch.Tensor) -> torch.Tensor:
@@ -33,9 +33,9 @@ def upsample2x(im: torch.Tensor) -> torch.Tensor:
 
 
 def tile2x2(ims: list[torch.Tensor]) -> torch.Tensor:
-    """Four (3, h, w) images as one (3, 2h, 2w): top-left, top-right, bottom-left, bottom-right."""
-    top, bottom = torch.cat(ims[:2], dim=2), torch.cat(ims[2:], dim=2)
-    return torch.cat((top, bottom), dim=1)
+    """Four (3, h, w) images as one (3, 2h, 2w), column by column: top-left, bottom-left, top-right, bottom-right."""
+    left, right = torch.cat(ims[:2], dim=1), torch.cat(ims[2:], dim=1)
+    return torch.cat((left, right), dim=2)
 
 
 def tile_targets(targets: list[torch.Tensor]) -> torch.Tensor:
