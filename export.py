@@ -88,7 +88,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
     model = attempt_load(weights, device=dev, fuse=True)
     for p in model.parameters():
         p.requires_grad = False
-    calib_data = _validation_data(calib_data, model, weights)
+    val_data = _validation_data(calib_data, model, weights) if int8 else _trained_val_data(weights, model)
     imgsz = check_img_size(imgsz, int(max(model.stride.tolist())))  # rounded up with a warning, as val/detect do
     im = torch.zeros(batch_size, 3, *imgsz, device=dev)
     if half:
@@ -114,7 +114,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
             d = openvino_parity_detail(model, files["openvino"], im)
             log.info(f"{colorstr(label + ':')} vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
                      f"scores {d['scores']:.3g}")
-    _summary(files, weights, imgsz, dynamic, time.time() - t0, calib_data)
+    _summary(files, weights, imgsz, dynamic, time.time() - t0, val_data)
     return files
 
 
@@ -142,6 +142,22 @@ def _validation_data(data: Optional[str], model: torch.nn.Module, weights: Path)
                              "calibration (images only), but validate the INT8 model on data with its classes")
         return None
     return data
+
+
+def _trained_val_data(weights: Path, model: torch.nn.Module) -> Optional[str]:
+    """The data YAML a .pt was trained on, for the printed Validate line (val.py's default is the built-in data);
+    None when that is the built-in data, is not here, or names another class count than the model's."""
+    if weights.suffix != ".pt":
+        return None
+    try:
+        opt = load_checkpoint(weights, mmap=True).get("opt")
+        data = trained_data(opt if isinstance(opt, dict) else None, weights)
+        if Path(data).resolve() == (ROOT / "data/shapes.yaml").resolve():
+            return None
+        nc = len(check_dataset(data, autogenerate=False, only=["val"])["names"])
+    except SlideYoloError:  # no training options, or the data YAML or its val split is not on this machine
+        return None
+    return data if nc == int(getattr(model, "nc", nc)) else None
 
 
 def _timed(label: str, fn: Callable[..., Path], *args, **kwargs) -> Path:

@@ -63,7 +63,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU: train under bfloat16 autocast (needs AVX-512 BF16 or AMX; about 1.3x faster per step)")
     p.add_argument("--eager-bn", action="store_true",
                    help="CPU: run BatchNorm and SiLU with ATen's own kernels, not the fused kernel models/bn_silu.py "
-                   "compiles once per machine")
+                   "compiles once per checkout")
     p.add_argument("--teacher", type=str, default="", help="distil from this trained checkpoint (same classes, "
                    "strides and anchors; a student from scratch takes the teacher's anchors)")
     p.add_argument("--distill-weight", type=float, default=None,

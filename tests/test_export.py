@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -296,6 +297,32 @@ def test_export_summary_prints_commands_that_parse(tmp_path):
     assert detect.parse_opt(rect["Detect"].split()[2:]).imgsz == [256, 320]
     assert "--dynamic" in rect["Validate"]  # a fixed non-square export cannot be validated: says what to do
 
+
+
+def test_export_validate_line_names_the_data_trained_on(tmp_path):
+    """A model trained on other data than val.py's default gets a Validate line with that data YAML, so it runs."""
+    import logging
+
+    import val
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    data = tmp_path / "mine.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/val", "val": "images/val",
+                                    "names": dict(NAMES)}))
+    weights = save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=3), "opt": {"data": str(data)}},
+                              tmp_path / "best.pt")
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = export_cli.get_logger()
+    logger.addHandler(handler)
+    try:
+        export_cli.run(weights=weights, imgsz=[64], include=["onnx"])
+    finally:
+        logger.removeHandler(handler)
+    validate = [x.split("Validate: ", 1)[1] for text in lines for x in text.splitlines() if "Validate: " in x]
+    assert validate and f"--data {data}" in validate[0]
+    assert Path(val.parse_opt(validate[0].split()[2:]).data) == data
 
 def test_openvino_folder_runs_in_detect_and_val(tmp_path):
     import detect

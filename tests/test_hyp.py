@@ -131,8 +131,15 @@ def test_phase2_loss_keys_default_to_yolov5(tmp_path):
 
 
 def test_unknown_key_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"hyp\.yaml: unknown key\(s\) 'slide_raito'; allowed keys: lr0"):
-        load_hyp(write_hyp(tmp_path, slide_raito=1.0))
+    with pytest.raises(ConfigError, match=r"hyp\.yaml: unknown key\(s\) 'foo_bar'; allowed keys: lr0"):
+        load_hyp(write_hyp(tmp_path, foo_bar=1.0))
+
+
+def test_misspelled_key_names_the_key_it_resembles(tmp_path):
+    """A misspelling is named with the known key it is closest to, before the long list of allowed keys."""
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'fl_gama' \(did you mean 'fl_gamma'\?\), 'slide_raito' "
+                                          r"\(did you mean 'slide_ratio'\?\); allowed keys: lr0"):
+        load_hyp(write_hyp(tmp_path, slide_raito=1.0, fl_gama=1.5))
 
 
 def test_missing_required_key_is_an_error(tmp_path):

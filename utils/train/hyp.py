@@ -8,6 +8,7 @@ A hyp file holds YOLOv5's keys (optimizer, loss gains, augmentation) plus this p
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -160,6 +161,15 @@ def _check_value(name: str, key: Key, value: Any, source: str) -> Any:
     return value
 
 
+def _with_suggestions(unknown: list) -> str:
+    """The unknown keys quoted, each followed by the closest known key when one is close (a misspelling)."""
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), list(SCHEMA), n=1)
+        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(parts)
+
+
 def validate_hyp(hyp: dict, source: str = "hyp", require_all: bool = True) -> dict:
     """Return a validated copy of hyp with optional keys filled in.
 
@@ -170,7 +180,7 @@ def validate_hyp(hyp: dict, source: str = "hyp", require_all: bool = True) -> di
         raise ConfigError(f"{source}: expected a mapping of hyperparameters, got {type(hyp).__name__}")
     unknown = sorted(set(hyp) - set(SCHEMA))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: "
+        raise ConfigError(f"{source}: unknown key(s) {_with_suggestions(unknown)}; allowed keys: "
                           f"{', '.join(SCHEMA)}")
     out = {}
     for name, key in SCHEMA.items():
