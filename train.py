@@ -14,6 +14,7 @@ Outputs go to runs/train/exp{N}: weights/last.pt and best.pt, hyp.yaml, opt.yaml
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -249,6 +250,8 @@ if __name__ == "__main__":
     except SlideYoloError as e:
         print(f"train.py: error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt as e:  # Ctrl-C; a TrainingInterrupted says how to continue
-        print(f"train.py: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; a TrainingInterrupted says how to continue
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        print(f"train.py: {what}{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
+        sys.exit(128 + signum)

@@ -90,11 +90,21 @@ def press_ctrl_c_when(cmd: list[str], ready: Path, timeout: float = 240) -> subp
     """Run cmd from the project root in its own process group and press Ctrl-C (SIGINT to the whole group, as a
     terminal sends it, dataloader workers included) once the file ready exists; returns the finished process with
     its output (stdout and stderr together)."""
+    return signal_when(cmd, ready, signal.SIGINT, whole_group=True, timeout=timeout)
+
+
+def signal_when(cmd: list[str], ready: Path, sig: int, whole_group: bool, timeout: float = 240
+                ) -> subprocess.CompletedProcess:
+    """Run cmd from the project root in its own process group and send sig, to the group or to cmd's process only
+    (as `kill PID` and `timeout` do), once the file ready exists; returns the finished process and its output."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.time() + timeout
     while not ready.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
+    if whole_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(cmd, proc.returncode, out)

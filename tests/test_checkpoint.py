@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from utils.checkpoint import copy_checkpoint, deferred_sigint, load_checkpoint, save_checkpoint
+from utils.checkpoint import copy_checkpoint, deferred_stop, load_checkpoint, save_checkpoint
 
 
 def test_a_failed_save_keeps_the_previous_file_and_no_temp_file(tmp_path):
@@ -63,27 +63,39 @@ def test_a_ctrl_c_during_a_save_takes_effect_once_the_file_is_complete(tmp_path)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is back
 
 
-def test_deferred_sigint_holds_one_ctrl_c_until_the_outermost_block_ends_and_a_second_stops_at_once():
+def test_deferred_stop_holds_one_ctrl_c_until_the_outermost_block_ends_and_a_second_stops_at_once():
     steps = []
     with pytest.raises(KeyboardInterrupt):
-        with deferred_sigint():
+        with deferred_stop():
             os.kill(os.getpid(), signal.SIGINT)
             steps.append("held")
             os.kill(os.getpid(), signal.SIGINT)  # a save stuck on a slow disk: the second one is not held
             steps.append("never")
     assert steps == ["held"]
     with pytest.raises(KeyboardInterrupt):
-        with deferred_sigint():  # save_epoch: last.pt, then best.pt, each in its own save_checkpoint block
-            with deferred_sigint():
+        with deferred_stop():  # save_epoch: last.pt, then best.pt, each in its own save_checkpoint block
+            with deferred_stop():
                 os.kill(os.getpid(), signal.SIGINT)
             steps.append("best.pt written too")
     assert steps == ["held", "best.pt written too"]
 
 
+
+def test_deferred_stop_holds_a_sigterm_too_and_delivers_it_to_the_handler_before():
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # e.g. train.py's guard
+    try:
+        with deferred_stop():
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill`, `timeout` or a job scheduler while last.pt is written
+            assert received == []
+        assert received == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is not previous
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 def test_an_ignored_sigint_stays_ignored(monkeypatch):
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for `python train.py &` in a script, or nohup
     try:
-        with deferred_sigint():
+        with deferred_stop():
             os.kill(os.getpid(), signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:

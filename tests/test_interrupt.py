@@ -24,6 +24,18 @@ def test_guard_raises_remembers_and_restores_the_handler():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+
+def test_guard_turns_a_sigterm_into_the_same_stop_and_remembers_which_signal():
+    before = signal.getsignal(signal.SIGTERM)
+    with InterruptGuard() as guard:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # kill, timeout, a job scheduler: stop as for Ctrl-C, with the hint
+        assert guard.requested and guard.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    e = TrainingInterrupted("runs/x/last.pt holds epoch 2", signal.SIGTERM)
+    assert str(e) == "runs/x/last.pt holds epoch 2" and e.signum == signal.SIGTERM
+    assert TrainingInterrupted("hint").signum == signal.SIGINT
+
 def test_a_sigint_ignored_on_purpose_stays_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # `python train.py &` from a script, nohup
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, press_ctrl_c_when, tiny_shapes_yaml
+from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, press_ctrl_c_when, signal_when, tiny_shapes_yaml
 
 import train
 from utils.checkpoint import attempt_load, load_checkpoint, save_checkpoint
@@ -284,6 +285,21 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_data, tmp_path):
     assert load_checkpoint(last)["epoch"] == epoch + 1
 
 
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_with_the_hint_and_exit_status_143(tiny_data, tmp_path):
+    """A job scheduler's SIGTERM to the whole process group (dataloader workers included; kill PID and timeout send
+    it to train.py alone): the same stop and resume hint as Ctrl-C, exit status 128 + 15."""
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    r = signal_when([sys.executable, "train.py", "--data", tiny_data, "--imgsz", "64", "--batch-size", "2",
+                     "--workers", "2", "--epochs", "300", "--noval", "--noplots", "--project", str(tmp_path)], last,
+                    signal.SIGTERM, whole_group=True)
+    assert r.returncode == 143, r.stdout[-3000:]
+    assert "Traceback" not in r.stdout and "exited unexpectedly" not in r.stdout
+    message = r.stdout.strip().splitlines()[-1]
+    assert message.startswith("train.py: terminated (SIGTERM); ") and f"python train.py --resume {last}" in message
+    assert load_checkpoint(last)["epoch"] >= 0
 
 def test_ctrl_c_in_the_final_validation_says_what_was_cut(tiny_data, tmp_path, monkeypatch):
     """A Ctrl-C after the last epoch (while best.pt is validated and plotted) still ends with the hint, not bare."""

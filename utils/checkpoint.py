@@ -24,24 +24,26 @@ from torch import nn
 from utils.errors import CheckpointError
 from utils.paths import write_atomic
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, timeout and job schedulers
 
-def replaceable_sigint() -> Callable | int | None:
-    """The SIGINT handler in place when this thread may put its own: in the main thread (the one Python runs signal
-    handlers in), over a handler set from Python that does not ignore SIGINT (nohup, `cmd &`); else None."""
+
+def replaceable_handler(signum: int = signal.SIGINT) -> Callable | int | None:
+    """The handler of signum in place when this thread may put its own: in the main thread (the one Python runs
+    signal handlers in), over a handler that does not ignore the signal (SIGINT under nohup or `cmd &`); else None."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    current = signal.getsignal(signal.SIGINT)
-    return None if current == signal.SIG_IGN else current
+    current = signal.getsignal(signum)
+    return None if current in (signal.SIG_IGN, None) else current
 
 
 @contextmanager
-def deferred_sigint() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and deliver it to the previous handler when the block
-    ends; a second Ctrl-C is delivered at once (a save stuck on a slow disk can still be stopped). Where the handler
-    is not ours to replace (``replaceable_sigint``), the block runs as is. Nested blocks hold until the outermost
-    ends."""
-    previous = replaceable_sigint()
-    if previous is None:
+def deferred_stop() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) or SIGTERM that arrives inside the block and deliver it to the previous handler when
+    the block ends; a second one is delivered at once (a save stuck on a slow disk can still be stopped). Signals
+    whose handler is not ours to replace (``replaceable_handler``) are left alone. Nested blocks hold until the
+    outermost ends."""
+    previous = {s: h for s in STOP_SIGNALS if (h := replaceable_handler(s)) is not None}
+    if not previous:
         yield
         return
     held: list[tuple[int, FrameType | None]] = []
@@ -51,41 +53,51 @@ def deferred_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
         held.append((signum, frame))
 
-    signal.signal(signal.SIGINT, hold)
+    for s in previous:
+        signal.signal(s, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):
-            previous(*held[0])  # Python's default handler, or train.py's guard: raises KeyboardInterrupt
-        elif held and previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGINT)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            _deliver(previous[held[0][0]], *held[0])
+
+
+def _deliver(handler: Callable | int, signum: int, frame: FrameType | None) -> None:
+    """Run a held signal's handler: a Python one (the default SIGINT handler, train.py's guard: they raise
+    KeyboardInterrupt), or the system default (SIGTERM's: the process ends) by sending the signal again."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> Path:
     """Write obj with torch.save to a temporary file in the same folder, fsync it, then rename over path.
 
     A crash mid-write leaves the previous file intact, never a truncated one; the temporary file of a writer that was
-    killed (SIGTERM, SIGKILL: no exception to clean up after) is removed by the next successful save of path. A
-    Ctrl-C during the write takes effect once the file is complete (an interrupted torch.save raises a RuntimeError
+    killed (SIGKILL: no exception to clean up after) is removed by the next successful save of path. A Ctrl-C or
+    SIGTERM during the write takes effect once the file is complete (an interrupted torch.save raises a RuntimeError
     from its zip writer instead of the KeyboardInterrupt).
     """
     return _write_checkpoint(path, lambda f: torch.save(obj, f))
 
 
 def copy_checkpoint(src: str | Path, path: str | Path) -> Path:
-    """Copy the checkpoint file src to path as save_checkpoint writes one (atomically, Ctrl-C deferred): best.pt
-    from the epoch's last.pt without pickling the same dict twice."""
+    """Copy the checkpoint file src to path as save_checkpoint writes one (atomically, Ctrl-C and SIGTERM
+    deferred): best.pt from the epoch's last.pt without pickling the same dict twice."""
     with open(src, "rb") as f:
         return _write_checkpoint(path, lambda out: shutil.copyfileobj(f, out, 1 << 20))
 
 
 def _write_checkpoint(path: str | Path, write: Callable) -> Path:
-    """write_atomic(path, write) with Ctrl-C deferred, then remove temporary files a killed earlier writer left."""
+    """write_atomic(path, write) with Ctrl-C and SIGTERM deferred, then remove temporary files a killed earlier
+    writer left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with deferred_sigint():
+    with deferred_stop():
         write_atomic(path, write)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed save before this one
         if stale.stat().st_mtime < started:

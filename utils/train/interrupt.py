@@ -1,4 +1,5 @@
-"""Ctrl-C during training: stop at once, keep the last checkpoint, and say how to continue.
+"""Ctrl-C (or SIGTERM: kill, timeout, a job scheduler) during training: stop at once, keep the last checkpoint, and
+say how to continue.
 
 A Ctrl-C reaches every process of the terminal's group: this one and its dataloader workers. The workers ignore it
 (``utils.data.dataset.seed_worker``), so they are shut down by this process instead of dying mid-batch (which made
@@ -14,39 +15,47 @@ import signal
 from pathlib import Path
 from types import FrameType
 
-from utils.checkpoint import is_resumable, load_checkpoint, replaceable_sigint
+from utils.checkpoint import STOP_SIGNALS, is_resumable, load_checkpoint, replaceable_handler
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training; str(e) says what was kept and the command that continues it."""
+    """Ctrl-C or SIGTERM stopped training; str(e) says what was kept and the command that continues it, signum which
+    signal it was (train.py exits with 128 + signum, as the shell reports a process the signal ended)."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 class InterruptGuard:
-    """While active (``with InterruptGuard() as g``), SIGINT raises KeyboardInterrupt and sets ``g.requested``."""
+    """While active (``with InterruptGuard() as g``), SIGINT and SIGTERM raise KeyboardInterrupt and set
+    ``g.requested`` (and ``g.signum``)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signum = signal.SIGINT
+        self._previous: dict = {}
 
     def __enter__(self) -> InterruptGuard:
-        """Install the handler where it is ours to replace (``utils.checkpoint.replaceable_sigint``)."""
-        if replaceable_sigint() is not None:  # main thread, and not a SIGINT ignored on purpose
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        """Install the handler where it is ours to replace (``utils.checkpoint.replaceable_handler``)."""
+        for s in STOP_SIGNALS:
+            if replaceable_handler(s) is not None:  # main thread, and not a signal ignored on purpose
+                self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        """Restore the handler that was there before."""
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        """Restore the handlers that were there before."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        """The SIGINT handler: remember the request, then interrupt whatever runs."""
-        self.requested = True
+        """The signal handler: remember the request, then interrupt whatever runs."""
+        self.requested, self.signum = True, signum
         raise KeyboardInterrupt
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt if a Ctrl-C came (also when its first KeyboardInterrupt was swallowed)."""
+        """Raise KeyboardInterrupt if a stop came (also when its first KeyboardInterrupt was swallowed)."""
         if self.requested:
             raise KeyboardInterrupt
 

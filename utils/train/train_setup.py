@@ -363,6 +363,7 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
             return fit_and_finish(state, scheduler, loader, ctx, cfg, start_epoch, best)
         except BaseException as e:  # Ctrl-C (or what it broke on its way): last.pt is whole, saves are atomic
             if isinstance(e, KeyboardInterrupt) or cfg.interrupt.requested:
-                raise TrainingInterrupted(resume_hint(ctx.weights_dir, env.world_size) if env.is_main else "") from None
+                hint = resume_hint(ctx.weights_dir, env.world_size) if env.is_main else ""
+                raise TrainingInterrupted(hint, cfg.interrupt.signum) from None
             raise
 

@@ -21,7 +21,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import WeightedRandomSampler
 
-from utils.checkpoint import attempt_load, copy_checkpoint, deferred_sigint, save_checkpoint, strip_optimizer
+from utils.checkpoint import attempt_load, copy_checkpoint, deferred_stop, save_checkpoint, strip_optimizer
 from utils.data.sampling import update_sampler
 from utils.errors import CheckpointError
 from utils.eval.metrics import fitness
@@ -117,7 +117,7 @@ def save_epoch(state: TrainState, ctx: RunContext, epoch: int, best_fitness: flo
     waits for all of them, as a last.pt whose best_fitness is this epoch's needs this epoch's best.pt)."""
     ensure_finite_weights(state)
     ckpt = make_checkpoint(state, ctx, epoch, best_fitness)
-    with deferred_sigint():
+    with deferred_stop():
         last = save_checkpoint(ckpt, ctx.weights_dir / "last.pt")
         if is_best:
             copy_checkpoint(last, ctx.weights_dir / "best.pt")  # the same dict: its file, not a second pickling
