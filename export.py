@@ -24,6 +24,7 @@ import torch
 from utils.checkpoint import attempt_load, load_checkpoint
 from utils.cli import DefaultsHelpFormatter
 from utils.data.data_config import check_dataset
+from utils.data.synth import CLASS_NAMES
 from utils.deploy.export import (
     DEFAULT_OPSET,
     check_half,
@@ -88,7 +89,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
     model = attempt_load(weights, device=dev, fuse=True)
     for p in model.parameters():
         p.requires_grad = False
-    val_data = _validation_data(calib_data, model, weights) if int8 else _trained_val_data(weights, model)
+    val_args = _int8_val_args(calib_data, model, weights) if int8 else _trained_val_args(weights, model)
     imgsz = check_img_size(imgsz, int(max(model.stride.tolist())))  # rounded up with a warning, as val/detect do
     im = torch.zeros(batch_size, 3, *imgsz, device=dev)
     if half:
@@ -114,7 +115,7 @@ def run(weights: str = str(DEFAULT_WEIGHTS), imgsz: Sequence[int] = (640, 640), 
             d = openvino_parity_detail(model, files["openvino"], im)
             log.info(f"{colorstr(label + ':')} vs PyTorch max abs difference: boxes {d['boxes']:.3g} px, "
                      f"scores {d['scores']:.3g}")
-    _summary(files, weights, imgsz, dynamic, time.time() - t0, val_data)
+    _summary(files, weights, imgsz, dynamic, time.time() - t0, val_args)
     return files
 
 
@@ -131,33 +132,40 @@ def _int8_calibration(weights: Path, include: Sequence[str], data: Optional[str]
     return data, files
 
 
-def _validation_data(data: Optional[str], model: torch.nn.Module, weights: Path) -> Optional[str]:
-    """The calibration data YAML for the printed Validate line, or None (with a warning) when its class count is not
-    the model's: calibration reads images only, but val.py needs the model's classes."""
+def _int8_val_args(data: Optional[str], model: torch.nn.Module, weights: Path) -> str:
+    """The val.py arguments for the printed Validate line of an INT8 export: the calibration data YAML, or nothing
+    (with a warning) when its class count is not the model's: calibration reads images only, but val.py needs the
+    model's classes."""
     if not data:
-        return None
+        return ""
     nc = len(check_dataset(data, only=["train"])["names"])
     if nc != int(getattr(model, "nc", nc)):
         get_logger().warning(f"WARNING {data} names {nc} classes and {weights.name} predicts {model.nc}: fine for "
                              "calibration (images only), but validate the INT8 model on data with its classes")
-        return None
-    return data
+        return ""
+    return f" --data {data}"
 
 
-def _trained_val_data(weights: Path, model: torch.nn.Module) -> Optional[str]:
-    """The data YAML a .pt was trained on, for the printed Validate line (val.py's default is the built-in data);
-    None when that is the built-in data, is not here, or names another class count than the model's."""
+def _trained_val_args(weights: Path, model: torch.nn.Module) -> str:
+    """The val.py arguments for the printed Validate line of a .pt (val.py's default is the built-in data): the data
+    YAML it was trained on when that is here with the model's classes (and --single-cls for a --single-cls run),
+    nothing for the built-in data, else a placeholder for the user's data YAML."""
     if weights.suffix != ".pt":
-        return None
+        return ""
     try:
         opt = load_checkpoint(weights, mmap=True).get("opt")
-        data = trained_data(opt if isinstance(opt, dict) else None, weights)
+    except SlideYoloError:
+        return ""
+    opt = opt if isinstance(opt, dict) else {}
+    single, nc_model = " --single-cls" if opt.get("single_cls") else "", int(getattr(model, "nc", 0))
+    try:
+        data = trained_data(opt or None, weights)
         if Path(data).resolve() == (ROOT / "data/shapes.yaml").resolve():
-            return None
-        nc = len(check_dataset(data, autogenerate=False, only=["val"])["names"])
+            return single
+        nc = 1 if single else len(check_dataset(data, autogenerate=False, only=["val"])["names"])
     except SlideYoloError:  # no training options, or the data YAML or its val split is not on this machine
-        return None
-    return data if nc == int(getattr(model, "nc", nc)) else None
+        return "" if nc_model == len(CLASS_NAMES) and not opt.get("data") else " --data <its data.yaml>" + single
+    return f" --data {data}{single}" if nc == nc_model else " --data <its data.yaml>" + single
 
 
 def _timed(label: str, fn: Callable[..., Path], *args, **kwargs) -> Path:
@@ -173,7 +181,7 @@ def _timed(label: str, fn: Callable[..., Path], *args, **kwargs) -> Path:
 
 
 def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], dynamic: bool, seconds: float,
-             data: Optional[str] = None) -> None:
+             val_args: str = "") -> None:
     """Log where results went and a detect/val command to try them (val.py takes one square size)."""
     if not files:
         return
@@ -182,7 +190,7 @@ def _summary(files: dict[str, Path], weights: Path, imgsz: list[int], dynamic: b
     size = "" if imgsz == [640, 640] else f" --imgsz {h}" if h == w else f" --imgsz {h} {w}"
     if h == w or dynamic:
         check = f"python val.py --weights {f}" + ("" if max(h, w) == 640 else f" --imgsz {max(h, w)}")
-        check += f" --data {data}" if data else ""
+        check += val_args
     else:
         check = "val.py letterboxes to squares: export at one size (--imgsz N) or with --dynamic to validate"
     folder = colorstr("bold", str(weights.parent.resolve()))

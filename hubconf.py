@@ -14,6 +14,7 @@ import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -25,7 +26,7 @@ dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
 
 
 def custom(path: str | Path | list = "yolov5s.pt", autoshape: bool = True, _verbose: bool = True,
-           device: str | torch.device | None = None):
+           device: str | torch.device | None = None) -> torch.nn.Module:
     """A model from a local weights file (.pt, .torchscript, .onnx), or a list of .pt files as one ensemble, wrapped
     to take images (autoshape); device None picks CUDA when there is one, as upstream; _verbose False logs warnings
     only while loading."""
@@ -38,7 +39,7 @@ def custom(path: str | Path | list = "yolov5s.pt", autoshape: bool = True, _verb
 
 
 @contextmanager
-def _quiet(quiet: bool):
+def _quiet(quiet: bool) -> Iterator[None]:
     """While loading, log warnings only (upstream's ``_verbose=False``)."""
     from utils.log import get_logger
 
@@ -52,7 +53,8 @@ def _quiet(quiet: bool):
         log.setLevel(level)
 
 
-def _transfer(name: str, weights: Path, channels: int, classes: int, device: str | torch.device | None):
+def _transfer(name: str, weights: Path, channels: int, classes: int,
+              device: str | torch.device | None) -> torch.nn.Module:
     """models/<name>.yaml with channels and classes, given every weight of the checkpoint whose name and shape fit
     (upstream's ``pretrained=True`` with other classes or channels); names kept when the class count is the same."""
     from models.yolo import DetectionModel
@@ -70,7 +72,7 @@ def _transfer(name: str, weights: Path, channels: int, classes: int, device: str
 
 
 def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, verbose: bool,
-            device: str | torch.device | None):
+            device: str | torch.device | None) -> torch.nn.Module:
     """A YOLOv5 model by name: the local <name>.pt when pretrained (its weights moved into a new model for other
     channels or classes), else an untrained one from models/<name>.yaml."""
     from models.yolo import DetectionModel
@@ -94,12 +96,12 @@ def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape:
     return AutoShape(model) if autoshape else model
 
 
-def _named(name: str, size: str):
+def _named(name: str, size: str) -> Callable[..., torch.nn.Module]:
     """The torch.hub entry point of one YOLOv5 size: ``name(pretrained, channels, classes, autoshape, _verbose,
     device)``."""
 
     def entry(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-              _verbose: bool = True, device: str | torch.device | None = None):
+              _verbose: bool = True, device: str | torch.device | None = None) -> torch.nn.Module:
         return _create(name, pretrained, channels, classes, autoshape, _verbose, device)
 
     entry.__name__ = entry.__qualname__ = name

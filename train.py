@@ -88,6 +88,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
+    add_evolve_options(p)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP rank (set by old launchers)")
+    add_upstream_only(p)
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt after N epochs
+    p.add_argument("--weights-hash", action="store_true", help=argparse.SUPPRESS)  # tests: log a parameter hash
+    return p.parse_args(argv)
+
+
+def add_evolve_options(p: argparse.ArgumentParser) -> None:
+    """--evolve and its companions: the Optuna hyperparameter search (utils/train/evolve.py)."""
     p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters for x complete trials")
     p.add_argument("--evolve-storage", default="", help="Optuna storage URL for --evolve (default: SQLite file in "
                    "the run folder; postgresql://... to share one study between machines)")
@@ -95,11 +105,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    "folder of hyp YAML files (or one file) whose values are among the first trials")
     p.add_argument("--resume-evolve", "--resume_evolve", default=None, help="continue the search of a runs/evolve "
                    "folder")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP rank (set by old launchers)")
-    add_upstream_only(p)
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt after N epochs
-    p.add_argument("--weights-hash", action="store_true", help=argparse.SUPPRESS)  # tests: log a parameter hash
-    return p.parse_args(argv)
 
 
 def add_upstream_only(p: argparse.ArgumentParser) -> None:
@@ -221,9 +226,10 @@ def run_evolve(opt: argparse.Namespace, env: dist.DistEnv):
     device = select_device(opt.device)
     try:
         return evolve.evolve(opt, lambda trial_opt: run_training(trial_opt, device, env))
-    except KeyboardInterrupt:  # the study keeps every finished trial; the interrupted one is recorded as failed
+    except KeyboardInterrupt as e:  # the study keeps every finished trial; the interrupted one runs again on resume
         raise TrainingInterrupted(f"the search's finished trials are kept in {opt.save_dir}; continue with: "
-                                  f"python train.py --resume-evolve {opt.save_dir}") from None
+                                  f"python train.py --resume-evolve {opt.save_dir}",
+                                  getattr(e, "signum", signal.SIGINT)) from None
 
 
 def run(**kwargs) -> tuple:

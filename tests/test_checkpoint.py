@@ -80,17 +80,21 @@ def test_deferred_stop_holds_one_ctrl_c_until_the_outermost_block_ends_and_a_sec
     assert steps == ["held", "best.pt written too"]
 
 
-
 def test_deferred_stop_holds_a_sigterm_too_and_delivers_it_to_the_handler_before():
     received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # e.g. train.py's guard
+
+    def guard(signum, frame):  # e.g. train.py's InterruptGuard
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, guard)
     try:
         with deferred_stop():
             os.kill(os.getpid(), signal.SIGTERM)  # `kill`, `timeout` or a job scheduler while last.pt is written
             assert received == []
-        assert received == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is not previous
+        assert received == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is guard  # delivered, restored
     finally:
         signal.signal(signal.SIGTERM, previous)
+
 
 def test_an_ignored_sigint_stays_ignored(monkeypatch):
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for `python train.py &` in a script, or nohup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 import subprocess
 import sys
 
@@ -261,8 +262,10 @@ def test_evolve_needs_a_positive_trial_count_and_names_the_postgresql_driver(tin
     assert sqlalchemy_url("sqlite:////tmp/e.db") == "sqlite:////tmp/e.db"
 
 
-def test_a_ctrl_c_mid_trial_stops_the_search_and_its_values_run_again_on_resume(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_ctrl_c_mid_trial_stops_the_search_and_its_values_run_again_on_resume(tmp_path, stop):
     from utils.train.evolve import evolve
+    from utils.train.interrupt import TrainingInterrupted
 
     opt = argparse.Namespace(save_dir=str(tmp_path), hyp="data/hyps/hyp.scratch-low.yaml", nc=1, evolve=2,
                              evolve_storage="", seed=0, resume_evolve=None, optimizer="SGD")
@@ -270,13 +273,13 @@ def test_a_ctrl_c_mid_trial_stops_the_search_and_its_values_run_again_on_resume(
 
     def train_fn(run: argparse.Namespace) -> tuple:
         tried.append(run.hyp)
-        if len(tried) == 1:
-            raise KeyboardInterrupt  # Ctrl-C during the first trial
+        if len(tried) == 1:  # Ctrl-C or SIGTERM during the first trial, as run_training raises it
+            raise TrainingInterrupted("last.pt holds epoch 0", stop) if stop == signal.SIGTERM else KeyboardInterrupt
         return 0.5, 0.5, 0.4, 0.2
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as e:
         evolve(opt, train_fn)
-    assert len(tried) == 1  # no further trial started
+    assert len(tried) == 1 and e.value.signum == stop  # no further trial; train.py says which signal, exits 128 + it
     opt.resume_evolve = str(tmp_path)
     study = evolve(opt, train_fn)
     assert tried[1] == tried[0]  # the interrupted values ran first

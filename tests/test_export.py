@@ -298,7 +298,6 @@ def test_export_summary_prints_commands_that_parse(tmp_path):
     assert "--dynamic" in rect["Validate"]  # a fixed non-square export cannot be validated: says what to do
 
 
-
 def test_export_validate_line_names_the_data_trained_on(tmp_path):
     """A model trained on other data than val.py's default gets a Validate line with that data YAML, so it runs."""
     import logging
@@ -323,6 +322,14 @@ def test_export_validate_line_names_the_data_trained_on(tmp_path):
     validate = [x.split("Validate: ", 1)[1] for text in lines for x in text.splitlines() if "Validate: " in x]
     assert validate and f"--data {data}" in validate[0]
     assert Path(val.parse_opt(validate[0].split()[2:]).data) == data
+    one = DetectionModel("yolov5n.yaml", nc=1)  # trained with --single-cls on the 3-class data: val.py needs it too
+    single = save_checkpoint({"model": one, "opt": {"data": str(data), "single_cls": True}}, tmp_path / "one.pt")
+    assert export_cli._trained_val_args(single, one) == f" --data {data} --single-cls"
+    gone = save_checkpoint({"model": one, "opt": {"data": "/nowhere/theirs.yaml"}}, tmp_path / "gone.pt")
+    assert export_cli._trained_val_args(gone, one) == " --data <its data.yaml>"  # not a command that would fail
+    builtin = DetectionModel("yolov5n.yaml", nc=6)
+    assert export_cli._trained_val_args(save_checkpoint({"model": builtin}, tmp_path / "b.pt"), builtin) == ""
+
 
 def test_openvino_folder_runs_in_detect_and_val(tmp_path):
     import detect

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, press_ctrl_c_when, signal_when, tiny_shapes_yaml
+from conftest import OFFICIAL_WEIGHTS, ROOT, needs_shared, tiny_shapes_yaml
 
 import train
 from utils.checkpoint import attempt_load, load_checkpoint, save_checkpoint
@@ -267,56 +266,6 @@ def test_cli_error_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error:") and "missing.yaml" in last
-
-
-@pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_data, tmp_path):
-    last = tmp_path / "exp" / "weights" / "last.pt"
-    r = press_ctrl_c_when(
-        [sys.executable, "train.py", "--data", tiny_data, "--imgsz", "64", "--batch-size", "2", "--workers", "2",
-         "--epochs", "300", "--noval", "--noplots", "--project", str(tmp_path)], last)
-    assert r.returncode == 130, r.stdout[-3000:]
-    assert "Traceback" not in r.stdout and "exited unexpectedly" not in r.stdout
-    message = r.stdout.strip().splitlines()[-1]
-    assert message.startswith("train.py: interrupted; ") and f"python train.py --resume {last}" in message
-    epoch = load_checkpoint(last)["epoch"]
-    assert f"holds epoch {epoch};" in message
-    train.run(resume=str(last), stop_after=epoch + 2)  # the command it names continues the run
-    assert load_checkpoint(last)["epoch"] == epoch + 1
-
-
-
-
-@pytest.mark.slow
-def test_sigterm_stops_like_ctrl_c_with_the_hint_and_exit_status_143(tiny_data, tmp_path):
-    """A job scheduler's SIGTERM to the whole process group (dataloader workers included; kill PID and timeout send
-    it to train.py alone): the same stop and resume hint as Ctrl-C, exit status 128 + 15."""
-    last = tmp_path / "exp" / "weights" / "last.pt"
-    r = signal_when([sys.executable, "train.py", "--data", tiny_data, "--imgsz", "64", "--batch-size", "2",
-                     "--workers", "2", "--epochs", "300", "--noval", "--noplots", "--project", str(tmp_path)], last,
-                    signal.SIGTERM, whole_group=True)
-    assert r.returncode == 143, r.stdout[-3000:]
-    assert "Traceback" not in r.stdout and "exited unexpectedly" not in r.stdout
-    message = r.stdout.strip().splitlines()[-1]
-    assert message.startswith("train.py: terminated (SIGTERM); ") and f"python train.py --resume {last}" in message
-    assert load_checkpoint(last)["epoch"] >= 0
-
-def test_ctrl_c_in_the_final_validation_says_what_was_cut(tiny_data, tmp_path, monkeypatch):
-    """A Ctrl-C after the last epoch (while best.pt is validated and plotted) still ends with the hint, not bare."""
-    from utils.train import trainer
-
-    validate, calls = trainer.validate, []
-
-    def cut_in_final_validation(ctx, state, plots=False, model=None):
-        calls.append(model)
-        if model is not None:  # best.pt's validation after the last epoch (the epoch's own passes model=None)
-            raise KeyboardInterrupt  # as the default SIGINT handler raises it
-        return validate(ctx, state, plots, model)
-
-    monkeypatch.setattr(trainer, "validate", cut_in_final_validation)
-    with pytest.raises(train.TrainingInterrupted) as e:
-        _run(tiny_data, tmp_path, epochs=1, noval=True, noplots=True)
-    assert len(calls) == 2 and "every epoch had finished" in str(e.value) and "python val.py --weights" in str(e.value)
 
 
 def test_error_line_unwraps_dataloader_worker_errors():

@@ -318,4 +318,3 @@ class ComputeLoss:
             anch.append(anchors[a])
             tcls.append(c)
         return tcls, tbox, indices, anch
-

@@ -253,10 +253,8 @@ class LoadImagesAndLabels(Dataset):
 def seed_worker(worker_id: int, nice: int = 0) -> None:
     """Seed numpy and random in a dataloader worker from its torch seed (reproducible augmentation); with nice > 0,
     lower the worker's scheduling priority by that much (``os.nice``; where the OS has none, the worker runs as is).
-    The worker ignores Ctrl-C and SIGTERM sent to the whole process group: the main process stops it (see
-    utils/train/interrupt.py)."""
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.SIG_IGN)
+    The worker ignores Ctrl-C: the main process stops it (see utils/train/interrupt.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

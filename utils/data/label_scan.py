@@ -29,7 +29,6 @@ MAX_WARNINGS = 30  # per-file warnings printed before summarising the rest
 NUM_THREADS = min(8, max(1, os.cpu_count() or 1))
 
 
-
 def img2label_paths(im_files: list[str]) -> list[str]:
     """Label path of each image: last /images/ -> /labels/, suffix -> .txt."""
     a, b = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"

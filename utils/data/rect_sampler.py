@@ -30,7 +30,9 @@ def rect_batches(batch_index: Sequence[int], group: int = 1) -> list[list[int]]:
 class RectBatchSampler(Sampler[list[int]]):
     """Batch sampler for one DDP process: whole rect batches, batch k to rank k % world_size (see the module)."""
 
-    def __init__(self, batch_index: Sequence[int], rank: int, world_size: int, group: int = 1):
+    def __init__(self, batch_index: Sequence[int], rank: int, world_size: int, group: int = 1) -> None:
+        """Deal the rect batches of ``batch_index`` (the dataset's batch per image) to this rank; DatasetError if
+        none holds group images."""
         batches = rect_batches(batch_index, group)
         if not batches:
             raise DatasetError(f"--rect: no batch of {group} or more images of one shape to train on; train "

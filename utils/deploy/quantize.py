@@ -127,4 +127,3 @@ def quantize_openvino(ov_model: Any, files: Sequence[str], imgsz: Sequence[int],
         return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
                              subset_size=len(batches), ignored_scope=nncf.IgnoredScope(
                                  patterns=[head_float_pattern(head_index)]))
-

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,7 @@ from utils.log import get_logger
 from utils.paths import project_candidates, write_atomic
 from utils.train.engine import TrainingDivergedError
 from utils.train.hyp import load_hyp, validate_hyp
+from utils.train.interrupt import TrainingInterrupted
 from utils.train.optim import AUTO, AUTO_ADAMW_HYP, plan_optimizer
 
 PLOT_EVERY_S = 60.0  # evolve.png's redraws during a search: every trial of a real search, not every few seconds
@@ -292,9 +294,10 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
         except TrainingDivergedError as e:  # an outcome of these hyperparameters, not a fault of the search
             get_logger().warning(f"evolve: trial {trial.number} diverged ({e}); recorded as failed")
             return float("nan")  # Optuna marks the trial FAIL and proposes the next one
-        except KeyboardInterrupt:  # Ctrl-C: as for a killed process, the trial's values run again on resume
+        except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: as for a killed process, the values run again on resume
             study.enqueue_trial(trial.params)
             interrupted.append(trial.number)
+            stop_signal[0] = getattr(e, "signum", signal.SIGINT)
             study.stop()
             return float("nan")
         for m, v in zip(("P", "R", "mAP50", "mAP50-95"), results):
@@ -315,7 +318,7 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
         best = f"{study_.best_value:.4f}" if done else "none yet"
         get_logger().info(f"evolve: trial {trial.number} {value}; best so far {best}")
 
-    complete, interrupted = (optuna.trial.TrialState.COMPLETE,), []
+    complete, interrupted, stop_signal = (optuna.trial.TrialState.COMPLETE,), [], [signal.SIGINT]
     try:
         if len(study.get_trials(deepcopy=False, states=complete)) < opt.evolve:
             stop = optuna.study.MaxTrialsCallback(opt.evolve, states=complete)
@@ -323,7 +326,7 @@ def evolve(opt: argparse.Namespace, train_fn: Callable[[argparse.Namespace], tup
     finally:  # also when a trial raised: the outputs (evolve.png included) show every trial that completed
         write_outputs(study, save_dir, base)
     if interrupted:
-        raise KeyboardInterrupt
+        raise TrainingInterrupted("", stop_signal[0])
     done = study.get_trials(deepcopy=False, states=complete)
     best = f"best fitness {study.best_value:.5f}" if done else "none complete"
     get_logger().info(f"evolve: {len(study.trials)} trials in the study; {best}; "

@@ -35,6 +35,7 @@ class InterruptGuard:
         self.requested = False
         self.signum = signal.SIGINT
         self._previous: dict = {}
+        self._sigchld = None  # PyTorch's dataloader-worker check, set aside once a stop came
 
     def __enter__(self) -> InterruptGuard:
         """Install the handler where it is ours to replace (``utils.checkpoint.replaceable_handler``)."""
@@ -47,11 +48,17 @@ class InterruptGuard:
         """Restore the handlers that were there before."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-        self._previous = {}
+        if self._sigchld is not None:
+            signal.signal(signal.SIGCHLD, self._sigchld)
+        self._previous, self._sigchld = {}, None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        """The signal handler: remember the request, then interrupt whatever runs."""
+        """The signal handler: remember the request, then interrupt whatever runs. A SIGTERM sent to the whole
+        process group ends the dataloader workers too (PyTorch's worker handler), so PyTorch's SIGCHLD check, which
+        would raise "worker killed by signal" into whatever runs next (the resume hint), is set aside until exit."""
         self.requested, self.signum = True, signum
+        if hasattr(signal, "SIGCHLD") and self._sigchld is None:
+            self._sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         raise KeyboardInterrupt
 
     def check(self) -> None:

@@ -366,4 +366,3 @@ def run_training(opt: argparse.Namespace, device: torch.device, env: dist.DistEn
                 hint = resume_hint(ctx.weights_dir, env.world_size) if env.is_main else ""
                 raise TrainingInterrupted(hint, cfg.interrupt.signum) from None
             raise
-
