@@ -274,34 +274,22 @@ def test_a_fixed_batch_export_takes_any_number_of_images(tmp_path, fmt):
         assert got.shape == expected.shape and (got - expected).abs().max() < 1e-3
 
 
-def test_export_summary_prints_commands_that_parse(tmp_path):
+def test_export_summary_prints_commands_that_parse(tmp_path, logs):
     """The Detect and Validate lines export.py prints are commands detect.py and val.py accept."""
-    import logging
-
     import detect
     import val
 
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = export_cli.get_logger()
-    logger.addHandler(handler)
-    try:
-        export_cli._summary({"onnx": tmp_path / "m.onnx"}, tmp_path / "m.pt", [320, 320], False, 1.0)
-        export_cli._summary({"onnx": tmp_path / "r.onnx"}, tmp_path / "r.pt", [256, 320], False, 1.0)
-    finally:
-        logger.removeHandler(handler)
-    square, rect = (dict(x.split(": ", 1) for x in text.splitlines() if ": " in x) for text in lines)
+    export_cli._summary({"onnx": tmp_path / "m.onnx"}, tmp_path / "m.pt", [320, 320], False, 1.0)
+    export_cli._summary({"onnx": tmp_path / "r.onnx"}, tmp_path / "r.pt", [256, 320], False, 1.0)
+    square, rect = (dict(x.split(": ", 1) for x in text.splitlines() if ": " in x) for text in logs)
     assert square["Validate"].endswith("m.onnx --imgsz 320") and rect["Detect"].endswith("r.onnx --imgsz 256 320")
     assert val.parse_opt(square["Validate"].split()[2:]).imgsz == 320
     assert detect.parse_opt(rect["Detect"].split()[2:]).imgsz == [256, 320]
     assert "--dynamic" in rect["Validate"]  # a fixed non-square export cannot be validated: says what to do
 
 
-def test_export_validate_line_names_the_data_trained_on(tmp_path):
+def test_export_validate_line_names_the_data_trained_on(tmp_path, logs):
     """A model trained on other data than val.py's default gets a Validate line with that data YAML, so it runs."""
-    import logging
-
     import val
 
     (tmp_path / "images" / "val").mkdir(parents=True)
@@ -310,16 +298,8 @@ def test_export_validate_line_names_the_data_trained_on(tmp_path):
                                     "names": dict(NAMES)}))
     weights = save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=3), "opt": {"data": str(data)}},
                               tmp_path / "best.pt")
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = export_cli.get_logger()
-    logger.addHandler(handler)
-    try:
-        export_cli.run(weights=weights, imgsz=[64], include=["onnx"])
-    finally:
-        logger.removeHandler(handler)
-    validate = [x.split("Validate: ", 1)[1] for text in lines for x in text.splitlines() if "Validate: " in x]
+    export_cli.run(weights=weights, imgsz=[64], include=["onnx"])
+    validate = [x.split("Validate: ", 1)[1] for text in logs for x in text.splitlines() if "Validate: " in x]
     assert validate and f"--data {data}" in validate[0]
     assert Path(val.parse_opt(validate[0].split()[2:]).data) == data
     one = DetectionModel("yolov5n.yaml", nc=1)  # trained with --single-cls on the 3-class data: val.py needs it too
