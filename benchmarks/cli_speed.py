@@ -70,6 +70,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="timed runs per command (after one warm-up)")
     p.add_argument("--commands", nargs="+", default=["val", "detect"], choices=["val", "detect", "train"])
     p.add_argument("--train-images", type=int, default=512, help="generated training images for train")
+    p.add_argument("--train-imgsz", type=int, default=320, help="train: image size of the generated images and --img")
     p.add_argument("--train-epochs", type=int, nargs="+", default=[1], metavar="E",
                    help="train's --epochs; two values (1 3) add the time per epoch between them")
     p.add_argument("--variant", action="append", default=[], metavar="ARGS",
@@ -132,11 +133,12 @@ def looped_source(source: str, frames: int, folder: Path) -> Path:
     return out
 
 
-def train_data(n_train: int, folder: Path, sides: list[str]) -> dict[str, Path]:
-    """A generated built-in set of n_train images (32 val) at 320; a copy and data YAML per project (ours, upstream)."""
+def train_data(n_train: int, folder: Path, sides: list[str], imgsz: int = 320) -> dict[str, Path]:
+    """A generated built-in set of n_train images (32 val) at imgsz; a copy and data YAML per project (ours,
+    upstream)."""
     from utils.data import synth
 
-    root = synth.generate(folder / "shapes", seed=0, n_train=n_train, n_val=32, imgsz=320)
+    root = synth.generate(folder / "shapes", seed=0, n_train=n_train, n_val=32, imgsz=imgsz)
     names = yaml.safe_load((ROOT / "data" / "shapes.yaml").read_text())["names"]
     out = {}
     for project in {"upstream" if s == "upstream" else "ours" for s in sides}:
@@ -181,8 +183,8 @@ def command(which: str, side: str, opt: argparse.Namespace, data: dict, out: Pat
     if which == "train":
         yaml_file = data["upstream" if upstream else "ours"]
         return [python, "train.py", "--data", str(yaml_file), "--cfg", "models/yolov5n.yaml", "--weights", "",
-                "--epochs", str(epochs), "--img", "320", "--batch-size", "16", "--noval", "--noplots", *project,
-                *extra], cwd
+                "--epochs", str(epochs), "--img", str(opt.train_imgsz), "--batch-size", "16", "--noval", "--noplots",
+                *project, *extra], cwd
     common = ["--weights", str(Path(opt.weights).resolve()), "--img", str(opt.imgsz), *project, *extra]
     if which == "val":
         return [python, "val.py", "--data", str(data["val"]), "--batch-size", str(opt.batch_size), *common], cwd
@@ -229,7 +231,8 @@ def run_config(opt: argparse.Namespace) -> dict:
     """What must match for saved rounds to be continued (--save): everything timed, except --runs."""
     keys = ("commands", "variant", "baseline", "upstream", "upstream_python", "weights", "data", "source", "imgsz",
             "batch_size", "train_images", "train_epochs", "cold", "threads", "video_frames")
-    return {k: getattr(opt, k) for k in keys}
+    extra = {"train_imgsz": opt.train_imgsz} if getattr(opt, "train_imgsz", 320) != 320 else {}  # rounds saved before
+    return {**{k: getattr(opt, k) for k in keys}, **extra}
 
 
 def time_rounds(opt: argparse.Namespace, which: str, times: Times, counts: dict, data: dict, out: Path) -> None:
@@ -267,7 +270,7 @@ def bench(opt: argparse.Namespace) -> list[dict]:
         tmp = Path(tmp)
         data = {"val": absolute_data_yaml(opt.data, tmp) if opt.data else None}
         if "train" in opt.commands:
-            data.update(train_data(opt.train_images, tmp / "train_data", side_names(opt)))
+            data.update(train_data(opt.train_images, tmp / "train_data", side_names(opt), opt.train_imgsz))
         if opt.video_frames:
             opt.source = str(looped_source(opt.source, opt.video_frames, tmp))
         counts = count_inputs(opt, data["val"])

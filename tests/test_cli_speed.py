@@ -137,7 +137,8 @@ def test_train_at_two_lengths_gives_the_time_per_added_epoch(tmp_path):
 @pytest.mark.slow
 def test_times_our_train_on_generated_images(capsys):
     cli = load_cli_speed()
-    (row,) = cli.main(cli.parse_opt(["--commands", "train", "--train-images", "4", "--runs", "1"]))
+    (row,) = cli.main(cli.parse_opt(["--commands", "train", "--train-images", "4", "--train-imgsz", "64", "--runs",
+                                     "1"]))
     assert row["images"] == 4 and row["ours"][0] > 0 and row["ours"][3] > 0
     assert "train" in capsys.readouterr().out
 
@@ -153,7 +154,7 @@ def fake_runs(cli, monkeypatch, seconds: dict[str, float]) -> list:
 
     monkeypatch.setattr(cli, "run_once", run_once)
     monkeypatch.setattr(cli, "check_sides", lambda opt: None)  # the fake upstream is no checkout
-    monkeypatch.setattr(cli, "train_data", lambda n, folder, sides: {"ours": folder / "o.yaml",
+    monkeypatch.setattr(cli, "train_data", lambda n, folder, sides, imgsz: {"ours": folder / "o.yaml",
                                                                      "upstream": folder / "u.yaml"})
     return calls
 
