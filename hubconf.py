@@ -56,19 +56,16 @@ def _quiet(quiet: bool) -> Iterator[None]:
 def _transfer(name: str, weights: Path, channels: int, classes: int,
               device: str | torch.device | None) -> torch.nn.Module:
     """models/<name>.yaml with channels and classes, given every weight of the checkpoint whose name and shape fit
-    (upstream's ``pretrained=True`` with other classes or channels); names kept when the class count is the same."""
-    from models.yolo import DetectionModel
-    from utils.checkpoint import attempt_load
+    (upstream's ``pretrained=True`` with other classes or channels; training's ``build_model``); names kept when the
+    class count is the same."""
     from utils.torch_utils import select_device
-    from utils.train.transfer import intersect_dicts
+    from utils.train.transfer import build_model
 
-    src = attempt_load(weights, fuse=False)
-    model = DetectionModel(ROOT / "models" / f"{name}.yaml", ch=channels, nc=classes)
-    own = model.state_dict()
-    model.load_state_dict(intersect_dicts(src.state_dict(), own, exclude=("anchors",)), strict=False)
-    names = dict(getattr(src, "names", {}) or {})
+    model, ckpt = build_model(ROOT / "models" / f"{name}.yaml", weights, classes, select_device(device), ch=channels)
+    names = getattr(ckpt.get("model") or ckpt.get("ema"), "names", None) or {}
+    names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
     model.names = names if len(names) == classes else {i: f"class{i}" for i in range(classes)}
-    return model.to(select_device(device))
+    return model
 
 
 def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, verbose: bool,

@@ -291,28 +291,27 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                                   single_cls=single_cls, stride=stride, pad=pad, prefix=prefix, nc=nc, names=names)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
-    if rect and rank != -1:  # DDP: whole rect batches per process (utils/data/rect_sampler.py)
-        return rect_ddp_loader(dataset, rank, workers, quad, generator, worker_nice), dataset
+    batching, images_per_batch = _batching(dataset, batch_size, rank, shuffle, seed, image_weights, rect, quad,
+                                           generator)
+    nw = min(os.cpu_count() or 1, images_per_batch if images_per_batch > 1 else 0, workers)
+    loader = DataLoader(dataset, num_workers=nw, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
+                        collate_fn=quad_collate if quad else LoadImagesAndLabels.collate_fn, generator=generator,
+                        worker_init_fn=partial(seed_worker, nice=worker_nice), **batching)
+    return loader, dataset
+
+
+def _batching(dataset: LoadImagesAndLabels, batch_size: int, rank: int, shuffle: bool, seed: int,
+              image_weights: bool, rect: bool, quad: bool, generator: torch.Generator) -> tuple[dict, int]:
+    """(the DataLoader's batching arguments, the most images in one batch): a batch sampler of whole rect batches
+    under DDP with --rect (utils/data/rect_sampler.py; --quad: each cut to a multiple of 4); otherwise batch_size
+    (--quad: whole groups of four, the last incomplete batch dropped) with a distributed or weighted sampler."""
+    if rect and rank != -1:
+        batches = RectBatchSampler(dataset.batch, rank, torch.distributed.get_world_size(), group=4 if quad else 1)
+        return {"batch_sampler": batches}, max(len(b) for b in batches.batches)
     sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     if image_weights:
         sampler = weighted_sampler(len(dataset), generator)
     n_images = len(sampler) if sampler is not None else len(dataset)  # one process's images per epoch
     batch_size = quad_batch_size(batch_size, n_images) if quad else min(batch_size, len(dataset))
-    nw = min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, workers)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
-                        sampler=sampler, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
-                        collate_fn=quad_collate if quad else LoadImagesAndLabels.collate_fn, generator=generator,
-                        worker_init_fn=partial(seed_worker, nice=worker_nice), drop_last=quad)
-    return loader, dataset
-
-
-def rect_ddp_loader(dataset: LoadImagesAndLabels, rank: int, workers: int, quad: bool, generator: torch.Generator,
-                    worker_nice: int) -> DataLoader:
-    """--rect under DDP: this process's loader of whole rect batches (--quad: each cut to a multiple of 4)."""
-    batches = RectBatchSampler(dataset.batch, rank, torch.distributed.get_world_size(), group=4 if quad else 1)
-    biggest = max(len(b) for b in batches.batches)
-    nw = min(os.cpu_count() or 1, biggest if biggest > 1 else 0, workers)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=nw, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=nw > 0,
-                      collate_fn=quad_collate if quad else LoadImagesAndLabels.collate_fn, generator=generator,
-                      worker_init_fn=partial(seed_worker, nice=worker_nice))
+    return {"batch_size": batch_size, "shuffle": shuffle and sampler is None, "sampler": sampler,
+            "drop_last": quad}, batch_size

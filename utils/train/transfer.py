@@ -21,8 +21,9 @@ def intersect_dicts(src: dict, dst: dict, exclude: tuple[str, ...] = ()) -> dict
 
 
 def build_model(cfg: str | Path | dict | None, weights: str | Path | None, nc: int, device: torch.device,
-                anchors: int | None = None, resume: bool = False) -> tuple[DetectionModel, dict | None]:
-    """Build a DetectionModel with nc classes from cfg, or from the checkpoint's own YAML when cfg is empty.
+                anchors: int | None = None, resume: bool = False, ch: int = 3) -> tuple[DetectionModel, dict | None]:
+    """Build a DetectionModel with nc classes (and ch input channels) from cfg, or from the checkpoint's own YAML when
+    cfg is empty.
 
     With weights, every tensor whose name and shape match is copied from the checkpoint's ``model`` (the other class
     count's head layers are skipped); anchors are kept from the checkpoint unless cfg or hyp ``anchors`` defines new
@@ -32,13 +33,13 @@ def build_model(cfg: str | Path | dict | None, weights: str | Path | None, nc: i
     if not weights:
         if not cfg:
             raise ConfigError("train: give a model config (--cfg yolov5n.yaml) or weights (--weights path/to.pt)")
-        return DetectionModel(cfg, ch=3, nc=nc, anchors=anchors).to(device), None
+        return DetectionModel(cfg, ch=ch, nc=nc, anchors=anchors).to(device), None
     ckpt = load_checkpoint(weights)
     src = ckpt["model"] if isinstance(ckpt.get("model"), nn.Module) else ckpt["ema"]
     yaml_cfg = cfg or getattr(src, "yaml", None)
     if not yaml_cfg:
         raise ConfigError(f"weights {weights}: the model has no YAML config inside; pass --cfg as well")
-    model = DetectionModel(yaml_cfg, ch=3, nc=nc, anchors=anchors).to(device)
+    model = DetectionModel(yaml_cfg, ch=ch, nc=nc, anchors=anchors).to(device)
     exclude = ("anchor",) if (cfg or anchors) and not resume else ()
     own = model.state_dict()
     csd = intersect_dicts(src.float().state_dict(), own, exclude)
